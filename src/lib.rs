@@ -1,1 +1,14 @@
+//! The `soundwave` binary's library: command line and configuration, the HTTP API over the
+//! store, authentication, the response cache, and the node's start-up. The data model and
+//! the state machine live in the `store` crate.
 
+pub mod api;
+pub mod auth;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod input;
+pub mod node;
+pub mod output;

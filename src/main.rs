@@ -1,1 +1,27 @@
-fn main(){}
+//! `soundwave`: parse the command line, load the configuration, run what was asked.
+
+use anyhow::Context;
+use clap::Parser;
+use soundwave::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match cli.command {
+        Command::Node(args) => {
+            let config = args.resolve().context("loading the configuration")?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime
+                .block_on(soundwave::node::run(config))
+                .context("running the node")?;
+        }
+    }
+    Ok(())
+}

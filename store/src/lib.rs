@@ -1,1 +1,28 @@
-pub fn x(){}
+//! Soundwave's store: the data model, the [`Command`]s that are the only way to change it,
+//! the deterministic [`apply`](Store::apply_batch) of commands over a redb write transaction,
+//! the read queries, and the group-commit [`LocalWriter`].
+//!
+//! Applying the same commands in the same order to two fresh stores gives the same state:
+//! ids come from counters in the database and timestamps, hashes and secrets come inside the
+//! commands.
+
+mod apply;
+mod command;
+mod db;
+mod error;
+mod model;
+mod tables;
+mod writer;
+
+pub use apply::{ChangeSet, MAX_LINE_QUANTITY, MAX_ORDER_LINES};
+pub use command::{
+    Command, CommandOutcome, NewProduct, NewUser, OrderLine, OrderLines, ProductChanges, Rejection,
+    StockShortage,
+};
+pub use db::{Page, ProductQuery, ProductSort, Store, StoreReader};
+pub use error::StoreError;
+pub use model::{
+    Category, Id, Order, OrderItem, OrderItemView, OrderStatus, OrderView, Product, Timestamp, User,
+};
+pub use tables::SCHEMA_VERSION;
+pub use writer::{ApplyObserver, CommandSubmitter, LocalWriter, SubmitFuture};

@@ -1,0 +1,229 @@
+//! Sign-up, the caller's own user, and the token endpoints (obtain with a failed-login
+//! throttle, refresh with rotation).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use http::{HeaderMap, StatusCode};
+use serde_json::json;
+use store::{Command, CommandOutcome, NewUser};
+
+use super::catalog::unexpected;
+use super::send_json;
+use crate::auth::{self, TokenType};
+use crate::cache::{CacheKey, CachedBody, Principal};
+use crate::error::{ApiError, ApiResult};
+use crate::input::{Fields, JsonObject};
+use crate::node::AppState;
+use crate::output::{UserJson, json_bytes};
+
+const USERNAME_MAX_CHARS: usize = 150;
+const PASSWORD_MIN_CHARS: usize = 8;
+/// Bounds the work a single login can ask of argon2.
+const PASSWORD_MAX_CHARS: usize = 128;
+const EMAIL_MAX_CHARS: usize = 254;
+const PHONE_MAX_CHARS: usize = 15;
+
+fn valid_username(name: &str) -> bool {
+    name.chars()
+        .all(|c| c.is_alphanumeric() || "@.+-_".contains(c))
+}
+
+fn valid_email(email: &str) -> bool {
+    match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !email.chars().any(char::is_whitespace)
+                && !domain.contains('@')
+        }
+        None => false,
+    }
+}
+
+fn valid_phone(phone: &str) -> bool {
+    phone
+        .chars()
+        .all(|c| c.is_ascii_digit() || "+ -".contains(c))
+}
+
+pub async fn sign_up(State(state): State<Arc<AppState>>, body: JsonObject) -> ApiResult<Response> {
+    let mut fields = Fields::new(&body.0, false);
+    let username = fields.text("username", true, false, USERNAME_MAX_CHARS);
+    if let Some(name) = &username
+        && !valid_username(name)
+    {
+        fields.error(
+            "username",
+            "Enter a valid username. This value may contain only letters, numbers, and @/./+/-/_ characters.",
+        );
+    }
+    let password = fields.raw_text("password", PASSWORD_MIN_CHARS, PASSWORD_MAX_CHARS);
+    let email = fields
+        .text("email", false, true, EMAIL_MAX_CHARS)
+        .unwrap_or_default();
+    if !email.is_empty() && !valid_email(&email) {
+        fields.error("email", "Enter a valid email address.");
+    }
+    let phone_number = fields
+        .text("phone_number", false, true, PHONE_MAX_CHARS)
+        .unwrap_or_default();
+    if !valid_phone(&phone_number) {
+        fields.error(
+            "phone_number",
+            "Enter a valid phone number: digits, spaces, '+' and '-' only.",
+        );
+    }
+    fields.finish()?;
+    let (Some(username), Some(password)) = (username, password) else {
+        return Err(ApiError::BadRequest("Missing username or password.".into()));
+    };
+    let password_hash = auth::hash_password(password).await?;
+    let command = Command::CreateUser(NewUser {
+        username,
+        email,
+        phone_number,
+        password_hash,
+        is_staff: false,
+        date_joined: auth::unix_micros(),
+    });
+    match state.submit(command).await? {
+        CommandOutcome::User(user) => Ok(send_json(
+            StatusCode::CREATED,
+            json_bytes(&UserJson::from(&user)),
+        )),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn me(State(state): State<Arc<AppState>>, principal: Principal) -> ApiResult<Response> {
+    let key = CacheKey::Me {
+        generation: state.cache.user_generation(principal.id),
+        id: principal.id,
+    };
+    if let Some(hit) = state.cache.get_body(&key) {
+        return Ok(super::send(StatusCode::OK, &hit));
+    }
+    let user = state
+        .read()?
+        .user(principal.id)?
+        .ok_or(ApiError::InvalidToken)?;
+    let body = CachedBody {
+        body: json_bytes(&UserJson::from(&user)),
+        total_count: None,
+        next_link: None,
+    };
+    let response = super::send(StatusCode::OK, &body);
+    state.cache.put_body(key, body);
+    Ok(response)
+}
+
+/// The client's address: the TCP peer, or what a trusted proxy says it forwarded for.
+fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    if !state.trusted_proxies.contains(&peer.ip()) {
+        return peer.ip();
+    }
+    let forwarded = headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .or_else(|| {
+            headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse().ok())
+        });
+    forwarded.unwrap_or(peer.ip())
+}
+
+fn token_pair_response(state: &AppState, user_id: u64) -> ApiResult<Response> {
+    let (access, refresh) = state.tokens.issue_pair(user_id)?;
+    Ok(send_json(
+        StatusCode::OK,
+        json_bytes(&json!({ "access": access, "refresh": refresh })),
+    ))
+}
+
+pub async fn obtain_token(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let mut fields = Fields::new(&body.0, false);
+    let username = fields.text("username", true, false, USERNAME_MAX_CHARS);
+    let password = fields.raw_text("password", 1, PASSWORD_MAX_CHARS);
+    fields.finish()?;
+    let (Some(username), Some(password)) = (username, password) else {
+        return Err(ApiError::BadRequest("Missing username or password.".into()));
+    };
+    let ip = client_ip(&state, peer, &headers);
+    if let Err(retry_after_secs) = state.throttle.check(ip, &username) {
+        return Err(ApiError::TooManyRequests { retry_after_secs });
+    }
+    let user = state.read()?.user_by_username(&username)?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let verified = auth::verify_password(password, hash).await?;
+    match user {
+        Some(user) if verified => {
+            state.throttle.record_success(&username);
+            token_pair_response(&state, user.id)
+        }
+        _ => {
+            state.throttle.record_failure(ip, &username);
+            metrics::counter!("soundwave_failed_logins_total").increment(1);
+            Err(ApiError::BadCredentials)
+        }
+    }
+}
+
+pub async fn refresh_token(
+    State(state): State<Arc<AppState>>,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let mut fields = Fields::new(&body.0, false);
+    let token = fields.raw_text("refresh", 1, 4096);
+    fields.finish()?;
+    let token = token.ok_or(ApiError::InvalidToken)?;
+    let claims = state.tokens.verify(&token, TokenType::Refresh)?;
+    if state.principal(claims.user_id)?.is_none() {
+        return Err(ApiError::InvalidToken);
+    }
+    // Rotation: the old refresh token is used up, through the log like every write, so a
+    // replay is refused on every node.
+    state
+        .submit(Command::ConsumeRefreshToken {
+            jti: claims.jti,
+            expires_at: claims.exp.saturating_mul(1_000_000),
+            now: auth::unix_micros(),
+        })
+        .await?;
+    token_pair_response(&state, claims.user_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_allow_letters_digits_and_django_punctuation() {
+        assert!(valid_username("john.doe+shop@x-y_z"));
+        assert!(valid_username("Zoë"));
+        assert!(!valid_username("john doe"));
+        assert!(!valid_username("john/doe"));
+    }
+
+    #[test]
+    fn emails_and_phones_are_checked() {
+        assert!(valid_email("a@b.co"));
+        assert!(!valid_email("a@b"));
+        assert!(!valid_email("@b.co"));
+        assert!(valid_phone("+44 20-7946 0958"));
+        assert!(!valid_phone("call me"));
+    }
+}

@@ -1,0 +1,341 @@
+//! Categories and products: anyone reads (from the response cache), staff write.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::response::Response;
+use http::StatusCode;
+use store::{Command, CommandOutcome, NewProduct, ProductChanges, ProductQuery, ProductSort};
+
+use super::{IdPath, PageRequest, QueryParams, no_content, send, send_json};
+use crate::auth::Staff;
+use crate::cache::{CacheKey, CachedBody};
+use crate::error::{ApiError, ApiResult};
+use crate::input::{Fields, JsonObject};
+use crate::node::AppState;
+use crate::output::{CategoryJson, ProductJson, json_bytes};
+
+const NAME_MAX_CHARS: usize = 200;
+const DESCRIPTION_MAX_CHARS: usize = 10_000;
+/// Django's PositiveIntegerField bound.
+const STOCK_MAX: i64 = 2_147_483_647;
+const NAME_FILTER_MAX_CHARS: usize = 200;
+
+/// Answers from the cache, or builds the body, caches it and answers.
+fn cached(
+    state: &AppState,
+    key: CacheKey,
+    build: impl FnOnce() -> ApiResult<CachedBody>,
+) -> ApiResult<Response> {
+    if let Some(hit) = state.cache.get_body(&key) {
+        return Ok(send(StatusCode::OK, &hit));
+    }
+    let fresh = build()?;
+    let response = send(StatusCode::OK, &fresh);
+    state.cache.put_body(key, fresh);
+    Ok(response)
+}
+
+pub async fn list_categories(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<QueryParams>,
+) -> ApiResult<Response> {
+    let page = PageRequest::parse(&params, state.limits.page_size)?;
+    let key = CacheKey::CategoryList {
+        generation: state.cache.categories_generation(),
+        limit: page.limit,
+        offset: page.offset,
+    };
+    cached(&state, key, || {
+        let categories = state.read()?.categories()?;
+        let json: Vec<CategoryJson> = categories
+            .iter()
+            .skip(page.offset)
+            .take(page.limit)
+            .map(CategoryJson::from)
+            .collect();
+        Ok(CachedBody {
+            body: json_bytes(&json),
+            total_count: Some(categories.len()),
+            next_link: page.next_link("/api/categories/", &params, categories.len()),
+        })
+    })
+}
+
+pub async fn get_category(
+    State(state): State<Arc<AppState>>,
+    IdPath(id): IdPath,
+) -> ApiResult<Response> {
+    let key = CacheKey::Category {
+        generation: state.cache.categories_generation(),
+        id,
+    };
+    cached(&state, key, || {
+        let category = state.read()?.category(id)?.ok_or(ApiError::NotFound)?;
+        Ok(CachedBody {
+            body: json_bytes(&CategoryJson::from(&category)),
+            total_count: None,
+            next_link: None,
+        })
+    })
+}
+
+fn category_name(body: &JsonObject, partial: bool) -> ApiResult<Option<String>> {
+    let mut fields = Fields::new(&body.0, partial);
+    let name = fields.text("name", true, false, NAME_MAX_CHARS);
+    fields.finish()?;
+    Ok(name)
+}
+
+fn name_required() -> ApiError {
+    ApiError::field("name", "This field is required.")
+}
+
+async fn write_category(
+    state: &AppState,
+    command: Command,
+    status: StatusCode,
+) -> ApiResult<Response> {
+    match state.submit(command).await? {
+        CommandOutcome::Category(category) => Ok(send_json(
+            status,
+            json_bytes(&CategoryJson::from(&category)),
+        )),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn create_category(
+    State(state): State<Arc<AppState>>,
+    _staff: Staff,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let name = category_name(&body, false)?.ok_or_else(name_required)?;
+    write_category(
+        &state,
+        Command::CreateCategory { name },
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+pub async fn put_category(
+    State(state): State<Arc<AppState>>,
+    _staff: Staff,
+    IdPath(id): IdPath,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let name = category_name(&body, false)?.ok_or_else(name_required)?;
+    write_category(&state, Command::UpdateCategory { id, name }, StatusCode::OK).await
+}
+
+pub async fn patch_category(
+    State(state): State<Arc<AppState>>,
+    _staff: Staff,
+    IdPath(id): IdPath,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    match category_name(&body, true)? {
+        Some(name) => {
+            write_category(&state, Command::UpdateCategory { id, name }, StatusCode::OK).await
+        }
+        None => get_category(State(state), IdPath(id)).await,
+    }
+}
+
+pub async fn delete_category(
+    State(state): State<Arc<AppState>>,
+    _staff: Staff,
+    IdPath(id): IdPath,
+) -> ApiResult<Response> {
+    state.submit(Command::DeleteCategory { id }).await?;
+    Ok(no_content())
+}
+
+/// Parses the product list's filters; bad values are 400s, never 500s.
+fn product_query(params: &QueryParams, page_size: usize) -> ApiResult<ProductQuery> {
+    let page = PageRequest::parse(params, page_size)?;
+    let category = match params.get("category").map(String::as_str) {
+        None | Some("") => None,
+        Some(raw) => Some(raw.parse::<u64>().map_err(|_| {
+            ApiError::field(
+                "category",
+                "Select a valid choice. That choice is not one of the available choices.",
+            )
+        })?),
+    };
+    let name_contains = match params.get("name").map(|n| n.trim()) {
+        None | Some("") => None,
+        Some(name) if name.chars().count() > NAME_FILTER_MAX_CHARS => {
+            return Err(ApiError::field(
+                "name",
+                format!("Ensure this value has no more than {NAME_FILTER_MAX_CHARS} characters."),
+            ));
+        }
+        Some(name) => Some(name.to_lowercase()),
+    };
+    let sort = match params.get("order_by_name").map(String::as_str) {
+        None | Some("") => ProductSort::Id,
+        Some("asc") => ProductSort::NameAsc,
+        Some("desc") => ProductSort::NameDesc,
+        Some(_) => {
+            return Err(ApiError::field(
+                "order_by_name",
+                "Select a valid choice: asc or desc.",
+            ));
+        }
+    };
+    Ok(ProductQuery {
+        category,
+        name_contains,
+        sort,
+        limit: page.limit,
+        offset: page.offset,
+    })
+}
+
+pub async fn list_products(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<QueryParams>,
+) -> ApiResult<Response> {
+    let query = product_query(&params, state.limits.page_size)?;
+    let key = CacheKey::ProductList {
+        generation: state.cache.product_list_generation(),
+        category: query.category,
+        name: query.name_contains.clone(),
+        sort: query.sort,
+        limit: query.limit,
+        offset: query.offset,
+    };
+    cached(&state, key, || {
+        let page = state.read()?.products(&query)?;
+        let json: Vec<ProductJson> = page.items.iter().map(ProductJson::from).collect();
+        let request = PageRequest {
+            limit: query.limit,
+            offset: query.offset,
+        };
+        Ok(CachedBody {
+            body: json_bytes(&json),
+            total_count: Some(page.total),
+            next_link: request.next_link("/api/products/", &params, page.total),
+        })
+    })
+}
+
+pub async fn get_product(
+    State(state): State<Arc<AppState>>,
+    IdPath(id): IdPath,
+) -> ApiResult<Response> {
+    let key = CacheKey::Product {
+        generation: state.cache.product_generation(id),
+        id,
+    };
+    cached(&state, key, || {
+        let product = state
+            .read()?
+            .product(id)?
+            .filter(|p| !p.archived)
+            .ok_or(ApiError::NotFound)?;
+        Ok(CachedBody {
+            body: json_bytes(&ProductJson::from(&product)),
+            total_count: None,
+            next_link: None,
+        })
+    })
+}
+
+/// The product fields of a body; in `partial` mode (PATCH) only those present.
+fn product_changes(body: &JsonObject, partial: bool) -> ApiResult<ProductChanges> {
+    let mut fields = Fields::new(&body.0, partial);
+    let changes = ProductChanges {
+        name: fields.text("name", true, false, NAME_MAX_CHARS),
+        stock: fields
+            .integer("stock", true, 0, STOCK_MAX)
+            .map(|s| s as u32),
+        price: fields.money("price", true),
+        description: fields.text("description", false, true, DESCRIPTION_MAX_CHARS),
+        category: fields.reference("category", true),
+    };
+    fields.finish()?;
+    Ok(changes)
+}
+
+async fn write_product(
+    state: &AppState,
+    command: Command,
+    status: StatusCode,
+) -> ApiResult<Response> {
+    match state.submit(command).await? {
+        CommandOutcome::Product(product) => {
+            Ok(send_json(status, json_bytes(&ProductJson::from(&product))))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn create_product(
+    State(state): State<Arc<AppState>>,
+    _staff: Staff,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let changes = product_changes(&body, false)?;
+    let (Some(name), Some(stock), Some(price), Some(category)) =
+        (changes.name, changes.stock, changes.price, changes.category)
+    else {
+        return Err(ApiError::BadRequest("Missing product fields.".into()));
+    };
+    let new = NewProduct {
+        name,
+        stock,
+        price,
+        description: changes.description.unwrap_or_default(),
+        category,
+    };
+    write_product(&state, Command::CreateProduct(new), StatusCode::CREATED).await
+}
+
+pub async fn put_product(
+    State(state): State<Arc<AppState>>,
+    _staff: Staff,
+    IdPath(id): IdPath,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let mut changes = product_changes(&body, false)?;
+    // A full update that leaves out the description clears it, as a PUT should.
+    changes.description.get_or_insert_with(String::new);
+    write_product(
+        &state,
+        Command::UpdateProduct { id, changes },
+        StatusCode::OK,
+    )
+    .await
+}
+
+pub async fn patch_product(
+    State(state): State<Arc<AppState>>,
+    _staff: Staff,
+    IdPath(id): IdPath,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let changes = product_changes(&body, true)?;
+    write_product(
+        &state,
+        Command::UpdateProduct { id, changes },
+        StatusCode::OK,
+    )
+    .await
+}
+
+pub async fn delete_product(
+    State(state): State<Arc<AppState>>,
+    _staff: Staff,
+    IdPath(id): IdPath,
+) -> ApiResult<Response> {
+    state.submit(Command::DeleteProduct { id }).await?;
+    Ok(no_content())
+}
+
+/// A command answered with an outcome of another kind: a bug, reported as a 500.
+pub fn unexpected(outcome: CommandOutcome) -> ApiError {
+    ApiError::Internal(format!("unexpected command outcome: {outcome:?}"))
+}

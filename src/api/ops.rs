@@ -1,0 +1,101 @@
+//! Operability endpoints: `/health/` with timed checks, `/metrics` in Prometheus format.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+
+use super::send_json;
+use crate::cache::{CacheKey, CachedBody};
+use crate::node::AppState;
+use crate::output::json_bytes;
+
+fn elapsed_ms(started: Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// A read of the store (no write: health checks must not add load to the writer).
+fn check_database(state: &AppState) -> (bool, Value) {
+    let started = Instant::now();
+    let result = state.store.read().and_then(|reader| reader.categories());
+    match result {
+        Ok(categories) => (
+            true,
+            json!({
+                "status": "ok",
+                "time_ms": elapsed_ms(started),
+                "categories": categories.len(),
+                "file_bytes": state.store.file_size(),
+            }),
+        ),
+        Err(error) => (
+            false,
+            json!({
+                "status": "error",
+                "time_ms": elapsed_ms(started),
+                "error": error.to_string(),
+            }),
+        ),
+    }
+}
+
+/// A write and a read of a probe entry.
+fn check_cache(state: &AppState) -> (bool, Value) {
+    let started = Instant::now();
+    let probe = Bytes::from_static(b"ok");
+    state.cache.put_body(
+        CacheKey::HealthProbe,
+        CachedBody {
+            body: probe.clone(),
+            total_count: None,
+            next_link: None,
+        },
+    );
+    // The probe may be evicted at once under pressure; that is not a failure of the cache.
+    let found = state.cache.peek_body(&CacheKey::HealthProbe);
+    let (entries, weight) = state.cache.usage();
+    let ok = found.is_none_or(|b| b.body == probe);
+    (
+        ok,
+        json!({
+            "status": if ok { "ok" } else { "error" },
+            "time_ms": elapsed_ms(started),
+            "entries": entries,
+            "weight_bytes": weight,
+        }),
+    )
+}
+
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let (database_ok, database) = check_database(&state);
+    let (cache_ok, cache) = check_cache(&state);
+    let healthy = database_ok && cache_ok;
+    let body = json!({
+        "status": if healthy { "ok" } else { "error" },
+        "node_id": state.node_id,
+        "checks": { "database": database, "cache": cache },
+    });
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    send_json(status, json_bytes(&body))
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let (entries, weight) = state.cache.usage();
+    metrics::gauge!("soundwave_store_file_bytes").set(state.store.file_size() as f64);
+    metrics::gauge!("soundwave_cache_entries").set(entries as f64);
+    metrics::gauge!("soundwave_cache_weight_bytes").set(weight as f64);
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}

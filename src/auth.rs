@@ -1,0 +1,396 @@
+//! Authentication: simplejwt-compatible HS256 tokens ([`TokenService`]), argon2id password
+//! hashing off the async runtime, the failed-login throttle, and the extractors that turn
+//! an `Authorization: Bearer` header into a [`Principal`].
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use axum::extract::FromRequestParts;
+use http::header;
+use http::request::Parts;
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use store::Id;
+
+use crate::cache::{CacheKey, Principal};
+use crate::error::{ApiError, ApiResult};
+use crate::node::AppState;
+
+/// OWASP's argon2id recommendation: 19 MiB of memory, 2 iterations, 1 lane.
+const ARGON2_MEMORY_KIB: u32 = 19 * 1024;
+const ARGON2_ITERATIONS: u32 = 2;
+const ARGON2_LANES: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    Access,
+    Refresh,
+}
+
+impl TokenType {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenType::Access => "access",
+            TokenType::Refresh => "refresh",
+        }
+    }
+}
+
+/// The claims djangorestframework-simplejwt puts in its tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub token_type: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+    pub user_id: Id,
+}
+
+/// Issues and verifies HS256 tokens with one secret.
+pub struct TokenService {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    access_lifetime: Duration,
+    refresh_lifetime: Duration,
+}
+
+impl TokenService {
+    pub fn new(secret: &[u8], access_lifetime: Duration, refresh_lifetime: Duration) -> Self {
+        let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "iat"]);
+        TokenService {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            access_lifetime,
+            refresh_lifetime,
+        }
+    }
+
+    fn issue(&self, user_id: Id, kind: TokenType, now: i64) -> ApiResult<String> {
+        let lifetime = match kind {
+            TokenType::Access => self.access_lifetime,
+            TokenType::Refresh => self.refresh_lifetime,
+        };
+        let claims = Claims {
+            token_type: kind.as_str().to_owned(),
+            exp: now + lifetime.as_secs() as i64,
+            iat: now,
+            jti: random_hex(16)?,
+            user_id,
+        };
+        jsonwebtoken::encode(&Header::default(), &claims, &self.encoding)
+            .map_err(|e| ApiError::Internal(format!("cannot sign a token: {e}")))
+    }
+
+    /// A fresh `(access, refresh)` pair.
+    pub fn issue_pair(&self, user_id: Id) -> ApiResult<(String, String)> {
+        let now = unix_seconds();
+        Ok((
+            self.issue(user_id, TokenType::Access, now)?,
+            self.issue(user_id, TokenType::Refresh, now)?,
+        ))
+    }
+
+    /// The claims of a valid, unexpired HS256 token of the expected type.
+    pub fn verify(&self, token: &str, expected: TokenType) -> ApiResult<Claims> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|_| ApiError::InvalidToken)?;
+        if data.claims.token_type != expected.as_str() {
+            return Err(ApiError::InvalidToken);
+        }
+        Ok(data.claims)
+    }
+}
+
+pub fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Microseconds since the epoch, the store's timestamp unit.
+pub fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+pub fn random_bytes(len: usize) -> ApiResult<Vec<u8>> {
+    let mut bytes = vec![0u8; len];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ApiError::Internal(format!("no randomness available: {e}")))?;
+    Ok(bytes)
+}
+
+pub fn random_hex(len: usize) -> ApiResult<String> {
+    Ok(random_bytes(len)?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn argon2() -> Argon2<'static> {
+    let params =
+        Params::new(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS, ARGON2_LANES, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+fn hash_password_blocking(password: &str) -> ApiResult<String> {
+    argon2()
+        .hash_password(password.as_bytes())
+        .map(|hash| hash.to_string())
+        .map_err(|e| ApiError::Internal(format!("cannot hash a password: {e}")))
+}
+
+fn verify_password_blocking(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            argon2()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// Hashes a password with argon2id on the blocking pool.
+pub async fn hash_password(password: String) -> ApiResult<String> {
+    tokio::task::spawn_blocking(move || hash_password_blocking(&password))
+        .await
+        .map_err(|e| ApiError::Internal(format!("password hashing task failed: {e}")))?
+}
+
+/// Checks a password on the blocking pool. With no hash (unknown user) it still spends the
+/// time of one verification, so response times do not reveal which usernames exist.
+pub async fn verify_password(password: String, hash: Option<String>) -> ApiResult<bool> {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    tokio::task::spawn_blocking(move || match hash {
+        Some(hash) => Ok(verify_password_blocking(&password, &hash)),
+        None => {
+            let decoy = match DECOY.get() {
+                Some(decoy) => decoy.clone(),
+                None => {
+                    let fresh = hash_password_blocking(&random_hex(16)?)?;
+                    DECOY.get_or_init(|| fresh).clone()
+                }
+            };
+            verify_password_blocking(&password, &decoy);
+            Ok(false)
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("password check task failed: {e}")))?
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ThrottleKey {
+    Username(String),
+    Ip(IpAddr),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FailureWindow {
+    started: Instant,
+    failures: u32,
+}
+
+/// Counts failed logins per username and per client IP in fixed windows; past the limit
+/// further attempts are refused (429) until the window ends.
+pub struct LoginThrottle {
+    max_per_username: u32,
+    max_per_ip: u32,
+    window: Duration,
+    windows: Mutex<HashMap<ThrottleKey, FailureWindow>>,
+}
+
+/// Windows kept before expired ones are swept.
+const THROTTLE_SWEEP_AT: usize = 100_000;
+
+impl LoginThrottle {
+    pub fn new(max_per_username: u32, max_per_ip: u32, window: Duration) -> Self {
+        LoginThrottle {
+            max_per_username,
+            max_per_ip,
+            window,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn keys(ip: IpAddr, username: &str) -> [(ThrottleKey, bool); 2] {
+        [
+            (ThrottleKey::Username(username.to_owned()), true),
+            (ThrottleKey::Ip(ip), false),
+        ]
+    }
+
+    /// `Err(seconds to wait)` when this IP or username is locked out.
+    pub fn check(&self, ip: IpAddr, username: &str) -> Result<(), u64> {
+        let now = Instant::now();
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, is_username) in Self::keys(ip, username) {
+            let limit = if is_username {
+                self.max_per_username
+            } else {
+                self.max_per_ip
+            };
+            if let Some(window) = windows.get(&key) {
+                let elapsed = now.duration_since(window.started);
+                if elapsed < self.window && window.failures >= limit {
+                    return Err((self.window - elapsed).as_secs().max(1));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn record_failure(&self, ip: IpAddr, username: &str) {
+        let now = Instant::now();
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() >= THROTTLE_SWEEP_AT {
+            windows.retain(|_, w| now.duration_since(w.started) < self.window);
+        }
+        for (key, _) in Self::keys(ip, username) {
+            let window = windows.entry(key).or_insert(FailureWindow {
+                started: now,
+                failures: 0,
+            });
+            if now.duration_since(window.started) >= self.window {
+                *window = FailureWindow {
+                    started: now,
+                    failures: 0,
+                };
+            }
+            window.failures += 1;
+        }
+    }
+
+    /// A successful login forgets the username's failures.
+    pub fn record_success(&self, username: &str) {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        windows.remove(&ThrottleKey::Username(username.to_owned()));
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Self> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(ApiError::NotAuthenticated)?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(ApiError::NotAuthenticated)?;
+        let claims = state.tokens.verify(token, TokenType::Access)?;
+        state
+            .principal(claims.user_id)?
+            .ok_or(ApiError::InvalidToken)
+    }
+}
+
+/// A principal who is staff; anyone else gets 403.
+pub struct Staff(pub Principal);
+
+impl FromRequestParts<Arc<AppState>> for Staff {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Self> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        if principal.is_staff {
+            Ok(Staff(principal))
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+}
+
+impl AppState {
+    /// The user behind an id, from the cache or the store.
+    pub fn principal(&self, id: Id) -> ApiResult<Option<Principal>> {
+        let key = CacheKey::Principal {
+            generation: self.cache.user_generation(id),
+            id,
+        };
+        if let Some(principal) = self.cache.get_principal(&key) {
+            return Ok(Some(principal));
+        }
+        let Some(user) = self.store.read()?.user(id)? else {
+            return Ok(None);
+        };
+        let principal = Principal {
+            id,
+            username: user.username,
+            is_staff: user.is_staff,
+        };
+        self.cache.put_principal(key, principal.clone());
+        Ok(Some(principal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service() -> TokenService {
+        TokenService::new(
+            b"test-secret",
+            Duration::from_secs(300),
+            Duration::from_secs(600),
+        )
+    }
+
+    #[test]
+    fn tokens_round_trip_and_types_are_not_interchangeable() {
+        let tokens = service();
+        let (access, refresh) = tokens.issue_pair(42).unwrap();
+        assert_eq!(
+            tokens.verify(&access, TokenType::Access).unwrap().user_id,
+            42
+        );
+        assert_eq!(
+            tokens.verify(&refresh, TokenType::Refresh).unwrap().user_id,
+            42
+        );
+        assert!(tokens.verify(&access, TokenType::Refresh).is_err());
+        assert!(tokens.verify(&refresh, TokenType::Access).is_err());
+    }
+
+    #[test]
+    fn tokens_of_another_secret_are_rejected() {
+        let other = TokenService::new(b"other", Duration::from_secs(300), Duration::from_secs(600));
+        let (access, _) = other.issue_pair(1).unwrap();
+        assert!(service().verify(&access, TokenType::Access).is_err());
+    }
+
+    #[test]
+    fn passwords_verify_only_with_the_right_password() {
+        let hash = hash_password_blocking("correct horse").unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(verify_password_blocking("correct horse", &hash));
+        assert!(!verify_password_blocking("wrong horse", &hash));
+    }
+
+    #[test]
+    fn the_throttle_locks_a_username_after_too_many_failures() {
+        let throttle = LoginThrottle::new(2, 100, Duration::from_secs(60));
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        assert!(throttle.check(ip, "bob").is_ok());
+        throttle.record_failure(ip, "bob");
+        throttle.record_failure(ip, "bob");
+        assert!(throttle.check(ip, "bob").is_err());
+        assert!(throttle.check(ip, "alice").is_ok());
+        throttle.record_success("bob");
+        assert!(throttle.check(ip, "bob").is_ok());
+    }
+}

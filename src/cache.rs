@@ -1,0 +1,324 @@
+//! [`ResponseCache`]: ready-to-send response bodies in quick_cache, keyed by request and by
+//! generation numbers. Applied commands bump the generations of what they changed (see
+//! [`ResponseCache::invalidate`]), so an entry stored before a change is never found again
+//! afterwards; it just ages out. A hit costs no store access and no JSON encoding.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+use store::{ApplyObserver, ChangeSet, Id, ProductSort};
+
+/// Generation stripes for per-product and per-user invalidation. Two ids sharing a stripe
+/// only means one is invalidated needlessly now and then.
+const STRIPES: usize = 4096;
+
+/// Whose view of orders and order items a cached list or detail is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Viewer {
+    /// A user's own items, at that user's generation.
+    User { id: Id, generation: u64 },
+    /// Staff see everyone's, at the generation of all users.
+    Staff { generation: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CacheKey {
+    ProductList {
+        generation: u64,
+        category: Option<Id>,
+        name: Option<String>,
+        sort: ProductSort,
+        limit: usize,
+        offset: usize,
+    },
+    Product {
+        generation: u64,
+        id: Id,
+    },
+    CategoryList {
+        generation: u64,
+        limit: usize,
+        offset: usize,
+    },
+    Category {
+        generation: u64,
+        id: Id,
+    },
+    OrderItemList {
+        viewer: Viewer,
+        names: u64,
+        limit: usize,
+        offset: usize,
+    },
+    OrderItem {
+        viewer: Viewer,
+        names: u64,
+        id: Id,
+    },
+    OrderList {
+        viewer: Viewer,
+        limit: usize,
+        offset: usize,
+    },
+    Order {
+        viewer: Viewer,
+        id: Id,
+    },
+    /// The authenticated user behind a token (for permission checks).
+    Principal {
+        generation: u64,
+        id: Id,
+    },
+    /// What `/health/` writes and reads back.
+    HealthProbe,
+    /// `GET /api/users/me/`.
+    Me {
+        generation: u64,
+        id: Id,
+    },
+}
+
+/// A response body ready to send, with the list headers it needs.
+#[derive(Debug, Clone)]
+pub struct CachedBody {
+    pub body: Bytes,
+    pub total_count: Option<usize>,
+    pub next_link: Option<String>,
+}
+
+/// Who a token belongs to, as far as permissions go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub id: Id,
+    pub username: String,
+    pub is_staff: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum CacheValue {
+    Body(CachedBody),
+    Principal(Principal),
+}
+
+#[derive(Clone)]
+struct ByteWeighter;
+
+impl Weighter<CacheKey, CacheValue> for ByteWeighter {
+    fn weight(&self, _key: &CacheKey, value: &CacheValue) -> u64 {
+        let payload = match value {
+            CacheValue::Body(b) => b.body.len() + b.next_link.as_ref().map_or(0, String::len),
+            CacheValue::Principal(p) => p.username.len(),
+        };
+        // Keys and bookkeeping cost something too.
+        (payload + 128) as u64
+    }
+}
+
+/// Striped generation counters.
+struct Generations {
+    stripes: Box<[AtomicU64]>,
+}
+
+impl Generations {
+    fn new() -> Generations {
+        Generations {
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn get(&self, id: Id) -> u64 {
+        self.stripes[(id as usize) % STRIPES].load(Ordering::Acquire)
+    }
+
+    fn bump(&self, id: Id) {
+        self.stripes[(id as usize) % STRIPES].fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+pub struct ResponseCache {
+    entries: Cache<CacheKey, CacheValue, ByteWeighter>,
+    categories: AtomicU64,
+    product_list: AtomicU64,
+    products: Generations,
+    users: Generations,
+    all_users: AtomicU64,
+    product_names: AtomicU64,
+}
+
+impl ResponseCache {
+    pub fn new(capacity_bytes: u64) -> ResponseCache {
+        // quick_cache sizes its tables from an item estimate; ~2 KiB per entry is typical.
+        let estimated_items = (capacity_bytes / 2048).clamp(1024, 1 << 20) as usize;
+        ResponseCache {
+            entries: Cache::with_weighter(estimated_items, capacity_bytes, ByteWeighter),
+            categories: AtomicU64::new(0),
+            product_list: AtomicU64::new(0),
+            products: Generations::new(),
+            users: Generations::new(),
+            all_users: AtomicU64::new(0),
+            product_names: AtomicU64::new(0),
+        }
+    }
+
+    pub fn categories_generation(&self) -> u64 {
+        self.categories.load(Ordering::Acquire)
+    }
+
+    pub fn product_list_generation(&self) -> u64 {
+        self.product_list.load(Ordering::Acquire)
+    }
+
+    pub fn product_generation(&self, id: Id) -> u64 {
+        self.products.get(id)
+    }
+
+    pub fn user_generation(&self, id: Id) -> u64 {
+        self.users.get(id)
+    }
+
+    pub fn product_names_generation(&self) -> u64 {
+        self.product_names.load(Ordering::Acquire)
+    }
+
+    /// The generation a viewer's order data is cached at.
+    pub fn viewer(&self, principal: &Principal) -> Viewer {
+        if principal.is_staff {
+            Viewer::Staff {
+                generation: self.all_users.load(Ordering::Acquire),
+            }
+        } else {
+            Viewer::User {
+                id: principal.id,
+                generation: self.users.get(principal.id),
+            }
+        }
+    }
+
+    pub fn get_body(&self, key: &CacheKey) -> Option<CachedBody> {
+        let found = match self.entries.get(key) {
+            Some(CacheValue::Body(body)) => Some(body),
+            _ => None,
+        };
+        metrics::counter!(
+            "soundwave_cache_lookups_total",
+            "result" => if found.is_some() { "hit" } else { "miss" }
+        )
+        .increment(1);
+        found
+    }
+
+    /// A lookup that counts neither as a hit nor as a miss.
+    pub fn peek_body(&self, key: &CacheKey) -> Option<CachedBody> {
+        match self.entries.get(key) {
+            Some(CacheValue::Body(body)) => Some(body),
+            _ => None,
+        }
+    }
+
+    pub fn put_body(&self, key: CacheKey, body: CachedBody) {
+        self.entries.insert(key, CacheValue::Body(body));
+    }
+
+    pub fn get_principal(&self, key: &CacheKey) -> Option<Principal> {
+        match self.entries.get(key) {
+            Some(CacheValue::Principal(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn put_principal(&self, key: CacheKey, principal: Principal) {
+        self.entries.insert(key, CacheValue::Principal(principal));
+    }
+
+    /// Makes every entry that `changes` made stale unreachable. Called after the commit and
+    /// before the writer answers its callers.
+    pub fn invalidate(&self, changes: &ChangeSet) {
+        if changes.categories {
+            self.categories.fetch_add(1, Ordering::AcqRel);
+        }
+        if !changes.products.is_empty() {
+            self.product_list.fetch_add(1, Ordering::AcqRel);
+            for &id in &changes.products {
+                self.products.bump(id);
+            }
+        }
+        if !changes.users.is_empty() {
+            self.all_users.fetch_add(1, Ordering::AcqRel);
+            for &id in &changes.users {
+                self.users.bump(id);
+            }
+        }
+        if changes.product_names {
+            self.product_names.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Entries held and their weight, for health and metrics.
+    pub fn usage(&self) -> (usize, u64) {
+        (self.entries.len(), self.entries.weight())
+    }
+}
+
+impl ApplyObserver for ResponseCache {
+    fn applied(&self, changes: &ChangeSet) {
+        self.invalidate(changes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(text: &'static str) -> CachedBody {
+        CachedBody {
+            body: Bytes::from_static(text.as_bytes()),
+            total_count: None,
+            next_link: None,
+        }
+    }
+
+    #[test]
+    fn a_change_makes_earlier_entries_unreachable() {
+        let cache = ResponseCache::new(1 << 20);
+        let key = |cache: &ResponseCache| CacheKey::Product {
+            generation: cache.product_generation(7),
+            id: 7,
+        };
+        cache.put_body(key(&cache), body("old"));
+        assert!(cache.get_body(&key(&cache)).is_some());
+
+        let mut changes = ChangeSet::default();
+        changes.products.insert(7);
+        cache.invalidate(&changes);
+        assert!(cache.get_body(&key(&cache)).is_none());
+    }
+
+    #[test]
+    fn one_users_change_leaves_another_users_entries() {
+        let cache = ResponseCache::new(1 << 20);
+        let alice = Principal {
+            id: 1,
+            username: "alice".into(),
+            is_staff: false,
+        };
+        let bob = Principal {
+            id: 2,
+            username: "bob".into(),
+            is_staff: false,
+        };
+        let list = |cache: &ResponseCache, p: &Principal| CacheKey::OrderList {
+            viewer: cache.viewer(p),
+            limit: 10,
+            offset: 0,
+        };
+        cache.put_body(list(&cache, &alice), body("a"));
+        cache.put_body(list(&cache, &bob), body("b"));
+        let mut changes = ChangeSet::default();
+        changes.users.insert(1);
+        cache.invalidate(&changes);
+        assert!(cache.get_body(&list(&cache, &alice)).is_none());
+        assert!(cache.get_body(&list(&cache, &bob)).is_some());
+    }
+}

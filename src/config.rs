@@ -1,0 +1,157 @@
+//! Configuration: defaults, then `config.toml`, then `SOUNDWAVE_*` environment variables and
+//! command-line flags (see [`crate::cli`]), in that order of precedence.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id, shown in `X-Soundwave-Node`.
+    pub id: u64,
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Directory of the node's store file.
+    pub data_dir: PathBuf,
+    /// Fill an empty store with the demo catalog and users.
+    pub demo: bool,
+    /// Bytes of ready-to-send responses the cache may hold.
+    pub cache_capacity_bytes: u64,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// A request taking longer is answered 503.
+    pub request_timeout_secs: u64,
+    /// Default and largest `limit` of list endpoints.
+    pub page_size: usize,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed (the balancer).
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: 1,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            data_dir: PathBuf::from("./data"),
+            demo: false,
+            cache_capacity_bytes: 64 * 1024 * 1024,
+            max_body_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            page_size: 1000,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 signing secret. Empty: generated once and kept in the store.
+    pub jwt_secret: String,
+    pub access_token_lifetime_secs: u64,
+    pub refresh_token_lifetime_secs: u64,
+    /// Failed logins for one username within the window before 429.
+    pub login_max_failures: u32,
+    /// Failed logins from one client IP within the window before 429.
+    pub login_max_failures_per_ip: u32,
+    pub login_failure_window_secs: u64,
+    /// When both are set, this staff user is made to exist at start.
+    pub admin_username: String,
+    pub admin_password: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: String::new(),
+            access_token_lifetime_secs: 300,
+            refresh_token_lifetime_secs: 86_400,
+            login_max_failures: 5,
+            login_max_failures_per_ip: 50,
+            login_failure_window_secs: 300,
+            admin_username: String::new(),
+            admin_password: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults overlaid with the TOML file, if one is given.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |what: &str| Err(ConfigError::Invalid(what.to_owned()));
+        if self.node.page_size == 0 {
+            return invalid("node.page_size must be at least 1");
+        }
+        if self.node.max_body_bytes < 1024 {
+            return invalid("node.max_body_bytes must be at least 1024");
+        }
+        if self.auth.access_token_lifetime_secs == 0 || self.auth.refresh_token_lifetime_secs == 0 {
+            return invalid("token lifetimes must be at least 1 second");
+        }
+        if self.auth.admin_username.is_empty() != self.auth.admin_password.is_empty() {
+            return invalid("set both the admin username and the admin password, or neither");
+        }
+        if !self.auth.admin_password.is_empty() && self.auth.admin_password.chars().count() < 8 {
+            return invalid("the admin password must have at least 8 characters");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repository_config_parses_and_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let config = Config::load(Some(&path)).expect("config.toml parses");
+        config.validate().expect("config.toml is valid");
+        assert_eq!(config.node.page_size, 1000);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let result: Result<Config, _> = toml::from_str("[node]\nlisten_addr = \"x\"\n");
+        assert!(result.is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! [`ApiError`]: every way a request can fail, and the one place where each maps to an HTTP
+//! status and a JSON body.
+
+use std::collections::BTreeMap;
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+use store::{Rejection, StockShortage, StoreError};
+
+/// Field name → messages, as Django REST framework reports validation errors.
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid fields")]
+    Fields(FieldErrors),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("no credentials")]
+    NotAuthenticated,
+    #[error("invalid token")]
+    InvalidToken,
+    #[error("wrong credentials")]
+    BadCredentials,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {detail}")]
+    Conflict { detail: String, fields: FieldErrors },
+    #[error("insufficient stock")]
+    InsufficientStock(Vec<StockShortage>),
+    #[error("body too large")]
+    PayloadTooLarge { limit: usize },
+    #[error("unsupported media type")]
+    UnsupportedMediaType(String),
+    #[error("too many requests")]
+    TooManyRequests { retry_after_secs: u64 },
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn field(name: &str, message: impl Into<String>) -> ApiError {
+        ApiError::Fields(BTreeMap::from([(name.to_owned(), vec![message.into()])]))
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Fields(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotAuthenticated | ApiError::InvalidToken | ApiError::BadCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } | ApiError::InsufficientStock(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn body(&self) -> Value {
+        match self {
+            ApiError::Fields(fields) => json!(fields),
+            ApiError::BadRequest(detail) => json!({ "detail": detail }),
+            ApiError::NotAuthenticated => {
+                json!({ "detail": "Authentication credentials were not provided." })
+            }
+            ApiError::InvalidToken => json!({
+                "detail": "Given token not valid for any token type",
+                "code": "token_not_valid",
+            }),
+            ApiError::BadCredentials => {
+                json!({ "detail": "No active account found with the given credentials" })
+            }
+            ApiError::Forbidden => {
+                json!({ "detail": "You do not have permission to perform this action." })
+            }
+            ApiError::NotFound => json!({ "detail": "Not found." }),
+            ApiError::Conflict { detail, fields } => {
+                let mut body = json!(fields);
+                body["detail"] = json!(detail);
+                body
+            }
+            ApiError::InsufficientStock(shortages) => json!({
+                "detail": "Insufficient stock",
+                "items": shortages.iter().map(|s| json!({
+                    "product": s.product,
+                    "requested": s.requested,
+                    "available": s.available,
+                })).collect::<Vec<_>>(),
+            }),
+            ApiError::PayloadTooLarge { limit } => {
+                json!({ "detail": format!("Request body is too large (limit {limit} bytes).") })
+            }
+            ApiError::UnsupportedMediaType(kind) => {
+                json!({ "detail": format!("Unsupported media type \"{kind}\" in request.") })
+            }
+            ApiError::TooManyRequests { retry_after_secs } => json!({
+                "detail": format!(
+                    "Too many failed login attempts. Try again in {retry_after_secs} seconds."
+                ),
+            }),
+            ApiError::Unavailable(detail) => json!({ "detail": detail }),
+            ApiError::Internal(_) => json!({ "detail": "Internal server error." }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(reason) = &self {
+            tracing::error!(%reason, "internal error");
+        }
+        let status = self.status();
+        let mut response = (status, crate::output::json_bytes(&self.body())).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match &self {
+            ApiError::NotAuthenticated | ApiError::InvalidToken | ApiError::BadCredentials => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"api\""),
+                );
+            }
+            ApiError::TooManyRequests { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::WriterStopped => ApiError::Unavailable("The node is shutting down.".into()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::NotFound => ApiError::NotFound,
+            Rejection::Forbidden => ApiError::Forbidden,
+            Rejection::Invalid { field, message } => ApiError::field(field, message),
+            Rejection::Duplicate { what, field } => ApiError::Conflict {
+                detail: format!("A {what} with that {field} already exists."),
+                fields: BTreeMap::from([(
+                    field.to_owned(),
+                    vec![format!("A {what} with that {field} already exists.")],
+                )]),
+            },
+            Rejection::CategoryInUse => {
+                conflict("Cannot delete a category that still has products.")
+            }
+            Rejection::InsufficientStock(shortages) => ApiError::InsufficientStock(shortages),
+            Rejection::ItemAlreadyOrdered => {
+                conflict("This order item is part of an order and can no longer be changed.")
+            }
+            Rejection::AlreadyCancelled => conflict("This order is already cancelled."),
+            Rejection::IdempotencyMismatch => {
+                conflict("This Idempotency-Key was already used with a different request.")
+            }
+            Rejection::RefreshTokenUsed => ApiError::InvalidToken,
+        }
+    }
+}
+
+fn conflict(detail: &str) -> ApiError {
+    ApiError::Conflict {
+        detail: detail.to_owned(),
+        fields: FieldErrors::new(),
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,44 @@
+//! The store's error type: failures of the storage itself, as opposed to a command's
+//! [`Rejection`](crate::Rejection), which is a normal answer.
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("record encoding error: {0}")]
+    Encoding(String),
+    #[error(
+        "the store at {path} has schema version {found}, but this build reads version {supported}; \
+         refusing to open it (use a matching Soundwave release or a fresh data directory)"
+    )]
+    SchemaMismatch {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("the file at {path} holds tables but no Soundwave schema version; refusing to open it")]
+    UnknownSchema { path: String },
+    #[error("the write failed: {0}")]
+    WriteFailed(String),
+    #[error("the store's writer has stopped")]
+    WriterStopped,
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Storage(e.into())
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);

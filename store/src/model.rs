@@ -1,0 +1,99 @@
+//! Domain records as they are stored (bincode) and handed to the HTTP layer.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// Every record id: assigned from a counter in the database, never reused.
+pub type Id = u64;
+
+/// Microseconds since the Unix epoch (UTC). Carried inside commands; apply never reads a clock.
+pub type Timestamp = i64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Category {
+    pub id: Id,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    pub id: Id,
+    pub name: String,
+    pub stock: u32,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub price: Decimal,
+    pub description: String,
+    pub category: Id,
+    /// Set once the product appears in an order: such a product is archived, never erased.
+    pub ordered: bool,
+    /// Deleted by an admin while orders still show it: hidden from listings, not for sale.
+    pub archived: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: Id,
+    pub username: String,
+    pub email: String,
+    pub phone_number: String,
+    pub password_hash: String,
+    pub is_staff: bool,
+    pub date_joined: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderItem {
+    pub id: Id,
+    pub product: Id,
+    pub quantity: u32,
+    pub user: Id,
+    pub order: Option<Id>,
+    /// Frozen when an order takes the line; `None` while it is a cart line.
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub unit_price: Option<Decimal>,
+    /// Frozen when an order takes the line, so orders keep their names after a rename or delete.
+    pub product_name: Option<String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderStatus {
+    Placed,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Placed => "placed",
+            OrderStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: Id,
+    pub user: Id,
+    pub items: Vec<Id>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub total: Decimal,
+    pub status: OrderStatus,
+    pub created_at: Timestamp,
+}
+
+/// An order with everything its JSON shape needs, read in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderView {
+    pub order: Order,
+    pub username: String,
+    pub items: Vec<OrderItemView>,
+}
+
+/// An order item with its owner's username and the product name it shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderItemView {
+    pub item: OrderItem,
+    pub username: String,
+    pub product_name: String,
+}

@@ -1,0 +1,63 @@
+//! The redb tables: records keyed by id, and the secondary indexes that keep reads
+//! from scanning. Records are bincode-encoded; index values are empty.
+
+use redb::TableDefinition;
+
+use crate::error::StoreError;
+
+/// Bumped whenever a table's layout or a record's encoding changes. A store written with
+/// another version is refused at open instead of being misread.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+pub(crate) const CATEGORIES: TableDefinition<u64, &[u8]> = TableDefinition::new("categories");
+/// Lower-cased category name → id (names are unique case-insensitively).
+pub(crate) const CATEGORY_NAMES: TableDefinition<&str, u64> =
+    TableDefinition::new("category_names");
+
+pub(crate) const PRODUCTS: TableDefinition<u64, &[u8]> = TableDefinition::new("products");
+/// (category, product) for every product, archived ones included.
+pub(crate) const PRODUCTS_BY_CATEGORY: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("products_by_category");
+/// (lower-cased name, product) for products on sale (not archived).
+pub(crate) const PRODUCTS_BY_NAME: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("products_by_name");
+
+pub(crate) const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
+pub(crate) const USERNAMES: TableDefinition<&str, u64> = TableDefinition::new("usernames");
+
+pub(crate) const ORDER_ITEMS: TableDefinition<u64, &[u8]> = TableDefinition::new("order_items");
+/// (user, item) for every order item.
+pub(crate) const ORDER_ITEMS_BY_USER: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("order_items_by_user");
+/// (product, item) for cart lines only (items not yet in an order).
+pub(crate) const CART_LINES_BY_PRODUCT: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("cart_lines_by_product");
+
+pub(crate) const ORDERS: TableDefinition<u64, &[u8]> = TableDefinition::new("orders");
+pub(crate) const ORDERS_BY_USER: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("orders_by_user");
+/// (user, Idempotency-Key) → the request's lines and the order it placed.
+pub(crate) const IDEMPOTENCY: TableDefinition<(u64, &str), &[u8]> =
+    TableDefinition::new("idempotency_keys");
+
+/// Refresh-token ids that were used (rotated), with their expiry.
+pub(crate) const USED_REFRESH: TableDefinition<&str, i64> = TableDefinition::new("used_refresh");
+pub(crate) const USED_REFRESH_BY_EXPIRY: TableDefinition<(i64, &str), ()> =
+    TableDefinition::new("used_refresh_by_expiry");
+
+pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
+pub(crate) const META_JWT_SECRET: &str = "jwt_secret";
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| StoreError::Encoding(e.to_string()))
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(value, _)| value)
+        .map_err(|e| StoreError::Encoding(e.to_string()))
+}
