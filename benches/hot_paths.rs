@@ -1,1 +1,166 @@
-fn main(){}
+//! Criterion benches of in-process hot paths: applying an order, a cached product-list hit
+//! through the whole router, building the uncached list of 1,000 products, and verifying a
+//! JWT. Run with `cargo bench --bench hot_paths`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::Request;
+use rust_decimal::Decimal;
+use soundwave::auth::{TokenService, TokenType};
+use soundwave::config::Config;
+use soundwave::output::{ProductJson, json_bytes};
+use store::{
+    ChangeSet, Command, CommandOutcome, NewProduct, OrderLine, OrderLines, ProductQuery,
+    ProductSort, Store,
+};
+use tower::ServiceExt;
+
+/// A store with 6 categories, the 1,000 demo products with plenty of stock, and one user.
+fn demo_store(dir: &tempfile::TempDir) -> Arc<Store> {
+    let store = Store::open(dir.path().join("bench.redb")).expect("open store");
+    let mut changes = ChangeSet::default();
+    let categories: Vec<Command> = (1..=6)
+        .map(|n| Command::CreateCategory {
+            name: format!("Category {n}"),
+        })
+        .collect();
+    store.apply_batch(&categories, &mut changes).expect("categories");
+    let products: Vec<Command> = soundwave::demo::demo_products(&[1, 2, 3, 4, 5, 6])
+        .into_iter()
+        .map(|p| {
+            Command::CreateProduct(NewProduct {
+                stock: 2_000_000_000,
+                ..p
+            })
+        })
+        .collect();
+    store.apply_batch(&products, &mut changes).expect("products");
+    let user = Command::CreateUser(store::NewUser {
+        username: "bench".into(),
+        email: String::new(),
+        phone_number: String::new(),
+        password_hash: "not-a-real-hash".into(),
+        is_staff: false,
+        date_joined: 0,
+    });
+    store.apply_batch(&[user], &mut changes).expect("user");
+    Arc::new(store)
+}
+
+fn three_item_order(n: u64) -> Command {
+    Command::PlaceOrder {
+        user: 1,
+        lines: OrderLines::Products(vec![
+            OrderLine { product: 1 + n % 900, quantity: 1 },
+            OrderLine { product: 2 + n % 900, quantity: 2 },
+            OrderLine { product: 3 + n % 900, quantity: 3 },
+        ]),
+        idempotency_key: None,
+        at: 1_700_000_000_000_000,
+    }
+}
+
+fn apply_order(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = demo_store(&dir);
+    let mut group = c.benchmark_group("apply");
+    let mut n = 0u64;
+    group.bench_function("3-item order, own durable commit", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut changes = ChangeSet::default();
+            let results = store
+                .apply_batch(&[three_item_order(n)], &mut changes)
+                .expect("apply");
+            assert!(matches!(results[0], Ok(CommandOutcome::Order { .. })));
+        })
+    });
+    group.bench_function("100 3-item orders, one durable commit", |b| {
+        b.iter(|| {
+            let batch: Vec<Command> = (0..100)
+                .map(|_| {
+                    n += 1;
+                    three_item_order(n)
+                })
+                .collect();
+            let mut changes = ChangeSet::default();
+            black_box(store.apply_batch(&batch, &mut changes).expect("apply"));
+        })
+    });
+    group.finish();
+}
+
+fn product_list(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = demo_store(&dir);
+    let query = ProductQuery {
+        category: None,
+        name_contains: None,
+        sort: ProductSort::Id,
+        limit: 1000,
+        offset: 0,
+    };
+    c.bench_function("uncached list of 1,000 products (read + JSON)", |b| {
+        b.iter(|| {
+            let page = store.read().expect("read").products(&query).expect("query");
+            let json: Vec<ProductJson> = page.items.iter().map(ProductJson::from).collect();
+            black_box(json_bytes(&json))
+        })
+    });
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mut config = Config::default();
+    config.auth.jwt_secret = "bench-secret".into();
+    let state = runtime
+        .block_on(soundwave::node::build_state(&config, store.clone()))
+        .expect("state");
+    let app = soundwave::api::router(state);
+    let request = || {
+        Request::get("/api/products?limit=1000")
+            .body(Body::empty())
+            .expect("request")
+    };
+    // Warm the cache once.
+    let warm = runtime.block_on(app.clone().oneshot(request())).expect("warm");
+    assert_eq!(warm.status(), 200);
+    c.bench_function("cached list hit through the router (1,000 products)", |b| {
+        b.to_async(&runtime).iter(|| {
+            let app = app.clone();
+            async move { black_box(app.oneshot(request()).await.expect("response")) }
+        })
+    });
+}
+
+fn jwt(c: &mut Criterion) {
+    let tokens = TokenService::new(
+        b"bench-secret",
+        Duration::from_secs(300),
+        Duration::from_secs(86_400),
+    );
+    let (access, _) = tokens.issue_pair(7).expect("issue");
+    c.bench_function("JWT verification (HS256 access token)", |b| {
+        b.iter(|| black_box(tokens.verify(&access, TokenType::Access).expect("valid")))
+    });
+}
+
+fn price_total(c: &mut Criterion) {
+    // The decimal arithmetic of an order total, for scale against the rest.
+    let prices: Vec<Decimal> = (1..=100).map(|n| Decimal::new(n * 1999, 2)).collect();
+    c.bench_function("order total of 100 lines (rust_decimal)", |b| {
+        b.iter(|| {
+            black_box(
+                prices
+                    .iter()
+                    .map(|p| p * Decimal::from(3))
+                    .sum::<Decimal>(),
+            )
+        })
+    });
+}
+
+criterion_group!(benches, apply_order, product_list, jwt, price_total);
+criterion_main!(benches);
