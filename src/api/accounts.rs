@@ -11,7 +11,7 @@ use serde_json::json;
 use store::{Command, CommandOutcome, NewUser};
 
 use super::catalog::unexpected;
-use super::send_json;
+use super::{cached, send_json};
 use crate::auth::{self, TokenType};
 use crate::cache::{CacheKey, CachedBody, Principal};
 use crate::error::{ApiError, ApiResult};
@@ -105,21 +105,17 @@ pub async fn me(State(state): State<Arc<AppState>>, principal: Principal) -> Api
         generation: state.cache.user_generation(principal.id),
         id: principal.id,
     };
-    if let Some(hit) = state.cache.get_body(&key) {
-        return Ok(super::send(StatusCode::OK, &hit));
-    }
-    let user = state
-        .read()?
-        .user(principal.id)?
-        .ok_or(ApiError::InvalidToken)?;
-    let body = CachedBody {
-        body: json_bytes(&UserJson::from(&user)),
-        total_count: None,
-        next_link: None,
-    };
-    let response = super::send(StatusCode::OK, &body);
-    state.cache.put_body(key, body);
-    Ok(response)
+    cached(&state, key, || {
+        let user = state
+            .read()?
+            .user(principal.id)?
+            .ok_or(ApiError::InvalidToken)?;
+        Ok(CachedBody {
+            body: json_bytes(&UserJson::from(&user)),
+            total_count: None,
+            next_link: None,
+        })
+    })
 }
 
 /// The client's address: the TCP peer, or what a trusted proxy says it forwarded for.

@@ -7,7 +7,7 @@ use axum::response::Response;
 use http::StatusCode;
 use store::{Command, CommandOutcome, NewProduct, ProductChanges, ProductQuery, ProductSort};
 
-use super::{IdPath, PageRequest, QueryParams, no_content, send, send_json};
+use super::{IdPath, PageRequest, QueryParams, cached, no_content, send_json};
 use crate::auth::Staff;
 use crate::cache::{CacheKey, CachedBody};
 use crate::error::{ApiError, ApiResult};
@@ -20,21 +20,6 @@ const DESCRIPTION_MAX_CHARS: usize = 10_000;
 /// Django's PositiveIntegerField bound.
 const STOCK_MAX: i64 = 2_147_483_647;
 const NAME_FILTER_MAX_CHARS: usize = 200;
-
-/// Answers from the cache, or builds the body, caches it and answers.
-fn cached(
-    state: &AppState,
-    key: CacheKey,
-    build: impl FnOnce() -> ApiResult<CachedBody>,
-) -> ApiResult<Response> {
-    if let Some(hit) = state.cache.get_body(&key) {
-        return Ok(send(StatusCode::OK, &hit));
-    }
-    let fresh = build()?;
-    let response = send(StatusCode::OK, &fresh);
-    state.cache.put_body(key, fresh);
-    Ok(response)
-}
 
 pub async fn list_categories(
     State(state): State<Arc<AppState>>,

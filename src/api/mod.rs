@@ -21,7 +21,7 @@ use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 use tower_http::timeout::TimeoutLayer;
 
-use crate::cache::CachedBody;
+use crate::cache::{CacheKey, CachedBody};
 use crate::error::{ApiError, ApiResult};
 use crate::node::AppState;
 
@@ -246,6 +246,22 @@ pub fn send(status: StatusCode, cached: &CachedBody) -> Response {
         headers.insert(header::LINK, link);
     }
     response
+}
+
+/// Answers from the cache, or builds the body, caches it and answers. The key must be built
+/// (generations read) before `build` reads the store.
+pub fn cached(
+    state: &AppState,
+    key: CacheKey,
+    build: impl FnOnce() -> ApiResult<CachedBody>,
+) -> ApiResult<Response> {
+    if let Some(hit) = state.cache.get_body(&key) {
+        return Ok(send(StatusCode::OK, &hit));
+    }
+    let fresh = build()?;
+    let response = send(StatusCode::OK, &fresh);
+    state.cache.put_body(key, fresh);
+    Ok(response)
 }
 
 /// A JSON body that is not cached.

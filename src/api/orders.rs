@@ -13,7 +13,7 @@ use store::{
 };
 
 use super::catalog::unexpected;
-use super::{IdPath, PageRequest, QueryParams, no_content, send, send_json};
+use super::{IdPath, PageRequest, QueryParams, cached, no_content, send_json};
 use crate::auth::unix_micros;
 use crate::cache::{CacheKey, CachedBody, Principal};
 use crate::error::{ApiError, ApiResult, FieldErrors};
@@ -33,20 +33,6 @@ fn owner_filter(principal: &Principal) -> Option<u64> {
     (!principal.is_staff).then_some(principal.id)
 }
 
-fn cached_or(
-    state: &AppState,
-    key: CacheKey,
-    build: impl FnOnce() -> ApiResult<CachedBody>,
-) -> ApiResult<Response> {
-    if let Some(hit) = state.cache.get_body(&key) {
-        return Ok(send(StatusCode::OK, &hit));
-    }
-    let fresh = build()?;
-    let response = send(StatusCode::OK, &fresh);
-    state.cache.put_body(key, fresh);
-    Ok(response)
-}
-
 pub async fn list_order_items(
     State(state): State<Arc<AppState>>,
     principal: Principal,
@@ -59,7 +45,7 @@ pub async fn list_order_items(
         limit: page.limit,
         offset: page.offset,
     };
-    cached_or(&state, key, || {
+    cached(&state, key, || {
         let items = state
             .read()?
             .order_items(owner_filter(&principal), page.offset, page.limit)?;
@@ -90,7 +76,7 @@ pub async fn get_order_item(
         names: state.cache.product_names_generation(),
         id,
     };
-    cached_or(&state, key, || {
+    cached(&state, key, || {
         let view = visible_item(&state, &principal, id)?;
         Ok(CachedBody {
             body: json_bytes(&OrderItemJson::from(&view)),
@@ -187,7 +173,7 @@ pub async fn list_orders(
         limit: page.limit,
         offset: page.offset,
     };
-    cached_or(&state, key, || {
+    cached(&state, key, || {
         let orders = state
             .read()?
             .orders(owner_filter(&principal), page.offset, page.limit)?;
@@ -217,7 +203,7 @@ pub async fn get_order(
         viewer: state.cache.viewer(&principal),
         id,
     };
-    cached_or(&state, key, || {
+    cached(&state, key, || {
         let view = visible_order(&state, &principal, id)?;
         Ok(CachedBody {
             body: json_bytes(&OrderJson::from(&view)),
