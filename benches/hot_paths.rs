@@ -28,7 +28,9 @@ fn demo_store(dir: &tempfile::TempDir) -> Arc<Store> {
             name: format!("Category {n}"),
         })
         .collect();
-    store.apply_batch(&categories, &mut changes).expect("categories");
+    store
+        .apply_batch(&categories, &mut changes)
+        .expect("categories");
     let products: Vec<Command> = soundwave::demo::demo_products(&[1, 2, 3, 4, 5, 6])
         .into_iter()
         .map(|p| {
@@ -38,7 +40,9 @@ fn demo_store(dir: &tempfile::TempDir) -> Arc<Store> {
             })
         })
         .collect();
-    store.apply_batch(&products, &mut changes).expect("products");
+    store
+        .apply_batch(&products, &mut changes)
+        .expect("products");
     let user = Command::CreateUser(store::NewUser {
         username: "bench".into(),
         email: String::new(),
@@ -55,9 +59,18 @@ fn three_item_order(n: u64) -> Command {
     Command::PlaceOrder {
         user: 1,
         lines: OrderLines::Products(vec![
-            OrderLine { product: 1 + n % 900, quantity: 1 },
-            OrderLine { product: 2 + n % 900, quantity: 2 },
-            OrderLine { product: 3 + n % 900, quantity: 3 },
+            OrderLine {
+                product: 1 + n % 900,
+                quantity: 1,
+            },
+            OrderLine {
+                product: 2 + n % 900,
+                quantity: 2,
+            },
+            OrderLine {
+                product: 3 + n % 900,
+                quantity: 3,
+            },
         ]),
         idempotency_key: None,
         at: 1_700_000_000_000_000,
@@ -125,7 +138,9 @@ fn product_list(c: &mut Criterion) {
             .expect("request")
     };
     // Warm the cache once.
-    let warm = runtime.block_on(app.clone().oneshot(request())).expect("warm");
+    let warm = runtime
+        .block_on(app.clone().oneshot(request()))
+        .expect("warm");
     assert_eq!(warm.status(), 200);
     c.bench_function("cached list hit through the router (1,000 products)", |b| {
         b.to_async(&runtime).iter(|| {
@@ -151,14 +166,7 @@ fn price_total(c: &mut Criterion) {
     // The decimal arithmetic of an order total, for scale against the rest.
     let prices: Vec<Decimal> = (1..=100).map(|n| Decimal::new(n * 1999, 2)).collect();
     c.bench_function("order total of 100 lines (rust_decimal)", |b| {
-        b.iter(|| {
-            black_box(
-                prices
-                    .iter()
-                    .map(|p| p * Decimal::from(3))
-                    .sum::<Decimal>(),
-            )
-        })
+        b.iter(|| black_box(prices.iter().map(|p| p * Decimal::from(3)).sum::<Decimal>()))
     });
 }
 

@@ -229,18 +229,29 @@ pub async fn get_product(
     })
 }
 
-/// The product fields of a body; in `partial` mode (PATCH) only those present.
-fn product_changes(body: &JsonObject, partial: bool) -> ApiResult<ProductChanges> {
+/// The product fields of a body; in `partial` mode (PATCH) only those present. An unknown
+/// category is reported with the other field errors (apply checks it again).
+fn product_changes(
+    state: &AppState,
+    body: &JsonObject,
+    partial: bool,
+) -> ApiResult<ProductChanges> {
     let mut fields = Fields::new(&body.0, partial);
     let changes = ProductChanges {
         name: fields.text("name", true, false, NAME_MAX_CHARS),
-        stock: fields
-            .integer("stock", true, 0, STOCK_MAX)
-            .map(|s| s as u32),
+        stock: fields.integer("stock", true, 0, STOCK_MAX).map(|s| s as u32),
         price: fields.money("price", true),
         description: fields.text("description", false, true, DESCRIPTION_MAX_CHARS),
         category: fields.reference("category", true),
     };
+    if let Some(category) = changes.category
+        && state.read()?.category(category)?.is_none()
+    {
+        fields.error(
+            "category",
+            format!("Invalid pk \"{category}\" - object does not exist."),
+        );
+    }
     fields.finish()?;
     Ok(changes)
 }
@@ -263,7 +274,7 @@ pub async fn create_product(
     _staff: Staff,
     body: JsonObject,
 ) -> ApiResult<Response> {
-    let changes = product_changes(&body, false)?;
+    let changes = product_changes(&state, &body, false)?;
     let (Some(name), Some(stock), Some(price), Some(category)) =
         (changes.name, changes.stock, changes.price, changes.category)
     else {
@@ -285,7 +296,7 @@ pub async fn put_product(
     IdPath(id): IdPath,
     body: JsonObject,
 ) -> ApiResult<Response> {
-    let mut changes = product_changes(&body, false)?;
+    let mut changes = product_changes(&state, &body, false)?;
     // A full update that leaves out the description clears it, as a PUT should.
     changes.description.get_or_insert_with(String::new);
     write_product(
@@ -302,7 +313,7 @@ pub async fn patch_product(
     IdPath(id): IdPath,
     body: JsonObject,
 ) -> ApiResult<Response> {
-    let changes = product_changes(&body, true)?;
+    let changes = product_changes(&state, &body, true)?;
     write_product(
         &state,
         Command::UpdateProduct { id, changes },
