@@ -350,6 +350,27 @@ impl Node {
         }
     }
 
+    /// SIGTERM the child and wait (bounded) for it to exit; `None` if it did not exit in time
+    /// (it is then killed).
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut p = self.proc.take()?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &p.child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(sent, "could not send SIGTERM");
+        let status = wait_timeout(&mut p.child, Duration::from_secs(15));
+        if status.is_none() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        for t in p.threads.drain(..) {
+            let _ = t.join();
+        }
+        status
+    }
+
     /// Start the node again on the same data dir (new port). Kills it first if still running.
     pub fn restart(&mut self) {
         self.kill9();
@@ -1016,3 +1037,9 @@ pub fn json_id_eq(v: &Value, id: i64) -> bool {
         _ => false,
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The load balancer harness (tests/common/lb.rs)
+// ---------------------------------------------------------------------------------------------
+
+pub mod lb;
