@@ -1042,4 +1042,3 @@ pub fn json_id_eq(v: &Value, id: i64) -> bool {
 // The load balancer harness (tests/common/lb.rs)
 // ---------------------------------------------------------------------------------------------
 
-pub mod lb;
