@@ -187,7 +187,9 @@ async fn sigterm_stops_cleanly_and_keeps_acknowledged_writes() {
     let mut node = Node::start();
     let admin = node.admin_token().await;
     let cat = node.create_category(&admin, "Shutdown").await;
-    let pid = node.create_product(&admin, "Last Call LP", 5, "20.00", cat).await;
+    let pid = node
+        .create_product(&admin, "Last Call LP", 5, "20.00", cat)
+        .await;
     let order = node.place_order(&admin, &[(pid, 2)]).await;
 
     // Keep reads in flight while the signal arrives; each either completes or is refused
