@@ -239,7 +239,9 @@ fn product_changes(
     let mut fields = Fields::new(&body.0, partial);
     let changes = ProductChanges {
         name: fields.text("name", true, false, NAME_MAX_CHARS),
-        stock: fields.integer("stock", true, 0, STOCK_MAX).map(|s| s as u32),
+        stock: fields
+            .integer("stock", true, 0, STOCK_MAX)
+            .map(|s| s as u32),
         price: fields.money("price", true),
         description: fields.text("description", false, true, DESCRIPTION_MAX_CHARS),
         category: fields.reference("category", true),
