@@ -235,6 +235,10 @@ impl ResponseCache {
     /// Makes every entry that `changes` made stale unreachable. Called after the commit and
     /// before the writer answers its callers.
     pub fn invalidate(&self, changes: &ChangeSet) {
+        if changes.everything {
+            self.invalidate_all();
+            return;
+        }
         if changes.categories {
             self.categories.fetch_add(1, Ordering::AcqRel);
         }
@@ -252,6 +256,21 @@ impl ResponseCache {
         }
         if changes.product_names {
             self.product_names.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Makes every entry unreachable (the whole state was replaced).
+    fn invalidate_all(&self) {
+        for generation in [
+            &self.categories,
+            &self.product_list,
+            &self.all_users,
+            &self.product_names,
+        ] {
+            generation.fetch_add(1, Ordering::AcqRel);
+        }
+        for stripe in self.products.stripes.iter().chain(self.users.stripes.iter()) {
+            stripe.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -293,6 +312,24 @@ mod tests {
         changes.products.insert(7);
         cache.invalidate(&changes);
         assert!(cache.get_body(&key(&cache)).is_none());
+    }
+
+    #[test]
+    fn a_replaced_state_makes_every_entry_unreachable() {
+        let cache = ResponseCache::new(1 << 20);
+        let product = |cache: &ResponseCache| CacheKey::Product {
+            generation: cache.product_generation(3),
+            id: 3,
+        };
+        let me = |cache: &ResponseCache| CacheKey::Me {
+            generation: cache.user_generation(9),
+            id: 9,
+        };
+        cache.put_body(product(&cache), body("p"));
+        cache.put_body(me(&cache), body("m"));
+        cache.invalidate(&ChangeSet::everything());
+        assert!(cache.get_body(&product(&cache)).is_none());
+        assert!(cache.get_body(&me(&cache)).is_none());
     }
 
     #[test]

@@ -35,11 +35,25 @@ pub struct ChangeSet {
     pub users: BTreeSet<Id>,
     /// A product's name changed or it was removed: cart lines of every user show live names.
     pub product_names: bool,
+    /// The whole state was replaced (a snapshot was installed).
+    pub everything: bool,
 }
 
 impl ChangeSet {
+    /// Everything changed: what installing a snapshot does.
+    pub fn everything() -> ChangeSet {
+        ChangeSet {
+            everything: true,
+            ..ChangeSet::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
-        !self.categories && self.products.is_empty() && self.users.is_empty() && !self.product_names
+        !self.categories
+            && self.products.is_empty()
+            && self.users.is_empty()
+            && !self.product_names
+            && !self.everything
     }
 
     pub fn merge(&mut self, other: ChangeSet) {
@@ -47,6 +61,7 @@ impl ChangeSet {
         self.products.extend(other.products);
         self.users.extend(other.users);
         self.product_names |= other.product_names;
+        self.everything |= other.everything;
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, TableHandle,
+    TableDefinition,
 };
 
 use crate::apply::{ChangeSet, WriteTables, apply_command};
@@ -60,6 +60,10 @@ impl Store {
         Ok(store)
     }
 
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -96,6 +100,10 @@ impl Store {
         }
         // Creating every table up front lets readers open them without special cases.
         WriteTables::open(&txn)?;
+        txn.open_table(APPLIED_REQUESTS)?;
+        txn.open_table(APPLIED_REQUESTS_BY_INDEX)?;
+        txn.open_table(RAFT_LOG)?;
+        txn.open_table(RAFT_STATE)?;
         txn.commit()?;
         Ok(())
     }
@@ -449,61 +457,21 @@ impl StoreReader {
         Ok(views)
     }
 
-    /// A digest of every table's bytes: equal on two stores exactly when they hold the
-    /// same data (for the same binary). Used to compare nodes and in property tests.
+    /// A digest of the application state (every table but the raft log and bookkeeping):
+    /// equal on two stores exactly when they hold the same data. Used to compare nodes and
+    /// in property tests.
     pub fn digest(&self) -> Result<u64, StoreError> {
         let mut hasher = DefaultHasher::new();
-        let mut names: Vec<String> = self
-            .txn
-            .list_tables()?
-            .map(|t| t.name().to_owned())
-            .collect();
-        names.sort();
-        for name in names {
-            hasher.write(name.as_bytes());
-            digest_table(&self.txn, &name, &mut hasher)?;
+        for table in crate::raft::dump_state(&self.txn)? {
+            hasher.write(table.name.as_bytes());
+            hasher.write_usize(table.rows.len());
+            for (key, value) in &table.rows {
+                hasher.write(key);
+                hasher.write(value);
+            }
         }
         Ok(hasher.finish())
     }
-}
-
-/// Hashes a table's raw keys and values, whatever their declared types.
-fn digest_table(
-    txn: &ReadTransaction,
-    name: &str,
-    hasher: &mut DefaultHasher,
-) -> Result<(), StoreError> {
-    macro_rules! hash_table {
-        ($def:expr) => {{
-            let table = txn.open_table($def)?;
-            for entry in table.iter()? {
-                let (key, value) = entry?;
-                hasher.write(format!("{:?}", key.value()).as_bytes());
-                hasher.write(format!("{:?}", value.value()).as_bytes());
-            }
-        }};
-    }
-    match name {
-        n if n == META.name() => hash_table!(META),
-        n if n == COUNTERS.name() => hash_table!(COUNTERS),
-        n if n == CATEGORIES.name() => hash_table!(CATEGORIES),
-        n if n == CATEGORY_NAMES.name() => hash_table!(CATEGORY_NAMES),
-        n if n == PRODUCTS.name() => hash_table!(PRODUCTS),
-        n if n == PRODUCTS_BY_CATEGORY.name() => hash_table!(PRODUCTS_BY_CATEGORY),
-        n if n == PRODUCTS_BY_NAME.name() => hash_table!(PRODUCTS_BY_NAME),
-        n if n == USERS.name() => hash_table!(USERS),
-        n if n == USERNAMES.name() => hash_table!(USERNAMES),
-        n if n == ORDER_ITEMS.name() => hash_table!(ORDER_ITEMS),
-        n if n == ORDER_ITEMS_BY_USER.name() => hash_table!(ORDER_ITEMS_BY_USER),
-        n if n == CART_LINES_BY_PRODUCT.name() => hash_table!(CART_LINES_BY_PRODUCT),
-        n if n == ORDERS.name() => hash_table!(ORDERS),
-        n if n == ORDERS_BY_USER.name() => hash_table!(ORDERS_BY_USER),
-        n if n == IDEMPOTENCY.name() => hash_table!(IDEMPOTENCY),
-        n if n == USED_REFRESH.name() => hash_table!(USED_REFRESH),
-        n if n == USED_REFRESH_BY_EXPIRY.name() => hash_table!(USED_REFRESH_BY_EXPIRY),
-        _ => {}
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -619,7 +587,7 @@ mod tests {
         let names: Vec<String> = txn
             .list_tables()
             .unwrap()
-            .map(|t| t.name().to_owned())
+            .map(|t| redb::TableHandle::name(&t).to_owned())
             .collect();
         assert_eq!(names, ["something_else"]);
     }
@@ -635,7 +603,8 @@ mod tests {
         assert_eq!(reader.jwt_secret().unwrap(), None);
         assert_eq!(reader.orders(None, 0, 10).unwrap().total, 0);
         assert_eq!(reader.order_items(Some(1), 0, 10).unwrap().total, 0);
-        assert_eq!(reader.txn.list_tables().unwrap().count(), 17);
+        // 17 application tables, 2 of applied request ids, the raft log and raft state.
+        assert_eq!(reader.txn.list_tables().unwrap().count(), 21);
         // Two fresh stores are equal.
         assert_eq!(reader.digest().unwrap(), TestStore::new().digest());
     }

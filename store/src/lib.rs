@@ -11,6 +11,7 @@ mod command;
 mod db;
 mod error;
 mod model;
+pub mod raft;
 mod tables;
 mod writer;
 

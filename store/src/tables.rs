@@ -61,3 +61,15 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
         .map(|(value, _)| value)
         .map_err(|e| StoreError::Encoding(e.to_string()))
 }
+
+/// Request ids of applied client commands, with the log index that applied them, so a
+/// command retried after a leader change is applied once. Pruned by index, deterministically.
+pub(crate) const APPLIED_REQUESTS: TableDefinition<u128, u64> =
+    TableDefinition::new("applied_requests");
+pub(crate) const APPLIED_REQUESTS_BY_INDEX: TableDefinition<(u64, u128), ()> =
+    TableDefinition::new("applied_requests_by_index");
+
+/// The replicated log: index → bincode entry.
+pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Raft bookkeeping: vote, committed and purged log ids, last applied log id, membership.
+pub(crate) const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
