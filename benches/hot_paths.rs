@@ -129,7 +129,7 @@ fn product_list(c: &mut Criterion) {
     let mut config = Config::default();
     config.auth.jwt_secret = "bench-secret".into();
     let state = runtime
-        .block_on(soundwave::node::build_state(&config, store.clone()))
+        .block_on(soundwave::node::local_state(&config, store.clone()))
         .expect("state");
     let app = soundwave::api::router(state);
     let request = || {

@@ -269,7 +269,12 @@ impl ResponseCache {
         ] {
             generation.fetch_add(1, Ordering::AcqRel);
         }
-        for stripe in self.products.stripes.iter().chain(self.users.stripes.iter()) {
+        for stripe in self
+            .products
+            .stripes
+            .iter()
+            .chain(self.users.stripes.iter())
+        {
             stripe.fetch_add(1, Ordering::AcqRel);
         }
     }

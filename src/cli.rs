@@ -1,5 +1,5 @@
-//! The command line: `soundwave node ...`. Flags override `SOUNDWAVE_*` environment
-//! variables, which override the config file.
+//! The command line: `soundwave node ...` and `soundwave lb ...`. Flags override
+//! `SOUNDWAVE_*` environment variables, which override the config file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +23,17 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API from this node's embedded store.
     Node(NodeArgs),
+    /// Balance clients over nodes: IP hash over primaries, backups when no primary is up.
+    Lb(LbArgs),
+    /// Start every node of the config and the balancer, until Ctrl-C.
+    Up(UpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// TOML configuration file with `[cluster]` nodes and `[lb]` (default: ./config.toml).
+    #[arg(long, env = "SOUNDWAVE_CONFIG", default_value = "config.toml")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +56,9 @@ pub struct NodeArgs {
     /// HS256 signing secret for tokens.
     #[arg(long, env = "SOUNDWAVE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Shared secret of the cluster's peer network.
+    #[arg(long, env = "SOUNDWAVE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
     /// Staff user to make sure exists at start (with --admin-password).
     #[arg(long, env = "SOUNDWAVE_ADMIN_USERNAME")]
     pub admin_username: Option<String>,
@@ -60,6 +74,14 @@ impl NodeArgs {
         if let Some(id) = self.node_id {
             config.node.id = id;
         }
+        // A member of a configured cluster listens where its [[cluster.nodes]] table says,
+        // and keeps its store in a directory of its own under the data directory.
+        if let Some(member) = config.cluster.nodes.iter().find(|m| m.id == config.node.id) {
+            config.node.listen = member.api;
+            if config.cluster.nodes.len() > 1 {
+                config.node.data_dir = config.node.data_dir.join(format!("node-{}", member.id));
+            }
+        }
         if let Some(listen) = self.listen {
             config.node.listen = listen;
         }
@@ -70,6 +92,9 @@ impl NodeArgs {
         if let Some(secret) = &self.jwt_secret {
             config.auth.jwt_secret = secret.clone();
         }
+        if let Some(secret) = &self.cluster_secret {
+            config.cluster.secret = secret.clone();
+        }
         if let Some(username) = &self.admin_username {
             config.auth.admin_username = username.clone();
         }
@@ -77,6 +102,48 @@ impl NodeArgs {
             config.auth.admin_password = password.clone();
         }
         config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LbArgs {
+    /// TOML configuration file (its `[lb]` section; see config.toml).
+    #[arg(long, env = "SOUNDWAVE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to accept clients on (default 127.0.0.1:8080).
+    #[arg(long, env = "SOUNDWAVE_LB_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// A primary upstream (repeat the flag; replaces `lb.primaries`).
+    #[arg(long = "primary", value_name = "ADDR")]
+    pub primaries: Vec<SocketAddr>,
+    /// A backup upstream (repeat the flag; replaces `lb.backups`).
+    #[arg(long = "backup", value_name = "ADDR")]
+    pub backups: Vec<SocketAddr>,
+    /// Address of the Prometheus endpoint (default 127.0.0.1:9091).
+    #[arg(long, env = "SOUNDWAVE_LB_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl LbArgs {
+    /// The `[lb]` section of the config file overlaid with environment variables and flags.
+    pub fn resolve(&self) -> Result<lb::LbConfig, ConfigError> {
+        let mut config = Config::load(self.config.as_deref())?.lb;
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if !self.primaries.is_empty() {
+            config.primaries = self.primaries.clone();
+        }
+        if !self.backups.is_empty() {
+            config.backups = self.backups.clone();
+        }
+        if let Some(addr) = self.metrics_listen {
+            config.metrics_listen = Some(addr);
+        }
+        config
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(config)
     }
 }

@@ -27,6 +27,55 @@ pub enum ConfigError {
 pub struct Config {
     pub node: NodeConfig,
     pub auth: AuthConfig,
+    /// `soundwave lb`: the load balancer (the `lb` crate owns its keys and checks).
+    pub lb: lb::LbConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// The nodes of the cluster and how they replicate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Shared by every node; every peer request carries it. Required with several nodes.
+    pub secret: String,
+    /// Every member, `[[cluster.nodes]]` tables. Empty: this node alone.
+    pub nodes: Vec<ClusterMember>,
+    /// The leader's heartbeat.
+    pub heartbeat_ms: u64,
+    /// A follower hearing no leader for 1 to 2 times this starts an election.
+    pub election_timeout_ms: u64,
+    /// A write not applied within this answers 503.
+    pub write_timeout_ms: u64,
+    /// A snapshot is taken after this many log entries, and the log is purged behind it.
+    pub snapshot_after_entries: u64,
+    /// Log entries kept behind a snapshot, for followers that lag a little.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            secret: String::new(),
+            nodes: Vec::new(),
+            heartbeat_ms: 100,
+            election_timeout_ms: 500,
+            write_timeout_ms: 5000,
+            snapshot_after_entries: 5000,
+            logs_kept_after_snapshot: 1000,
+        }
+    }
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMember {
+    pub id: u64,
+    /// Its client (HTTP API) address.
+    pub api: std::net::SocketAddr,
+    /// Its peer address (raft and forwarding); needed when there are several members.
+    #[serde(default)]
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +176,15 @@ impl Config {
         if self.auth.access_token_lifetime_secs == 0 || self.auth.refresh_token_lifetime_secs == 0 {
             return invalid("token lifetimes must be at least 1 second");
         }
+        // The secret is checked when a node starts (`soundwave up` supplies one).
+        if self.cluster.nodes.len() > 1 && self.cluster.nodes.iter().any(|m| m.peer.is_none()) {
+            return invalid("every [[cluster.nodes]] member needs a peer address");
+        }
+        if self.cluster.heartbeat_ms == 0
+            || self.cluster.election_timeout_ms <= self.cluster.heartbeat_ms
+        {
+            return invalid("cluster.election_timeout_ms must exceed cluster.heartbeat_ms (> 0)");
+        }
         if self.auth.admin_username.is_empty() != self.auth.admin_password.is_empty() {
             return invalid("set both the admin username and the admin password, or neither");
         }
@@ -147,6 +205,8 @@ mod tests {
         let config = Config::load(Some(&path)).expect("config.toml parses");
         config.validate().expect("config.toml is valid");
         assert_eq!(config.node.page_size, 1000);
+        let ids: Vec<u64> = config.cluster.nodes.iter().map(|m| m.id).collect();
+        assert_eq!(ids, [1, 2, 3], "the ready local topology has three nodes");
     }
 
     #[test]

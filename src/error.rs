@@ -152,6 +152,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::WriterStopped => ApiError::Unavailable("The node is shutting down.".into()),
+            StoreError::Unavailable(reason) => ApiError::Unavailable(reason),
             other => ApiError::Internal(other.to_string()),
         }
     }

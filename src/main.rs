@@ -22,6 +22,14 @@ fn main() -> anyhow::Result<()> {
                 .block_on(soundwave::node::run(config))
                 .context("running the node")?;
         }
+        Command::Up(args) => {
+            soundwave::up::run(&args.config).context("running the topology")?;
+        }
+        Command::Lb(args) => {
+            let config = args.resolve().context("loading the configuration")?;
+            // Pingora builds its own runtimes: no tokio runtime around it.
+            lb::run(config).context("running the load balancer")?;
+        }
     }
     Ok(())
 }

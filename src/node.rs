@@ -19,6 +19,7 @@ use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::auth::{self, LoginThrottle, TokenService};
 use crate::cache::ResponseCache;
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 
@@ -45,6 +46,8 @@ pub struct AppState {
     pub limits: Limits,
     pub metrics: PrometheusHandle,
     pub trusted_proxies: Vec<IpAddr>,
+    /// The replicated log, when the node runs one (always, from `soundwave node`).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl AppState {
@@ -71,6 +74,8 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error("start-up failed: {0}")]
     Startup(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -108,11 +113,23 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Builds the node's state over an open store: cache, writer, token secret.
-pub async fn build_state(config: &Config, store: Arc<Store>) -> Result<Arc<AppState>, NodeError> {
+/// A node's state with the single-process writer (no replicated log): for benches and
+/// tools that drive the API in-process.
+pub async fn local_state(config: &Config, store: Arc<Store>) -> Result<Arc<AppState>, NodeError> {
     let cache = Arc::new(ResponseCache::new(config.node.cache_capacity_bytes));
     let writer: Arc<dyn CommandSubmitter> =
         Arc::new(LocalWriter::start(store.clone(), cache.clone())?);
+    build_state(config, store, cache, writer, None).await
+}
+
+/// Builds the node's state over an open store and its write path; settles the token secret.
+pub async fn build_state(
+    config: &Config,
+    store: Arc<Store>,
+    cache: Arc<ResponseCache>,
+    writer: Arc<dyn CommandSubmitter>,
+    cluster: Option<Arc<Cluster>>,
+) -> Result<Arc<AppState>, NodeError> {
     let secret = jwt_secret(config, &store, writer.as_ref()).await?;
     let node_header = HeaderValue::from(config.node.id);
     Ok(Arc::new(AppState {
@@ -138,7 +155,28 @@ pub async fn build_state(config: &Config, store: Arc<Store>) -> Result<Arc<AppSt
         },
         metrics: metrics_handle(),
         trusted_proxies: config.node.trusted_proxies.clone(),
+        cluster,
     }))
+}
+
+/// How long start-up writes wait for the cluster to elect a leader.
+const STARTUP_WRITE_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Submits a start-up command, waiting out the time the cluster needs to form.
+async fn submit_at_startup(
+    writer: &dyn CommandSubmitter,
+    command: Command,
+) -> ApiResult<CommandOutcome> {
+    let deadline = std::time::Instant::now() + STARTUP_WRITE_PATIENCE;
+    loop {
+        match submit(writer, command.clone()).await {
+            Err(ApiError::Unavailable(reason)) if std::time::Instant::now() < deadline => {
+                tracing::info!(%reason, "waiting for the cluster to take writes");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The configured secret, or the one kept in the store, or a new one kept from now on.
@@ -154,7 +192,7 @@ async fn jwt_secret(
         return Ok(secret);
     }
     let proposed = auth::random_bytes(32)?;
-    match submit(writer, Command::InitJwtSecret { secret: proposed }).await? {
+    match submit_at_startup(writer, Command::InitJwtSecret { secret: proposed }).await? {
         CommandOutcome::JwtSecret(kept) => Ok(kept),
         other => Err(NodeError::Startup(format!(
             "unexpected answer to the JWT secret: {other:?}"
@@ -176,13 +214,15 @@ async fn ensure_admin(state: &AppState, config: &Config) -> Result<(), NodeError
         return Ok(());
     }
     let password_hash = auth::hash_password(password.clone()).await?;
-    state
-        .submit(Command::EnsureAdmin {
+    submit_at_startup(
+        state.writer.as_ref(),
+        Command::EnsureAdmin {
             username: username.clone(),
             password_hash,
             at: auth::unix_micros(),
-        })
-        .await?;
+        },
+    )
+    .await?;
     tracing::info!(%username, "admin user ensured");
     Ok(())
 }
@@ -200,7 +240,10 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             .await
             .map_err(|e| NodeError::Startup(format!("store open task failed: {e}")))??,
     );
-    let state = build_state(&config, store).await?;
+    let cache = Arc::new(ResponseCache::new(config.node.cache_capacity_bytes));
+    let cluster = Cluster::start(&config, store.clone(), cache.clone()).await?;
+    let writer: Arc<dyn CommandSubmitter> = cluster.clone();
+    let state = build_state(&config, store, cache, writer, Some(cluster)).await?;
     ensure_admin(&state, &config).await?;
     if config.node.demo {
         crate::demo::seed(&state, data_dir).await?;

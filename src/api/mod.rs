@@ -5,6 +5,7 @@ mod accounts;
 mod catalog;
 mod ops;
 mod orders;
+mod pages;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -73,11 +74,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/orders/{id}/cancel", post(orders::cancel_order))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
+        .route("/", get(pages::storefront))
+        .route("/admin", get(pages::admin))
+        .route("/assets/{name}", get(pages::asset))
         .fallback(not_found)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), strong_reads))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -141,6 +146,28 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         latency_us = elapsed.as_micros() as u64,
     );
     response
+}
+
+/// `?consistency=strong` on a read: first make sure this node has applied everything the
+/// leader had committed when the read began (openraft's read index), so the local read that
+/// follows is linearizable. Other reads are local, from the cache where possible.
+async fn strong_reads(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let strong = request.method() == http::Method::GET
+        && request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|pair| pair == "consistency=strong"));
+    if strong
+        && let Some(cluster) = &state.cluster
+        && let Err(error) = cluster.linearizable_barrier().await
+    {
+        return ApiError::from(error).into_response();
+    }
+    next.run(request).await
 }
 
 /// A record id from the path. Anything but a positive integer is a 404, as no such

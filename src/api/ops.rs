@@ -73,11 +73,23 @@ fn check_cache(state: &AppState) -> (bool, Value) {
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     let (database_ok, database) = check_database(&state);
     let (cache_ok, cache) = check_cache(&state);
-    let healthy = database_ok && cache_ok;
+    // A node that has known no leader for longer than an election timeout cannot take
+    // writes: it answers 503 so the balancer drains it.
+    let (cluster_ok, cluster) = match &state.cluster {
+        Some(cluster) => {
+            let mut status = cluster.status();
+            let ok = cluster.has_leader();
+            status["status"] = json!(if ok { "ok" } else { "error" });
+            (ok, status)
+        }
+        None => (true, json!({ "status": "ok", "role": "single" })),
+    };
+    let healthy = database_ok && cache_ok && cluster_ok;
     let body = json!({
         "status": if healthy { "ok" } else { "error" },
         "node_id": state.node_id,
-        "checks": { "database": database, "cache": cache },
+        "checks": { "database": database, "cache": cache, "cluster": cluster },
+        "cluster": cluster,
     });
     let status = if healthy {
         StatusCode::OK

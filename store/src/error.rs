@@ -20,6 +20,8 @@ pub enum StoreError {
     UnknownSchema { path: String },
     #[error("the write failed: {0}")]
     WriteFailed(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     #[error("the store's writer has stopped")]
     WriterStopped,
 }

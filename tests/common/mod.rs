@@ -43,6 +43,7 @@ pub const MSG_BAD_LOGIN: &str = "No active account found with the given credenti
 #[derive(Clone, Debug)]
 pub struct NodeBuilder {
     node_id: u64,
+    listen: String,
     config: String,
     env: Vec<(String, String)>,
     demo: bool,
@@ -53,6 +54,7 @@ impl Default for NodeBuilder {
     fn default() -> Self {
         NodeBuilder {
             node_id: 1,
+            listen: "127.0.0.1:0".to_string(),
             config: String::new(),
             env: Vec::new(),
             demo: false,
@@ -62,6 +64,11 @@ impl Default for NodeBuilder {
 }
 
 impl NodeBuilder {
+    /// A fixed API address (cluster members and balancer upstreams need stable addresses).
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = addr.to_string();
+        self
+    }
     pub fn node_id(mut self, id: u64) -> Self {
         self.node_id = id;
         self
@@ -179,7 +186,7 @@ impl Node {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_soundwave"));
         cmd.arg("node")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&self.opts.listen)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--node-id")
@@ -331,6 +338,11 @@ impl Node {
             })
     }
 
+    /// The child's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.child.id())
+    }
+
     /// Is the child still running?
     pub fn is_running(&mut self) -> bool {
         match &mut self.proc {
@@ -371,7 +383,8 @@ impl Node {
         status
     }
 
-    /// Start the node again on the same data dir (new port). Kills it first if still running.
+    /// Start the node again on the same data dir and listen address (a fresh ephemeral port
+    /// unless `listen` fixed one). Kills it first if still running.
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
@@ -629,6 +642,37 @@ impl Node {
         let r = self.get(path, token).await;
         r.expect(200);
         r.array().clone()
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released), never the same twice in a process.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<std::collections::HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind an ephemeral port")
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if given.get_or_insert_with(Default::default).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// Polls `probe` until it returns `Some`, at most `limit`; panics with `what` otherwise.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -1038,6 +1082,11 @@ pub fn json_id_eq(v: &Value, id: i64) -> bool {
     }
 }
 
+pub mod browser;
+pub mod cluster;
+
 // ---------------------------------------------------------------------------------------------
 // The load balancer harness (tests/common/lb.rs)
 // ---------------------------------------------------------------------------------------------
+
+pub mod lb;

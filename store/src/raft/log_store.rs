@@ -9,7 +9,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, Vote};
 use redb::{Durability, ReadableDatabase, ReadableTable};
 
-use super::{run_blocking, NodeId, RaftConfig, RaftEntry, RaftLogId, RaftStorageError};
+use super::{NodeId, RaftConfig, RaftEntry, RaftLogId, RaftStorageError, run_blocking};
 use crate::db::Store;
 use crate::error::StoreError;
 use crate::tables::{RAFT_LOG, RAFT_STATE, decode, encode};

@@ -7,17 +7,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
-use openraft::{
-    EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StoredMembership,
-};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StoredMembership};
 use redb::{Durability, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::log_store::read_state;
 use super::snapshot::{TableRows, dump_state, load_state};
 use super::{
-    AppliedSink, EntryApplied, run_blocking, NodeId, RaftConfig, RaftEntry, RaftLogId, RaftNode,
-    RaftStorageError,
+    AppliedSink, EntryApplied, NodeId, RaftConfig, RaftEntry, RaftLogId, RaftNode,
+    RaftStorageError, run_blocking,
 };
 use crate::apply::{ChangeSet, WriteTables, apply_command};
 use crate::db::Store;
@@ -151,7 +149,10 @@ impl StateMachine {
             .unwrap_or_default();
         let tables = dump_state(&txn)?;
         let snapshot_id = match last_log_id {
-            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.leader_id.node_id, id.index),
+            Some(id) => format!(
+                "{}-{}-{}",
+                id.leader_id.term, id.leader_id.node_id, id.index
+            ),
             None => "empty".to_owned(),
         };
         let meta = SnapshotMeta {
@@ -243,9 +244,11 @@ impl RaftStateMachine<RaftConfig> for StateMachine {
         I::IntoIter: openraft::OptionalSend,
     {
         let entries: Vec<RaftEntry> = entries.into_iter().collect();
-        self.blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move |machine| {
-            machine.apply_entries(entries)
-        })
+        self.blocking(
+            ErrorSubject::StateMachine,
+            ErrorVerb::Write,
+            move |machine| machine.apply_entries(entries),
+        )
         .await
     }
 
@@ -253,9 +256,7 @@ impl RaftStateMachine<RaftConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -274,11 +275,12 @@ impl RaftStateMachine<RaftConfig> for StateMachine {
         .await
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<RaftConfig>>, RaftStorageError> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<RaftConfig>>, RaftStorageError> {
         self.blocking(ErrorSubject::Snapshot(None), ErrorVerb::Read, |machine| {
             machine.current_snapshot_blocking()
         })
         .await
     }
 }
-

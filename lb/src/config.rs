@@ -1,0 +1,226 @@
+//! `[lb]` of `config.toml`: the upstreams, health checking, passive ejection, timeouts,
+//! limits, trusted proxies and the process settings of the balancer.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::LbError;
+
+/// Settings of `soundwave lb`. Every field has a default (see `config.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LbConfig {
+    /// Address the balancer accepts clients on.
+    pub listen: SocketAddr,
+    /// Upstreams chosen by consistent hashing of the client IP.
+    pub primaries: Vec<SocketAddr>,
+    /// Upstreams used only while no primary is available.
+    pub backups: Vec<SocketAddr>,
+    /// Path of the active health probe (`GET`, 200 means healthy).
+    pub health_path: String,
+    /// Time between two probes of an upstream.
+    pub health_interval_ms: u64,
+    /// Connect and read timeout of one probe.
+    pub health_timeout_ms: u64,
+    /// Consecutive successful probes that bring an upstream back.
+    pub rise: usize,
+    /// Consecutive failed probes that take an upstream out.
+    pub fall: usize,
+    /// Failed requests within `fail_timeout_secs` that eject an upstream (0: never).
+    pub max_fails: u32,
+    /// The window for `max_fails`, and how long an ejection lasts.
+    pub fail_timeout_secs: u64,
+    /// Timeout of a TCP connect to an upstream.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the next bytes from an upstream (or a client's request body).
+    pub read_timeout_secs: u64,
+    /// How long an idle keep-alive connection (client or upstream) is kept.
+    pub idle_timeout_secs: u64,
+    /// Largest request line plus headers accepted; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` / `X-Forwarded-Proto` are believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Address of the Prometheus endpoint (`GET /metrics`); empty: no endpoint.
+    #[serde(deserialize_with = "optional_addr")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Worker threads of the proxy; 0: one per core.
+    pub threads: usize,
+    /// After SIGTERM: seconds to keep serving in-flight requests before stopping.
+    pub grace_period_secs: u64,
+    /// Then: seconds the runtimes get to finish.
+    pub graceful_shutdown_timeout_secs: u64,
+    /// Directory of the pid file and upgrade socket; empty: `$TMPDIR/soundwave-lb-<port>`.
+    pub run_dir: PathBuf,
+}
+
+impl Default for LbConfig {
+    fn default() -> Self {
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        LbConfig {
+            listen: local(8080),
+            primaries: vec![local(8001), local(8002)],
+            backups: vec![local(8003)],
+            health_path: "/health/".to_owned(),
+            health_interval_ms: 1000,
+            health_timeout_ms: 1000,
+            rise: 2,
+            fall: 2,
+            max_fails: 3,
+            fail_timeout_secs: 30,
+            connect_timeout_ms: 1000,
+            read_timeout_secs: 60,
+            idle_timeout_secs: 60,
+            max_header_bytes: 32 * 1024,
+            trusted_proxies: Vec::new(),
+            metrics_listen: Some(local(9091)),
+            threads: 0,
+            grace_period_secs: 5,
+            graceful_shutdown_timeout_secs: 5,
+            run_dir: PathBuf::new(),
+        }
+    }
+}
+
+fn optional_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+impl LbConfig {
+    /// Checks what serde cannot: non-empty tiers, no address twice, sane numbers.
+    pub fn validate(&self) -> Result<(), LbError> {
+        let invalid = |what: String| Err(LbError::Invalid(what));
+        if self.primaries.is_empty() {
+            return invalid("lb.primaries needs at least one address".to_owned());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for addr in self.primaries.iter().chain(&self.backups) {
+            if !seen.insert(*addr) {
+                return invalid(format!("upstream {addr} is listed twice"));
+            }
+            if addr.port() == 0 || addr.ip().is_unspecified() {
+                return invalid(format!("upstream {addr} needs a concrete address and port"));
+            }
+            if *addr == self.listen || Some(*addr) == self.metrics_listen {
+                return invalid(format!("upstream {addr} is the balancer itself"));
+            }
+        }
+        if self.listen.port() == 0 {
+            return invalid("lb.listen needs a concrete port".to_owned());
+        }
+        if let Some(metrics) = self.metrics_listen {
+            if metrics.port() == 0 || metrics == self.listen {
+                return invalid("lb.metrics_listen needs its own concrete port".to_owned());
+            }
+        }
+        if !self.health_path.starts_with('/') {
+            return invalid("lb.health_path must start with /".to_owned());
+        }
+        if self.health_interval_ms == 0 || self.health_timeout_ms == 0 {
+            return invalid(
+                "lb.health_interval_ms and lb.health_timeout_ms must be > 0".to_owned(),
+            );
+        }
+        if self.rise == 0 || self.fall == 0 {
+            return invalid("lb.rise and lb.fall must be at least 1".to_owned());
+        }
+        if self.max_fails > 0 && self.fail_timeout_secs == 0 {
+            return invalid("lb.fail_timeout_secs must be > 0 when lb.max_fails is".to_owned());
+        }
+        if self.connect_timeout_ms == 0 || self.read_timeout_secs == 0 {
+            return invalid(
+                "lb.connect_timeout_ms and lb.read_timeout_secs must be > 0".to_owned(),
+            );
+        }
+        if self.idle_timeout_secs == 0 {
+            return invalid("lb.idle_timeout_secs must be > 0".to_owned());
+        }
+        if self.max_header_bytes < 1024 {
+            return invalid("lb.max_header_bytes must be at least 1024".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The run directory: `run_dir`, or one per listen port under the temp directory, so two
+    /// balancers on one machine never share a pid file or an upgrade socket.
+    pub fn effective_run_dir(&self) -> PathBuf {
+        if self.run_dir.as_os_str().is_empty() {
+            std::env::temp_dir().join(format!("soundwave-lb-{}", self.listen.port()))
+        } else {
+            self.run_dir.clone()
+        }
+    }
+
+    pub(crate) fn fail_timeout(&self) -> Duration {
+        Duration::from_secs(self.fail_timeout_secs)
+    }
+
+    pub(crate) fn worker_threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_old_topology() {
+        let config = LbConfig::default();
+        config.validate().unwrap();
+        assert_eq!(config.primaries.len(), 2);
+        assert_eq!(config.backups.len(), 1);
+        assert_eq!((config.max_fails, config.fail_timeout_secs), (3, 30));
+    }
+
+    #[test]
+    fn an_empty_metrics_address_disables_the_endpoint() {
+        let config: LbConfig = toml::from_str("metrics_listen = \"\"").unwrap();
+        assert_eq!(config.metrics_listen, None);
+        let config: LbConfig = toml::from_str("metrics_listen = \"127.0.0.1:9999\"").unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9999".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn duplicates_and_missing_primaries_are_refused() {
+        let mut config = LbConfig::default();
+        config.backups.push(config.primaries[0]);
+        assert!(config.validate().is_err());
+        let config = LbConfig {
+            primaries: vec![],
+            ..LbConfig::default()
+        };
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn the_repository_config_documents_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml");
+        let text = std::fs::read_to_string(path).expect("config.toml");
+        let file: toml::Table = toml::from_str(&text).expect("config.toml parses");
+        let section = file["lb"].clone();
+        let config: LbConfig = section.try_into().expect("[lb] parses");
+        assert_eq!(config, LbConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<LbConfig>("primary = []").is_err());
+    }
+}

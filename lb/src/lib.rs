@@ -1,0 +1,232 @@
+//! `soundwave-lb`: the load balancer in front of Soundwave nodes, on
+//! [Pingora](https://github.com/cloudflare/pingora). `soundwave lb` runs [`run`].
+//!
+//! What it does, beyond what `pingora-load-balancing` gives:
+//!
+//! - **IP hash** with ketama consistent hashing ([`selection::Consistent`]) over the
+//!   primaries, keyed on the client IP, so a client stays on one primary while it is
+//!   available and only the clients of a failed primary move. Selection walks the ring with
+//!   `select_with` and an accept closure that skips upstreams that are down or ejected.
+//! - **A backup tier**: a second load balancer whose upstreams are chosen only when no
+//!   primary is available.
+//! - **Active health checks**: `GET /health/` on every upstream every `health_interval_ms`,
+//!   with `rise` / `fall` counts (pingora's `HttpHealthCheck`, wrapped to record each probe).
+//! - **Passive ejection** as nginx does it: `max_fails` failures within `fail_timeout_secs`
+//!   take an upstream out for `fail_timeout_secs`, or until the probes see it come back up.
+//! - **One retry**: a failed connect is retried at once on the next available upstream,
+//!   whatever the method (it surely never reached the upstream); a failure after the
+//!   request was sent is retried only for idempotent methods, before any response byte went
+//!   to the client. No request is sent more than [`MAX_ATTEMPTS`] times.
+//! - **Forwarding headers** (`X-Real-IP`, `X-Forwarded-For` appended, `X-Forwarded-Proto`;
+//!   `Host` kept) with the client IP taken from the TCP peer unless the peer is a trusted
+//!   proxy.
+//! - **Safety**: paths under [`RESERVED_PREFIXES`] are never forwarded (404), timeouts for
+//!   connect, read and idle, a limit on header size (431); SIGTERM drains in-flight requests
+//!   for `grace_period_secs`.
+//! - **Visibility**: `GET /_lb/status` (JSON), Prometheus metrics on `metrics_listen`, one
+//!   `soundwave::lb::access` tracing line per request.
+//!
+//! [`selection::Consistent`]: pingora_load_balancing::selection::Consistent
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownWatch};
+use pingora_core::services::background::{
+    BackgroundService, GenBackgroundService, background_service,
+};
+use pingora_core::services::listening::Service;
+use pingora_load_balancing::LoadBalancer;
+use pingora_load_balancing::selection::Consistent;
+
+mod config;
+mod health;
+mod metrics;
+mod proxy;
+mod upstream;
+
+pub use config::LbConfig;
+pub use proxy::{MAX_ATTEMPTS, RESERVED_PREFIXES, client_ip, is_internal};
+pub use upstream::Role;
+
+/// Everything that can stop the balancer from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    #[error("invalid load balancer configuration: {0}")]
+    Invalid(String),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the run directory {path}: {source}")]
+    RunDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Points per upstream on pingora's ketama ring (as nginx).
+const RING_POINTS_PER_UPSTREAM: usize = 160;
+
+/// Fails early, with a clear message, when an address is taken.
+fn check_bindable(what: &'static str, addr: SocketAddr) -> Result<(), LbError> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| LbError::Listen { what, addr, source })
+}
+
+fn pingora_conf(config: &LbConfig, run_dir: &std::path::Path) -> ServerConf {
+    ServerConf {
+        threads: config.worker_threads(),
+        pid_file: run_dir.join("lb.pid").to_string_lossy().into_owned(),
+        upgrade_sock: run_dir
+            .join("lb-upgrade.sock")
+            .to_string_lossy()
+            .into_owned(),
+        grace_period_seconds: Some(config.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(config.graceful_shutdown_timeout_secs),
+        // A fail-safe: the retry policy itself stops at MAX_ATTEMPTS.
+        max_retries: usize::from(MAX_ATTEMPTS),
+        upstream_keepalive_pool_size: 1024,
+        ..ServerConf::default()
+    }
+}
+
+/// One tier: a ketama load balancer over `addrs`, probed in the background.
+fn tier(
+    name: &str,
+    addrs: &[SocketAddr],
+    config: &LbConfig,
+    upstreams: &Arc<upstream::Upstreams>,
+) -> Result<GenBackgroundService<LoadBalancer<Consistent>>, LbError> {
+    let mut lb = LoadBalancer::<Consistent>::try_from_iter(addrs.iter().copied())
+        .map_err(|e| LbError::Invalid(format!("{name}: {e}")))?;
+    lb.set_health_check(Box::new(health::RecordingCheck::new(
+        config,
+        upstreams.clone(),
+    )?));
+    lb.health_check_frequency = Some(Duration::from_millis(config.health_interval_ms));
+    lb.parallel_health_check = true;
+    Ok(background_service(name, lb))
+}
+
+/// Prints the ready line once the listener accepts connections and every upstream has been
+/// probed once (or the first probes ran out of time).
+struct Announcer {
+    listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+    upstreams: Arc<upstream::Upstreams>,
+    probe_wait: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for Announcer {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let wanted = std::iter::once(self.listen).chain(self.metrics_listen);
+        for addr in wanted {
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                if Instant::now() > deadline {
+                    tracing::error!(target: "soundwave::lb", %addr, "the listener did not come up");
+                    std::process::exit(1);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let deadline = Instant::now() + self.probe_wait;
+        while !self.upstreams.all_probed() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(addr) = self.metrics_listen {
+            println!("soundwave lb metrics on http://{addr}/metrics");
+        }
+        println!("soundwave lb listening on http://{}", self.listen);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// Runs the balancer until SIGTERM (drains in-flight requests for `grace_period_secs`) or
+/// SIGINT (stops at once). Pingora builds its own runtimes: call this from a plain thread,
+/// not from inside an async runtime.
+pub fn run(config: LbConfig) -> Result<(), LbError> {
+    config.validate()?;
+    check_bindable("listen", config.listen)?;
+    if let Some(addr) = config.metrics_listen {
+        check_bindable("metrics_listen", addr)?;
+    }
+    let run_dir = config.effective_run_dir();
+    std::fs::create_dir_all(&run_dir).map_err(|source| LbError::RunDir {
+        path: run_dir.clone(),
+        source,
+    })?;
+    let metrics_handle = metrics::handle();
+
+    let mut server = Server::new_with_opt_and_conf(None, pingora_conf(&config, &run_dir));
+    server.bootstrap();
+
+    let config = Arc::new(config);
+    let upstreams = Arc::new(upstream::Upstreams::new(
+        &config.primaries,
+        &config.backups,
+        config.max_fails,
+        config.fail_timeout(),
+    ));
+    let primaries = tier("lb primaries", &config.primaries, &config, &upstreams)?;
+    let backups = tier("lb backups", &config.backups, &config, &upstreams)?;
+    let largest_tier = config.primaries.len().max(config.backups.len());
+    let balancer = proxy::Balancer {
+        primaries: primaries.task(),
+        backups: backups.task(),
+        upstreams: upstreams.clone(),
+        config: config.clone(),
+        max_ring_steps: RING_POINTS_PER_UPSTREAM * largest_tier + 1,
+    };
+    let mut proxy_service = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        balancer,
+        "soundwave lb",
+    );
+    proxy_service.add_tcp(&config.listen.to_string());
+    server.add_service(proxy_service);
+    server.add_service(primaries);
+    server.add_service(backups);
+
+    if let Some(addr) = config.metrics_listen {
+        let mut service = Service::new(
+            "lb metrics".to_owned(),
+            metrics::MetricsApp {
+                handle: metrics_handle,
+            },
+        );
+        service.threads = Some(1);
+        service.add_tcp(&addr.to_string());
+        server.add_service(service);
+    }
+    let probe_wait = Duration::from_millis(2 * config.health_timeout_ms + 500);
+    server.add_service(background_service(
+        "lb ready",
+        Announcer {
+            listen: config.listen,
+            metrics_listen: config.metrics_listen,
+            upstreams,
+            probe_wait,
+        },
+    ));
+
+    tracing::info!(
+        target: "soundwave::lb",
+        listen = %config.listen,
+        primaries = ?config.primaries,
+        backups = ?config.backups,
+        "starting the load balancer"
+    );
+    server.run(RunArgs::default());
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! The cluster: every write is proposed through openraft's replicated log and applied by
+//! every node's state machine in the same order. A node that does not lead forwards its
+//! proposals to the leader; a client is answered once its own node has applied the command.
+//! A config with one node, or none, is a one-member cluster on the same code path.
+
+pub mod network;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use store::raft::{AppliedSink, LogStore, NodeId, Proposal, RaftConfig, RequestId, StateMachine};
+use store::{
+    ChangeSet, Command, CommandOutcome, CommandSubmitter, Rejection, Store, StoreError,
+    SubmitFuture,
+};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::cache::ResponseCache;
+use crate::config::{ClusterMember, Config};
+use network::{PeerClient, PeerNetwork};
+
+/// Commands proposed together in one log entry, at most.
+const MAX_PROPOSAL_COMMANDS: usize = 1024;
+/// Proposals in flight at once; more commands wait and join the next, larger proposal.
+const MAX_PROPOSALS_IN_FLIGHT: usize = 8;
+/// Commands waiting to be proposed before submitters wait for room.
+const QUEUE_DEPTH: usize = 16_384;
+/// Pause between attempts while there is no leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Name of the snapshot file beside the store.
+pub const SNAPSHOT_FILE: &str = "snapshot.bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("a cluster of {0} nodes needs a secret ([cluster] secret or SOUNDWAVE_CLUSTER_SECRET)")]
+    MissingSecret(usize),
+    #[error("node {0} is not in the [cluster] nodes of the configuration")]
+    UnknownNode(NodeId),
+    #[error("invalid raft configuration: {0}")]
+    RaftConfig(String),
+    #[error("cannot start raft: {0}")]
+    Raft(String),
+    #[error("cannot listen for peers on {addr}: {source}")]
+    PeerListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Why a proposal was not taken by the node asked.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Callers waiting for their commands to be applied by this node.
+pub struct Waiters {
+    pending: Mutex<HashMap<RequestId, oneshot::Sender<Result<CommandOutcome, Rejection>>>>,
+    cache: Arc<ResponseCache>,
+}
+
+impl Waiters {
+    fn register(&self, id: RequestId) -> oneshot::Receiver<Result<CommandOutcome, Rejection>> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id, tx);
+        rx
+    }
+
+    /// Drops the waiters of these requests: their callers learn the write did not happen.
+    fn forget(&self, ids: impl IntoIterator<Item = RequestId>) {
+        let mut pending = self.lock();
+        for id in ids {
+            pending.remove(&id);
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        HashMap<RequestId, oneshot::Sender<Result<CommandOutcome, Rejection>>>,
+    > {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl AppliedSink for Waiters {
+    fn applied(
+        &self,
+        results: Vec<(RequestId, Result<CommandOutcome, Rejection>)>,
+        changes: &ChangeSet,
+    ) {
+        // Caches first: a caller answered below must not read older data afterwards.
+        if !changes.is_empty() {
+            self.cache.invalidate(changes);
+        }
+        let mut pending = self.lock();
+        for (id, result) in results {
+            if let Some(waiter) = pending.remove(&id) {
+                let _ = waiter.send(result);
+            }
+        }
+    }
+}
+
+pub struct Cluster {
+    pub node_id: NodeId,
+    store: Arc<Store>,
+    pub raft: Raft<RaftConfig>,
+    pub secret: String,
+    members: BTreeMap<NodeId, ClusterMember>,
+    client: PeerClient,
+    waiters: Arc<Waiters>,
+    queue: mpsc::Sender<(RequestId, Command)>,
+    nonce: u64,
+    next_request: AtomicU64,
+    write_timeout: Duration,
+    election_timeout: Duration,
+    leader_seen: Mutex<Instant>,
+}
+
+impl Cluster {
+    /// Starts raft on the store, the proposer, the peer server (several members) and the
+    /// one-time initialization (by the lowest id, once every member answers).
+    pub async fn start(
+        config: &Config,
+        store: Arc<Store>,
+        cache: Arc<ResponseCache>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let node_id = config.node.id;
+        let members: BTreeMap<NodeId, ClusterMember> = if config.cluster.nodes.is_empty() {
+            BTreeMap::from([(
+                node_id,
+                ClusterMember {
+                    id: node_id,
+                    api: config.node.listen,
+                    peer: None,
+                },
+            )])
+        } else {
+            config
+                .cluster
+                .nodes
+                .iter()
+                .map(|m| (m.id, m.clone()))
+                .collect()
+        };
+        if !members.contains_key(&node_id) {
+            return Err(ClusterError::UnknownNode(node_id));
+        }
+        if members.len() > 1 && config.cluster.secret.is_empty() {
+            return Err(ClusterError::MissingSecret(members.len()));
+        }
+        let settings = &config.cluster;
+        let raft_config = openraft::Config {
+            cluster_name: "soundwave".into(),
+            heartbeat_interval: settings.heartbeat_ms,
+            election_timeout_min: settings.election_timeout_ms,
+            election_timeout_max: settings.election_timeout_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: settings.logs_kept_after_snapshot,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::RaftConfig(e.to_string()))?;
+
+        let waiters = Arc::new(Waiters {
+            pending: Mutex::new(HashMap::new()),
+            cache,
+        });
+        let snapshot_path = config.node.data_dir.join(SNAPSHOT_FILE);
+        let client = PeerClient::new(settings.secret.clone());
+        let raft = Raft::new(
+            node_id,
+            Arc::new(raft_config),
+            PeerNetwork {
+                client: client.clone(),
+            },
+            LogStore::new(store.clone()),
+            StateMachine::new(store.clone(), waiters.clone(), snapshot_path),
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+
+        let (queue, incoming) = mpsc::channel(QUEUE_DEPTH);
+        let nonce = u64::from_le_bytes(
+            crate::auth::random_bytes(8)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or_default(),
+        );
+        let cluster = Arc::new(Cluster {
+            node_id,
+            store,
+            raft,
+            secret: settings.secret.clone(),
+            members,
+            client,
+            waiters,
+            queue,
+            nonce,
+            next_request: AtomicU64::new(0),
+            write_timeout: Duration::from_millis(settings.write_timeout_ms),
+            election_timeout: Duration::from_millis(settings.election_timeout_ms * 2),
+            leader_seen: Mutex::new(Instant::now()),
+        });
+
+        if cluster.members.len() > 1 {
+            let addr = cluster.members[&node_id]
+                .peer
+                .ok_or(ClusterError::UnknownNode(node_id))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ClusterError::PeerListen { addr, source })?;
+            let router = network::peer_router(cluster.clone());
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::error!(%error, "peer server stopped");
+                }
+            });
+        }
+        tokio::spawn(cluster.clone().run_proposer(incoming));
+        tokio::spawn(cluster.clone().watch_leader());
+        tokio::spawn(cluster.clone().initialize_when_ready());
+        Ok(cluster)
+    }
+
+    fn peer_addr(&self, id: NodeId) -> Option<String> {
+        self.members
+            .get(&id)
+            .and_then(|m| m.peer)
+            .map(|a| a.to_string())
+    }
+
+    /// The lowest id initializes the cluster once every member answers; restarts and
+    /// the other members never do.
+    async fn initialize_when_ready(self: Arc<Self>) {
+        let lowest = self.members.keys().next().copied();
+        if lowest != Some(self.node_id) {
+            return;
+        }
+        loop {
+            match self.raft.is_initialized().await {
+                Ok(true) | Err(_) => return,
+                Ok(false) => {}
+            }
+            let mut all_reachable = true;
+            for (&id, _) in self.members.iter().filter(|(id, _)| **id != self.node_id) {
+                let reachable = match self.peer_addr(id) {
+                    Some(addr) => self.client.ping(&addr).await,
+                    None => false,
+                };
+                all_reachable &= reachable;
+            }
+            if all_reachable {
+                let nodes: BTreeMap<NodeId, BasicNode> = self
+                    .members
+                    .iter()
+                    .map(|(&id, m)| {
+                        let addr = m.peer.map(|a| a.to_string()).unwrap_or_default();
+                        (id, BasicNode { addr })
+                    })
+                    .collect();
+                match self.raft.initialize(nodes).await {
+                    Ok(()) => tracing::info!("cluster initialized"),
+                    Err(error) => tracing::info!(%error, "cluster already initialized"),
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Remembers when a leader was last known, for health.
+    async fn watch_leader(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow().current_leader.is_some() {
+                *self.leader_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Drains queued commands into proposals, a few in flight at once.
+    async fn run_proposer(self: Arc<Self>, mut incoming: mpsc::Receiver<(RequestId, Command)>) {
+        let in_flight = Arc::new(Semaphore::new(MAX_PROPOSALS_IN_FLIGHT));
+        while let Some(first) = incoming.recv().await {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let mut commands = vec![first];
+            while commands.len() < MAX_PROPOSAL_COMMANDS {
+                match incoming.try_recv() {
+                    Ok(next) => commands.push(next),
+                    Err(_) => break,
+                }
+            }
+            let cluster = self.clone();
+            tokio::spawn(async move {
+                cluster.propose(Proposal { commands }).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Gets a proposal into the log: here if this node leads, else through the leader,
+    /// retrying (the same request ids, so nothing applies twice) until the write timeout.
+    async fn propose(&self, proposal: Proposal) {
+        let deadline = Instant::now() + self.write_timeout;
+        loop {
+            let attempt = match self.propose_here(proposal.clone()).await {
+                Err(ProposeError::NotLeader {
+                    leader: Some(leader),
+                }) if leader != self.node_id => match self.peer_addr(leader) {
+                    Some(addr) => {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        self.client
+                            .call::<_, Result<(), ProposeError>>(
+                                &addr,
+                                "/_cluster/propose",
+                                &proposal,
+                                remaining.max(Duration::from_millis(100)),
+                            )
+                            .await
+                            .unwrap_or_else(|e| Err(ProposeError::Failed(e.to_string())))
+                    }
+                    None => Err(ProposeError::Failed(format!(
+                        "no address for node {leader}"
+                    ))),
+                },
+                other => other,
+            };
+            match attempt {
+                Ok(()) => return,
+                Err(error) if Instant::now() >= deadline => {
+                    tracing::warn!(%error, commands = proposal.commands.len(), "proposal failed");
+                    self.waiters
+                        .forget(proposal.commands.iter().map(|(id, _)| *id));
+                    return;
+                }
+                Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
+            }
+        }
+    }
+
+    /// Appends a proposal to the log if this node leads, and waits until it is applied here.
+    pub async fn propose_here(&self, proposal: Proposal) -> Result<(), ProposeError> {
+        match self.raft.client_write(proposal).await {
+            Ok(_) => Ok(()),
+            Err(error) => match error.forward_to_leader() {
+                Some(forward) => Err(ProposeError::NotLeader {
+                    leader: forward.leader_id,
+                }),
+                None => Err(ProposeError::Failed(error.to_string())),
+            },
+        }
+    }
+
+    /// The log index a linearizable read must see, if this node leads.
+    pub async fn read_index_here(&self) -> Result<Option<u64>, ProposeError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map(|l| l.index)),
+            Err(error) => match error.forward_to_leader() {
+                Some(forward) => Err(ProposeError::NotLeader {
+                    leader: forward.leader_id,
+                }),
+                None => Err(ProposeError::Failed(error.to_string())),
+            },
+        }
+    }
+
+    /// Waits until this node has applied everything committed when the call began, as the
+    /// leader confirms (openraft's read index). Local reads after it are linearizable.
+    pub async fn linearizable_barrier(&self) -> Result<(), StoreError> {
+        let unavailable = |e: String| StoreError::Unavailable(e);
+        let index = match self.read_index_here().await {
+            Ok(index) => index,
+            Err(ProposeError::NotLeader {
+                leader: Some(leader),
+            }) => {
+                let addr = self
+                    .peer_addr(leader)
+                    .ok_or_else(|| unavailable(format!("no address for node {leader}")))?;
+                self.client
+                    .call::<_, Result<Option<u64>, ProposeError>>(
+                        &addr,
+                        "/_cluster/read-index",
+                        &(),
+                        self.write_timeout,
+                    )
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?
+                    .map_err(|e| unavailable(e.to_string()))?
+            }
+            Err(error) => return Err(unavailable(error.to_string())),
+        };
+        if let Some(index) = index {
+            self.raft
+                .wait(Some(self.write_timeout))
+                .applied_index_at_least(Some(index), "linearizable read")
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a leader was known within the last election timeout.
+    pub fn has_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.is_some()
+            || self
+                .leader_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed()
+                < self.election_timeout
+    }
+
+    /// The state digest (see `StoreReader::digest`) with the applied index it is at.
+    pub fn digest(&self) -> Result<Value, StoreError> {
+        let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index);
+        let digest = self.store.read()?.digest()?;
+        Ok(
+            json!({ "node_id": self.node_id, "applied_index": applied, "digest": format!("{digest:016x}") }),
+        )
+    }
+
+    /// The `cluster` object of `/health/`.
+    pub fn status(&self) -> Value {
+        let metrics = self.raft.metrics().borrow().clone();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let last_log_index = metrics.last_log_index.unwrap_or(0);
+        let replication: Option<BTreeMap<String, Value>> = metrics.replication.as_ref().map(|r| {
+            r.iter()
+                .map(|(id, matched)| {
+                    let matched = matched.map(|l| l.index).unwrap_or(0);
+                    (
+                        id.to_string(),
+                        json!({
+                            "matched_index": matched,
+                            "lag": last_log_index.saturating_sub(matched),
+                        }),
+                    )
+                })
+                .collect()
+        });
+        json!({
+            "node_id": self.node_id,
+            "role": role,
+            "leader_id": metrics.current_leader,
+            "term": metrics.current_term,
+            "last_log_index": last_log_index,
+            "applied_index": metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            "snapshot_index": metrics.snapshot.map(|l| l.index),
+            "purged_index": metrics.purged.map(|l| l.index),
+            "members": self.members.keys().collect::<Vec<_>>(),
+            "replication": replication,
+        })
+    }
+}
+
+impl CommandSubmitter for Cluster {
+    fn submit(&self, command: Command) -> SubmitFuture<'_> {
+        Box::pin(async move {
+            let sequence = self.next_request.fetch_add(1, Ordering::Relaxed);
+            let id = RequestId((u128::from(self.nonce) << 64) | u128::from(sequence));
+            let applied = self.waiters.register(id);
+            if self.queue.send((id, command)).await.is_err() {
+                self.waiters.forget([id]);
+                return Err(StoreError::WriterStopped);
+            }
+            match tokio::time::timeout(self.write_timeout, applied).await {
+                Ok(Ok(result)) => Ok(result),
+                Ok(Err(_)) => Err(StoreError::Unavailable(
+                    "No leader could take the write in time; retry.".into(),
+                )),
+                Err(_) => {
+                    self.waiters.forget([id]);
+                    Err(StoreError::Unavailable(
+                        "The write was not applied in time; retry (with an Idempotency-Key for orders).".into(),
+                    ))
+                }
+            }
+        })
+    }
+}

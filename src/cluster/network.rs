@@ -1,0 +1,304 @@
+//! The peer network: openraft's RPCs, forwarded proposals and read-index requests over
+//! HTTP on the peer address, every request carrying the cluster secret.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::StatusCode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use store::raft::{NodeId, Proposal, RaftConfig, RaftNode};
+
+use super::Cluster;
+
+/// Header carrying the cluster secret on every peer request.
+pub const SECRET_HEADER: &str = "x-soundwave-cluster-secret";
+/// Prefix of every peer path (never routed by the balancer).
+pub const PEER_PREFIX: &str = "/_cluster";
+/// Largest peer request body (snapshot chunks are a few MiB).
+const PEER_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(|e| e.to_string())
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(value, _)| value)
+        .map_err(|e| e.to_string())
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn require_secret(
+    State(cluster): State<Arc<Cluster>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get(SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !same_secret(given, cluster.secret.as_bytes()) {
+        return (
+            StatusCode::FORBIDDEN,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            r#"{"detail":"A valid cluster secret is required."}"#,
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+fn reply<T: Serialize>(value: &T) -> Response {
+    match encode(value) {
+        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error).into_response(),
+    }
+}
+
+fn bad_body(error: String) -> Response {
+    (StatusCode::BAD_REQUEST, error).into_response()
+}
+
+async fn append(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
+    match decode::<AppendEntriesRequest<RaftConfig>>(&body) {
+        Ok(rpc) => reply(&cluster.raft.append_entries(rpc).await),
+        Err(error) => bad_body(error),
+    }
+}
+
+async fn vote(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
+    match decode::<VoteRequest<NodeId>>(&body) {
+        Ok(rpc) => reply(&cluster.raft.vote(rpc).await),
+        Err(error) => bad_body(error),
+    }
+}
+
+async fn snapshot(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
+    match decode::<InstallSnapshotRequest<RaftConfig>>(&body) {
+        Ok(rpc) => reply(&cluster.raft.install_snapshot(rpc).await),
+        Err(error) => bad_body(error),
+    }
+}
+
+/// A proposal forwarded by a follower: appended here if this node leads.
+async fn propose(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
+    match decode::<Proposal>(&body) {
+        Ok(proposal) => reply(&cluster.propose_here(proposal).await),
+        Err(error) => bad_body(error),
+    }
+}
+
+/// The read index of a linearizable read, asked by a follower.
+async fn read_index(State(cluster): State<Arc<Cluster>>) -> Response {
+    reply(&cluster.read_index_here().await)
+}
+
+async fn ping() -> &'static str {
+    "pong"
+}
+
+/// This node's state digest and applied index, to compare nodes.
+async fn digest(State(cluster): State<Arc<Cluster>>) -> Response {
+    match cluster.digest() {
+        Ok(body) => (
+            StatusCode::OK,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+/// The peer API, served on the node's peer address.
+pub fn peer_router(cluster: Arc<Cluster>) -> Router {
+    Router::new()
+        .route("/_cluster/append", post(append))
+        .route("/_cluster/vote", post(vote))
+        .route("/_cluster/snapshot", post(snapshot))
+        .route("/_cluster/propose", post(propose))
+        .route("/_cluster/read-index", post(read_index))
+        .route("/_cluster/ping", get(ping))
+        .route("/_cluster/digest", get(digest))
+        .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            cluster.clone(),
+            require_secret,
+        ))
+        .with_state(cluster)
+}
+
+/// An HTTP client for peer requests, shared by every connection.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    secret: String,
+}
+
+/// Why a peer request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {0} is unreachable: {1}")]
+    Unreachable(String, String),
+    #[error("peer {0} answered {1}")]
+    Refused(String, String),
+}
+
+impl PeerClient {
+    pub fn new(secret: String) -> PeerClient {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        PeerClient { http, secret }
+    }
+
+    /// POSTs a bincode body and decodes a bincode answer.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let body = encode(request).map_err(|e| PeerError::Refused(addr.to_owned(), e))?;
+        let response = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .header(SECRET_HEADER, &self.secret)
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| PeerError::Unreachable(addr.to_owned(), e.to_string()))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| PeerError::Unreachable(addr.to_owned(), e.to_string()))?;
+        if !status.is_success() {
+            return Err(PeerError::Refused(
+                addr.to_owned(),
+                format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+            ));
+        }
+        decode(&bytes).map_err(|e| PeerError::Refused(addr.to_owned(), e))
+    }
+
+    /// Whether a peer answers (with this secret).
+    pub async fn ping(&self, addr: &str) -> bool {
+        self.http
+            .get(format!("http://{addr}/_cluster/ping"))
+            .header(SECRET_HEADER, &self.secret)
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+}
+
+/// openraft's view of the peer network.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    pub client: PeerClient,
+}
+
+pub struct PeerConnection {
+    client: PeerClient,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<RaftConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &RaftNode) -> PeerConnection {
+        PeerConnection {
+            client: self.client.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+impl PeerConnection {
+    async fn rpc<Req, Resp, E>(
+        &self,
+        path: &str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, RaftNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+        RaftError<NodeId, E>: DeserializeOwned,
+    {
+        let answer: Result<Resp, RaftError<NodeId, E>> = self
+            .client
+            .call(&self.addr, path, request, option.hard_ttl())
+            .await
+            .map_err(|error| match error {
+                // A dead peer is unreachable (openraft backs off) rather than a network error
+                // (which it retries at once, logging each time).
+                PeerError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&error)),
+                PeerError::Refused(..) => RPCError::Network(NetworkError::new(&error)),
+            })?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<RaftConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<RaftConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, RaftNode, RaftError<NodeId>>> {
+        self.rpc("/_cluster/append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<RaftConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, RaftNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.rpc("/_cluster/snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, RaftNode, RaftError<NodeId>>> {
+        self.rpc("/_cluster/vote", &rpc, &option).await
+    }
+}

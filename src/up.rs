@@ -1,0 +1,272 @@
+//! `soundwave up`: the whole local topology in one command. Starts every node of the
+//! config's `[cluster]` and the balancer as child processes of this same executable, loads
+//! the demo catalog on first start, prints the URL and the demo credentials, and stops them
+//! all cleanly (SIGTERM, then a bounded wait) on Ctrl-C or SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("the config has no [[cluster.nodes]]: nothing to start")]
+    NoNodes,
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0} did not become ready within {1:?}; see its output above")]
+    NotReady(String, Duration),
+    #[error("cannot keep the cluster secret in {path}: {source}")]
+    Secret {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// How long the whole topology may take to come up.
+const READY_WITHIN: Duration = Duration::from_secs(120);
+/// How long children may take to stop after SIGTERM before they are killed.
+const STOP_WITHIN: Duration = Duration::from_secs(15);
+
+struct ChildProcess {
+    name: String,
+    process: Child,
+}
+
+/// A line a child printed on stdout, with who printed it.
+struct Line {
+    child: usize,
+    text: String,
+}
+
+fn spawn(
+    name: String,
+    args: &[String],
+    env: &[(&str, String)],
+    index: usize,
+    lines: &mpsc::Sender<Line>,
+) -> Result<ChildProcess, UpError> {
+    let executable = std::env::current_exe().map_err(|source| UpError::Spawn {
+        what: name.clone(),
+        source,
+    })?;
+    let mut command = Command::new(executable);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut process = command.spawn().map_err(|source| UpError::Spawn {
+        what: name.clone(),
+        source,
+    })?;
+    if let Some(stdout) = process.stdout.take() {
+        let lines = lines.clone();
+        let prefix = name.clone();
+        std::thread::spawn(move || {
+            for text in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("[{prefix}] {text}");
+                if lines.send(Line { child: index, text }).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(ChildProcess { name, process })
+}
+
+/// The cluster secret: configured, or made once and kept beside the data.
+fn cluster_secret(config: &Config) -> Result<String, UpError> {
+    if !config.cluster.secret.is_empty() {
+        return Ok(config.cluster.secret.clone());
+    }
+    let path = config.node.data_dir.join("cluster-secret");
+    if let Ok(secret) = std::fs::read_to_string(&path)
+        && !secret.trim().is_empty()
+    {
+        return Ok(secret.trim().to_owned());
+    }
+    let secret = crate::auth::random_hex(32).map_err(|e| UpError::Secret {
+        path: path.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    write_private(&path, &secret).map_err(|source| UpError::Secret { path, source })?;
+    Ok(secret)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
+}
+
+fn terminate(children: &mut [ChildProcess]) {
+    for child in children.iter() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.process.id().to_string()])
+            .status();
+    }
+    let deadline = Instant::now() + STOP_WITHIN;
+    for child in children.iter_mut() {
+        loop {
+            match child.process.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    eprintln!("{} did not stop in time; killing it", child.name);
+                    let _ = child.process.kill();
+                    let _ = child.process.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+/// Runs the topology until Ctrl-C or SIGTERM (or until a child dies).
+pub fn run(config_path: &Path) -> Result<(), UpError> {
+    let config = Config::load(Some(config_path))?;
+    if config.cluster.nodes.is_empty() {
+        return Err(UpError::NoNodes);
+    }
+    let secret = cluster_secret(&config)?;
+    let config_arg = config_path.display().to_string();
+    let (lines, incoming) = mpsc::channel();
+    let lowest = config.cluster.nodes.iter().map(|m| m.id).min();
+    let mut children = Vec::new();
+    let env = [("SOUNDWAVE_CLUSTER_SECRET", secret)];
+    for member in &config.cluster.nodes {
+        let mut args = vec![
+            "node".to_owned(),
+            "--config".to_owned(),
+            config_arg.clone(),
+            "--node-id".to_owned(),
+            member.id.to_string(),
+        ];
+        // The demo catalog is loaded once, through the log, by one node.
+        if Some(member.id) == lowest {
+            args.push("--demo".to_owned());
+        }
+        let index = children.len();
+        children.push(spawn(
+            format!("node{}", member.id),
+            &args,
+            &env,
+            index,
+            &lines,
+        )?);
+    }
+    let balancer = children.len();
+    children.push(spawn(
+        "lb".to_owned(),
+        &["lb".to_owned(), "--config".to_owned(), config_arg],
+        &[],
+        balancer,
+        &lines,
+    )?);
+    drop(lines);
+
+    let stop = stop_signal();
+    let deadline = Instant::now() + READY_WITHIN;
+    let mut ready = vec![false; children.len()];
+    let mut credentials = Vec::new();
+    while !ready.iter().all(|r| *r) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match incoming.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(line) => {
+                if line.text.contains("listening on http://") {
+                    ready[line.child] = true;
+                }
+                if line.text.starts_with("demo admin:") || line.text.starts_with("demo shopper:") {
+                    credentials.push(line.text);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            Err(_) => {
+                let waiting = ready
+                    .iter()
+                    .zip(&children)
+                    .find(|(r, _)| !**r)
+                    .map(|(_, c)| c.name.clone())
+                    .unwrap_or_default();
+                terminate(&mut children);
+                return Err(UpError::NotReady(waiting, READY_WITHIN));
+            }
+        }
+        if stop.try_recv().is_ok() {
+            terminate(&mut children);
+            return Ok(());
+        }
+    }
+    println!();
+    println!("Soundwave is up: http://{}/", config.lb.listen);
+    for member in &config.cluster.nodes {
+        println!("  node {} at http://{}/", member.id, member.api);
+    }
+    for line in &credentials {
+        println!("  {line}");
+    }
+    println!("Press Ctrl-C to stop.");
+
+    loop {
+        if stop.recv_timeout(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        if let Some(dead) = children
+            .iter_mut()
+            .position(|c| matches!(c.process.try_wait(), Ok(Some(_))))
+        {
+            eprintln!("{} exited; stopping the others", children[dead].name);
+            break;
+        }
+    }
+    println!("stopping");
+    terminate(&mut children);
+    Ok(())
+}
+
+/// A channel that receives once on SIGINT or SIGTERM.
+fn stop_signal() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            let mut terminate =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(signal) => signal,
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        });
+        let _ = tx.send(());
+    });
+    rx
+}

@@ -1,0 +1,372 @@
+//! Balancer harness: the `soundwave lb` process, clients bound to chosen source addresses
+//! (127.0.0.2, 127.0.0.3, ...), and a tiny scripted HTTP upstream that echoes what it got.
+//! The `soundwave node`s behind the balancer are the shared [`Node`](super::Node) harness
+//! started on fixed addresses (`NodeBuilder::listen`), so a node restarts where the balancer
+//! expects it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{Proc, spawn_line_reader, wait_timeout};
+
+/// How long the balancer may take to print its ready line.
+pub const LB_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The `IP:PORT` a node listens on (from its `listening on http://...` line).
+pub fn node_addr(node: &super::Node) -> SocketAddr {
+    let base = node.base_url();
+    base.trim_start_matches("http://")
+        .parse()
+        .unwrap_or_else(|e| panic!("node base URL {base:?} is not http://IP:PORT: {e}"))
+}
+
+/// `127.0.0.{2..}`: `n` distinct client source addresses.
+pub fn client_ips(n: u8) -> Vec<IpAddr> {
+    (0..n)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i)))
+        .collect()
+}
+
+/// A reqwest client whose connections come from `ip`.
+pub fn client_from(ip: IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("build a client")
+}
+
+/// The last `n` stderr lines of a process.
+fn stderr_tail(proc: &Proc, n: usize) -> String {
+    let lines = proc.stderr.lock().unwrap();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// SIGKILL, reaped, reader threads joined.
+fn kill9(mut proc: Proc) {
+    let _ = proc.child.kill();
+    let _ = proc.child.wait();
+    for t in proc.threads.drain(..) {
+        let _ = t.join();
+    }
+}
+
+/// Spawns `cmd` (without any inherited `SOUNDWAVE_*` variable) and waits for a stdout line
+/// containing `ready`; panics with the stderr when the process exits or stays silent.
+fn spawn_until_ready(mut cmd: Command, ready: &str) -> Proc {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SOUNDWAVE_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn soundwave lb");
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let t_out = spawn_line_reader(child.stdout.take().unwrap(), stdout.clone(), Some(tx));
+    let t_err = spawn_line_reader(child.stderr.take().unwrap(), stderr.clone(), None);
+    let mut proc = Proc {
+        child,
+        stdout,
+        stderr,
+        threads: vec![t_out, t_err],
+    };
+    let deadline = Instant::now() + LB_START_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(ready) => return proc,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = proc.child.kill();
+                let status = proc.child.wait().ok();
+                for t in proc.threads.drain(..) {
+                    let _ = t.join();
+                }
+                panic!(
+                    "the balancer did not start: no `{ready}` line (exit status {status:?})\n\
+                     --- stderr ---\n{}",
+                    stderr_tail(&proc, 40)
+                );
+            }
+        }
+    }
+}
+
+/// A running `soundwave lb`.
+pub struct Balancer {
+    pub addr: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    dir: tempfile::TempDir,
+    proc: Option<Proc>,
+}
+
+impl Balancer {
+    /// Starts `soundwave lb --config FILE` where FILE holds `[lb]` with `lb_toml` and a
+    /// `run_dir` of its own; waits for `soundwave lb listening on http://...`.
+    pub fn start(addr: SocketAddr, metrics: Option<SocketAddr>, lb_toml: &str) -> Balancer {
+        let dir = tempfile::Builder::new()
+            .prefix("soundwave-lb-")
+            .tempdir()
+            .expect("temp dir");
+        let metrics_line = match metrics {
+            Some(m) => format!("metrics_listen = \"{m}\""),
+            None => "metrics_listen = \"\"".to_owned(),
+        };
+        let config = format!(
+            "[lb]\nlisten = \"{addr}\"\n{metrics_line}\nrun_dir = \"{}\"\n{lb_toml}\n",
+            dir.path().join("run").display()
+        );
+        let path = dir.path().join("lb.toml");
+        std::fs::write(&path, config).expect("write lb config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_soundwave"));
+        cmd.arg("lb").arg("--config").arg(&path);
+        cmd.env("RUST_LOG", "info");
+        let proc = spawn_until_ready(cmd, "soundwave lb listening on http://");
+        Balancer {
+            addr,
+            metrics,
+            dir,
+            proc: Some(proc),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `GET /_lb/status` as JSON.
+    pub async fn status(&self) -> Value {
+        let resp = reqwest::get(self.url("/_lb/status"))
+            .await
+            .expect("GET /_lb/status");
+        assert_eq!(resp.status(), 200, "GET /_lb/status");
+        resp.json().await.expect("status JSON")
+    }
+
+    /// The status entry of the upstream at `addr`.
+    pub async fn upstream_status(&self, addr: SocketAddr) -> Value {
+        let status = self.status().await;
+        status["upstreams"]
+            .as_array()
+            .and_then(|a| a.iter().find(|u| u["address"] == addr.to_string()))
+            .cloned()
+            .unwrap_or_else(|| panic!("no upstream {addr} in {status}"))
+    }
+
+    /// The Prometheus text of the metrics endpoint.
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.metrics.expect("metrics endpoint configured");
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().expect("running").child.id()
+    }
+
+    /// Sends SIGTERM (graceful drain).
+    pub fn sigterm(&self) {
+        // The shell's builtin `kill`: no dependency on a procps binary.
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -TERM {}", self.pid()))
+            .status()
+            .expect("run sh -c kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        wait_timeout(&mut self.proc.as_mut()?.child, limit)
+    }
+
+    /// Captured stderr lines so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.proc
+            .as_ref()
+            .map(|p| p.stderr.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(proc) = &self.proc {
+                eprintln!("--- balancer stderr tail ---\n{}", stderr_tail(proc, 60));
+            }
+        }
+        if let Some(proc) = self.proc.take() {
+            kill9(proc);
+        }
+    }
+}
+
+/// One request an [`EchoUpstream`] received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    /// Lower-cased header names.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A scripted HTTP/1.1 upstream: `GET /health/` is 200; `/drop...` closes the connection
+/// without answering; `/slow...` answers after a second (and tells `slow_started`); anything
+/// else is 200 with `{"upstream": NAME, "method", "path", "headers": {...}}` and the header
+/// `X-Echo: NAME`. Every request but the probes is recorded.
+pub struct EchoUpstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    pub slow_started: Arc<Mutex<Option<mpsc::Receiver<()>>>>,
+}
+
+impl EchoUpstream {
+    pub fn start(name: &str) -> EchoUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo upstream");
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (slow_tx, slow_rx) = mpsc::channel();
+        let echo = EchoUpstream {
+            name: name.to_owned(),
+            addr,
+            seen: seen.clone(),
+            stop: stop.clone(),
+            slow_started: Arc::new(Mutex::new(Some(slow_rx))),
+        };
+        let name = name.to_owned();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (seen, name, slow_tx) = (seen.clone(), name.clone(), slow_tx.clone());
+                        std::thread::spawn(move || serve_echo(stream, &name, &seen, &slow_tx));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        echo
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve_echo(stream: TcpStream, name: &str, seen: &Mutex<Vec<Seen>>, slow_tx: &mpsc::Sender<()>) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_owned();
+        let path = parts.next().unwrap_or_default().to_owned();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+        }
+        let length: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if path == "/health/" {
+            let body = r#"{"status":"ok"}"#;
+            let _ = write!(
+                writer,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            continue;
+        }
+        let request = Seen {
+            method: method.clone(),
+            path: path.clone(),
+            headers: headers.clone(),
+        };
+        seen.lock().unwrap().push(request);
+        if path.starts_with("/drop") {
+            return;
+        }
+        if path.starts_with("/slow") {
+            let _ = slow_tx.send(());
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+        let map: serde_json::Map<String, Value> = headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let body =
+            json!({"upstream": name, "method": method, "path": path, "headers": map}).to_string();
+        let sent = write!(
+            writer,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Echo: {name}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if sent.is_err() {
+            return;
+        }
+    }
+}

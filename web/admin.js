@@ -1,0 +1,324 @@
+// The admin: categories, products and all orders, for staff users, over the public JSON API.
+"use strict";
+
+(() => {
+  const { h, money, cents } = SW;
+  const PAGE = 50;
+  const $ = (id) => document.getElementById(id);
+
+  const state = {
+    user: null,
+    tab: "products",
+    categories: [],
+    products: { offset: 0, total: 0, name: "", category: "" },
+    orders: { offset: 0, total: 0 },
+    editingProduct: null,
+    editingCategory: null,
+  };
+
+  const notice = (text, kind) => SW.notify($("notice"), text, kind);
+  const categoryName = (id) => (state.categories.find((c) => c.id === id) || {}).name || `#${id}`;
+
+  // ---- who may be here ----
+
+  function show(view) {
+    for (const v of ["login", "refused", "panel"]) $("view-" + v).hidden = v !== view;
+  }
+
+  function renderAccount() {
+    $("who").hidden = !state.user;
+    $("who").textContent = state.user ? `Signed in as ${state.user.username}` : "";
+    $("logout").hidden = !state.user;
+  }
+
+  async function start() {
+    if (!SW.signedIn()) {
+      show("login");
+      $("login-username").focus();
+      return;
+    }
+    try {
+      state.user = await SW.get("/api/users/me/");
+    } catch (err) {
+      notice(SW.explain(err), "error");
+      return;
+    }
+    renderAccount();
+    if (!state.user.is_staff) {
+      $("refusal-text").textContent = `You are signed in as ${state.user.username}, a shopper account. ` +
+        "This area is only for Soundwave staff, so nothing here is available to you.";
+      show("refused");
+      return;
+    }
+    show("panel");
+    await loadCategories();
+    selectTab(state.tab);
+  }
+
+  $("login-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = event.target;
+    try {
+      await SW.login(form.username.value.trim(), form.password.value);
+      form.reset();
+      notice("", "");
+      await start();
+    } catch (err) {
+      notice(SW.explain(err), "error");
+    }
+  });
+
+  let leaving = false;
+  const logout = () => {
+    leaving = true;
+    SW.logout();
+  };
+  $("logout").addEventListener("click", logout);
+  $("refused-logout").addEventListener("click", logout);
+  SW.onLogout.push(() => {
+    state.user = null;
+    renderAccount();
+    show("login");
+    notice(leaving ? "You are logged out." : "Your session has ended. Please log in again.", "info");
+    leaving = false;
+  });
+
+  // ---- tabs ----
+
+  function selectTab(tab) {
+    state.tab = tab;
+    for (const button of document.querySelectorAll("[data-tab]")) {
+      const on = button.dataset.tab === tab;
+      button.setAttribute("aria-pressed", String(on));
+      $("tab-" + button.dataset.tab).hidden = !on;
+    }
+    if (tab === "products") loadProducts();
+    if (tab === "categories") renderCategories();
+    if (tab === "orders") loadOrders();
+  }
+
+  for (const button of document.querySelectorAll("[data-tab]")) {
+    button.addEventListener("click", () => {
+      notice("", "");
+      selectTab(button.dataset.tab);
+    });
+  }
+
+  // Runs a change, says how it went, and reloads what it touched.
+  async function change(action, success, reload) {
+    try {
+      await action();
+      notice(success, "success");
+    } catch (err) {
+      notice(SW.explain(err), "error");
+      return false;
+    } finally {
+      await reload();
+    }
+    return true;
+  }
+
+  function deleteButton(what, action) {
+    const button = h("button", { class: "btn btn-danger", type: "button" }, "Delete");
+    SW.confirmClick(button, `Really delete ${what}?`, action);
+    return button;
+  }
+
+  // ---- categories ----
+
+  async function loadCategories() {
+    try {
+      state.categories = await SW.all("/api/categories/");
+    } catch (err) {
+      notice(SW.explain(err), "error");
+    }
+    const options = state.categories.map((c) => h("option", { value: c.id }, c.name));
+    const chosen = $("product-category").value;
+    $("product-category").replaceChildren(h("option", { value: "" }, "Choose a category…"), ...options);
+    $("product-category").value = chosen;
+    $("product-filter-category").replaceChildren(h("option", { value: "" }, "All categories"),
+      ...state.categories.map((c) => h("option", { value: c.id }, c.name)));
+    $("product-filter-category").value = state.products.category;
+    renderCategories();
+  }
+
+  function renderCategories() {
+    $("category-rows").replaceChildren(...state.categories.map((c) =>
+      h("tr", { "data-category": c.id },
+        h("td", {}, c.id),
+        h("td", {}, c.name),
+        h("td", { class: "actions" },
+          h("button", { class: "btn", type: "button", onclick: () => editCategory(c) }, "Rename"),
+          deleteButton(c.name, () => change(() => SW.del(`/api/categories/${c.id}/`),
+            `Deleted the category ${c.name}.`, loadCategories))))));
+  }
+
+  function editCategory(c) {
+    state.editingCategory = c;
+    $("category-form-title").textContent = `Rename category #${c.id}`;
+    $("category-submit").textContent = "Save name";
+    $("category-cancel").hidden = false;
+    $("category-name").value = c.name;
+    $("category-name").focus();
+  }
+
+  function resetCategoryForm() {
+    state.editingCategory = null;
+    $("category-form").reset();
+    $("category-form-title").textContent = "Add a category";
+    $("category-submit").textContent = "Add category";
+    $("category-cancel").hidden = true;
+  }
+
+  $("category-cancel").addEventListener("click", resetCategoryForm);
+  $("category-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const name = $("category-name").value.trim();
+    const editing = state.editingCategory;
+    const ok = await change(
+      () => (editing ? SW.patch(`/api/categories/${editing.id}/`, { name }) : SW.post("/api/categories/", { name })),
+      editing ? `Renamed the category to ${name}.` : `Added the category ${name}.`,
+      loadCategories);
+    if (ok) resetCategoryForm();
+  });
+
+  // ---- products ----
+
+  async function loadProducts() {
+    const p = state.products;
+    const params = new URLSearchParams({ limit: PAGE, offset: p.offset });
+    if (p.name) params.set("name", p.name);
+    if (p.category) params.set("category", p.category);
+    try {
+      const res = await SW.call("GET", "/api/products/?" + params);
+      p.total = res.total || 0;
+      if (res.body.length === 0 && p.offset > 0) {
+        p.offset = Math.max(0, p.offset - PAGE);
+        return loadProducts();
+      }
+      $("product-rows").replaceChildren(...res.body.map(productRow));
+      $("product-range").textContent = res.body.length
+        ? `${p.offset + 1}–${p.offset + res.body.length} of ${p.total}` : "No products";
+      $("product-prev").disabled = p.offset === 0;
+      $("product-next").disabled = p.offset + res.body.length >= p.total;
+    } catch (err) {
+      notice(SW.explain(err), "error");
+    }
+  }
+
+  function productRow(p) {
+    return h("tr", { "data-product": p.id },
+      h("td", {}, p.id),
+      h("td", {}, p.name),
+      h("td", {}, categoryName(p.category)),
+      h("td", { class: "num" }, money(cents(p.price))),
+      h("td", { class: "num" }, p.stock),
+      h("td", { class: "actions" },
+        h("button", { class: "btn", type: "button", onclick: () => editProduct(p) }, "Edit"),
+        deleteButton(p.name, () => change(() => SW.del(`/api/products/${p.id}/`),
+          `Deleted ${p.name}.`, loadProducts))));
+  }
+
+  function editProduct(p) {
+    state.editingProduct = p;
+    $("product-form-title").textContent = `Edit product #${p.id}`;
+    $("product-submit").textContent = "Save changes";
+    $("product-cancel").hidden = false;
+    $("product-name").value = p.name;
+    $("product-category").value = String(p.category);
+    $("product-price").value = p.price;
+    $("product-stock").value = p.stock;
+    $("product-description").value = p.description;
+    $("product-name").focus();
+  }
+
+  function resetProductForm() {
+    state.editingProduct = null;
+    $("product-form").reset();
+    $("product-form-title").textContent = "Add a product";
+    $("product-submit").textContent = "Add product";
+    $("product-cancel").hidden = true;
+  }
+
+  $("product-cancel").addEventListener("click", resetProductForm);
+  $("product-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = {
+      name: $("product-name").value.trim(),
+      category: Number($("product-category").value),
+      price: $("product-price").value.trim(),
+      stock: Number($("product-stock").value),
+      description: $("product-description").value,
+    };
+    const editing = state.editingProduct;
+    const ok = await change(
+      () => (editing ? SW.patch(`/api/products/${editing.id}/`, body) : SW.post("/api/products/", body)),
+      editing ? `Saved ${body.name}.` : `Added ${body.name} to the catalog.`,
+      loadProducts);
+    if (ok) resetProductForm();
+  });
+
+  $("product-filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.products.name = $("product-filter").value.trim();
+    state.products.category = $("product-filter-category").value;
+    state.products.offset = 0;
+    loadProducts();
+  });
+  $("product-prev").addEventListener("click", () => {
+    state.products.offset = Math.max(0, state.products.offset - PAGE);
+    loadProducts();
+  });
+  $("product-next").addEventListener("click", () => {
+    state.products.offset += PAGE;
+    loadProducts();
+  });
+
+  // ---- orders ----
+
+  async function loadOrders() {
+    const o = state.orders;
+    try {
+      const res = await SW.call("GET", `/api/orders/?limit=${PAGE}&offset=${o.offset}`);
+      o.total = res.total || 0;
+      $("order-rows").replaceChildren(...res.body.map(orderRow));
+      $("order-range").textContent = res.body.length
+        ? `${o.offset + 1}–${o.offset + res.body.length} of ${o.total}` : "No orders yet";
+      $("order-prev").disabled = o.offset === 0;
+      $("order-next").disabled = o.offset + res.body.length >= o.total;
+    } catch (err) {
+      notice(SW.explain(err), "error");
+    }
+  }
+
+  function orderRow(order) {
+    const actions = [];
+    if (order.status === "placed") {
+      const cancel = h("button", { class: "btn btn-danger", type: "button" }, "Cancel");
+      SW.confirmClick(cancel, `Cancel #${order.id}?`, () =>
+        change(() => SW.post(`/api/orders/${order.id}/cancel/`),
+          `Order #${order.id} is cancelled; its stock is back on the shelf.`, loadOrders));
+      actions.push(cancel);
+    }
+    return h("tr", { "data-order": order.id },
+      h("td", {}, `#${order.id}`),
+      h("td", {}, order.user),
+      h("td", {}, SW.date(order.created_at)),
+      h("td", {}, h("ul", { class: "plain" }, order.items.map((item) =>
+        h("li", {}, `${item.quantity} × ${item.product_name} at ${money(cents(item.unit_price))}`)))),
+      h("td", { class: "num" }, money(cents(order.total))),
+      h("td", {}, h("span", { class: `status ${order.status}` }, order.status === "placed" ? "Placed" : "Cancelled")),
+      h("td", { class: "actions" }, actions));
+  }
+
+  $("order-prev").addEventListener("click", () => {
+    state.orders.offset = Math.max(0, state.orders.offset - PAGE);
+    loadOrders();
+  });
+  $("order-next").addEventListener("click", () => {
+    state.orders.offset += PAGE;
+    loadOrders();
+  });
+
+  start();
+})();

@@ -1,0 +1,282 @@
+// Soundwave pages: what the storefront and the admin share. Tokens, calls to the JSON API,
+// errors in plain words, money, and a small helper to build DOM nodes. No framework.
+"use strict";
+
+const SW = (() => {
+  const ACCESS = "sw.access";
+  const REFRESH = "sw.refresh";
+  const EXPIRES = "sw.expires"; // local time (ms) when the access token runs out
+  const REFRESH_MARGIN_MS = 30000;
+  let refreshing = null;
+  let timer = null;
+  const onLogout = [];
+
+  // ---- tokens (sessionStorage: gone when the tab closes) ----
+
+  function claims(token) {
+    try {
+      const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(atob(part));
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function signedIn() {
+    return sessionStorage.getItem(REFRESH) !== null;
+  }
+
+  function keep(pair) {
+    const c = claims(pair.access) || {};
+    // The lifetime from the token itself, counted on this clock (the server's may differ).
+    const lifetime = c.exp && c.iat ? (c.exp - c.iat) * 1000 : 300000;
+    sessionStorage.setItem(ACCESS, pair.access);
+    sessionStorage.setItem(REFRESH, pair.refresh);
+    sessionStorage.setItem(EXPIRES, String(Date.now() + lifetime));
+    schedule();
+  }
+
+  function forget() {
+    clearTimeout(timer);
+    [ACCESS, REFRESH, EXPIRES].forEach((k) => sessionStorage.removeItem(k));
+  }
+
+  function msLeft() {
+    return Number(sessionStorage.getItem(EXPIRES) || 0) - Date.now();
+  }
+
+  // Refresh shortly before the access token expires, so a shopper never sees it lapse.
+  function schedule() {
+    clearTimeout(timer);
+    if (!signedIn()) return;
+    const wait = Math.max(msLeft() - REFRESH_MARGIN_MS, 1000);
+    timer = setTimeout(() => refresh().catch(() => {}), wait);
+  }
+
+  // One refresh at a time: the refresh token rotates, so two at once would log us out.
+  function refresh() {
+    if (!refreshing) {
+      refreshing = (async () => {
+        const token = sessionStorage.getItem(REFRESH);
+        if (!token) throw new ApiError(401, { detail: "Not signed in." });
+        const res = await send("POST", "/api/token/refresh/", { refresh: token }, null);
+        if (res.status === 401) {
+          logout();
+        }
+        if (!res.ok) throw new ApiError(res.status, res.body, res.headers);
+        keep(res.body);
+      })().finally(() => {
+        refreshing = null;
+      });
+    }
+    return refreshing;
+  }
+
+  function logout() {
+    forget();
+    onLogout.forEach((fn) => fn());
+  }
+
+  async function login(username, password) {
+    const res = await send("POST", "/api/token/", { username, password }, null);
+    if (!res.ok) throw new ApiError(res.status, res.body, res.headers);
+    keep(res.body);
+  }
+
+  // ---- calls ----
+
+  class ApiError extends Error {
+    constructor(status, body, headers) {
+      super((body && body.detail) || "HTTP " + status);
+      this.status = status;
+      this.body = body || {};
+      this.headers = headers;
+    }
+  }
+
+  async function send(method, path, body, token, extraHeaders) {
+    const headers = Object.assign({ Accept: "application/json" }, extraHeaders || {});
+    if (body !== undefined && body !== null) headers["Content-Type"] = "application/json";
+    if (token) headers.Authorization = "Bearer " + token;
+    let res;
+    try {
+      res = await fetch(path, {
+        method,
+        headers,
+        body: body === undefined || body === null ? undefined : JSON.stringify(body),
+      });
+    } catch (_) {
+      throw new ApiError(0, { detail: "Network error" });
+    }
+    let data = null;
+    if (res.status !== 204) data = await res.json().catch(() => null);
+    return { ok: res.ok, status: res.status, body: data, headers: res.headers };
+  }
+
+  // Calls the API; signed-in calls carry the access token, refreshed first when it is about
+  // to expire and once more if the server says it is no longer valid.
+  // Returns { body, total } (total from X-Total-Count on lists).
+  async function call(method, path, body, options) {
+    const opts = options || {};
+    const auth = signedIn() && opts.auth !== false;
+    if (auth && msLeft() < 5000) await refresh();
+    let res = await send(method, path, body, auth ? sessionStorage.getItem(ACCESS) : null, opts.headers);
+    if (res.status === 401 && auth) {
+      await refresh();
+      res = await send(method, path, body, sessionStorage.getItem(ACCESS), opts.headers);
+    }
+    if (!res.ok) throw new ApiError(res.status, res.body, res.headers);
+    const total = res.headers.get("X-Total-Count");
+    return { body: res.body, total: total === null ? null : Number(total) };
+  }
+
+  const get = async (path) => (await call("GET", path)).body;
+  const post = async (path, body, opts) => (await call("POST", path, body || {}, opts)).body;
+  const patch = async (path, body) => (await call("PATCH", path, body)).body;
+  const del = async (path) => (await call("DELETE", path)).body;
+
+  // Every page of a list (bounded: the API caps a page at 1000 entries).
+  async function all(path) {
+    const out = [];
+    const sep = path.includes("?") ? "&" : "?";
+    for (let page = 0; page < 50; page++) {
+      const res = await call("GET", `${path}${sep}limit=1000&offset=${out.length}`);
+      out.push(...res.body);
+      if (res.body.length === 0 || res.total === null || out.length >= res.total) break;
+    }
+    return out;
+  }
+
+  // A key that makes retrying the same checkout safe (works on plain http too).
+  function idempotencyKey() {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  // ---- words ----
+
+  const FIELDS = {
+    username: "Username",
+    password: "Password",
+    email: "Email",
+    phone_number: "Phone number",
+    quantity: "Quantity",
+    product: "Product",
+    items: "Your cart",
+    order_items: "Your cart",
+    name: "Name",
+    price: "Price",
+    stock: "Stock",
+    description: "Description",
+    category: "Category",
+  };
+
+  // What went wrong, in words for people, from the API's answer. `names` maps product ids
+  // to names, for stock problems.
+  function explain(err, names) {
+    if (!(err instanceof ApiError)) return "Something went wrong. Please try again.";
+    const b = err.body || {};
+    switch (err.status) {
+      case 0:
+        return "We can't reach the shop right now. Check your connection and try again.";
+      case 401:
+        if (b.detail === "No active account found with the given credentials") {
+          return "That username and password don't match an account.";
+        }
+        return "Your session has ended. Please log in again.";
+      case 403:
+        return "Your account isn't allowed to do that.";
+      case 404:
+        return "That item is no longer available.";
+      case 409:
+        if (Array.isArray(b.items)) {
+          const lines = b.items.map((s) => {
+            const name = (names && names[s.product]) || `product #${s.product}`;
+            return s.available === 0 ? `${name} is sold out` : `Only ${s.available} left of ${name}`;
+          });
+          return lines.join(". ") + ". Please lower the quantity and try again.";
+        }
+        return b.detail || "That conflicts with the current state. Please reload and try again.";
+      case 413:
+        return "That is too much to send at once.";
+      case 429: {
+        const wait = err.headers && err.headers.get("Retry-After");
+        return wait
+          ? `Too many attempts. Please wait ${wait} seconds and try again.`
+          : "Too many attempts. Please wait a moment and try again.";
+      }
+      case 400: {
+        if (typeof b.detail === "string") return b.detail;
+        const parts = Object.entries(b).map(([field, msgs]) => {
+          const text = Array.isArray(msgs) ? msgs.join(" ") : String(msgs);
+          return FIELDS[field] ? `${FIELDS[field]}: ${text}` : text;
+        });
+        return parts.join(" ") || "Please check what you entered.";
+      }
+      default:
+        return "Something went wrong on our side. Please try again in a moment.";
+    }
+  }
+
+  // ---- money: decimal strings in, cents inside, formatted out ----
+
+  const CURRENCY = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
+  const cents = (price) => Math.round(Number(price) * 100);
+  const money = (c) => CURRENCY.format(c / 100);
+
+  // ---- DOM ----
+
+  // h("button", {class: "btn", onclick: fn}, "text", child...) — text is never parsed as HTML.
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === false || value === null || value === undefined) continue;
+      if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+      else if (key === "class") el.className = value;
+      else el.setAttribute(key, value === true ? "" : value);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : String(child));
+    }
+    return el;
+  }
+
+  // Shows a message in a live region; errors are announced at once.
+  function notify(el, text, kind) {
+    el.replaceChildren(text ? h("p", {}, text) : "");
+    el.className = "notice" + (text ? " " + (kind || "info") : "");
+    el.setAttribute("role", kind === "error" ? "alert" : "status");
+    if (text) el.scrollIntoView({ block: "nearest" });
+  }
+
+  // A destructive button asks once more before acting (no blocking confirm() dialogs).
+  function confirmClick(button, question, action) {
+    const label = button.textContent;
+    button.addEventListener("click", () => {
+      if (button.dataset.armed) {
+        delete button.dataset.armed;
+        button.textContent = label;
+        action();
+      } else {
+        button.dataset.armed = "1";
+        button.textContent = question;
+      }
+    });
+    button.addEventListener("blur", () => {
+      delete button.dataset.armed;
+      button.textContent = label;
+    });
+  }
+
+  const date = (iso) =>
+    new Date(iso).toLocaleString("en-US", { dateStyle: "medium", timeStyle: "short" });
+
+  schedule();
+
+  return {
+    ApiError, signedIn, login, logout, onLogout, refresh, call, get, post, patch, del, all,
+    idempotencyKey, explain, cents, money, h, notify, confirmClick, date,
+  };
+})();
