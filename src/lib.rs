@@ -13,4 +13,5 @@ pub mod error;
 pub mod input;
 pub mod node;
 pub mod output;
+pub mod telemetry;
 pub mod up;

@@ -28,7 +28,8 @@ fn main() -> anyhow::Result<()> {
         Command::Lb(args) => {
             let config = args.resolve().context("loading the configuration")?;
             // Pingora builds its own runtimes: no tokio runtime around it.
-            lb::run(config).context("running the load balancer")?;
+            lb::run(config, soundwave::telemetry::prometheus())
+                .context("running the load balancer")?;
         }
     }
     Ok(())

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::ServiceExt;
 use axum::extract::Request;
 use http::HeaderValue;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use store::{
     Command, CommandOutcome, CommandSubmitter, LocalWriter, Store, StoreError, StoreReader,
 };
@@ -93,26 +93,6 @@ impl From<ApiError> for NodeError {
     }
 }
 
-/// The process-wide Prometheus recorder (installed once; later calls share it).
-pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 5.0,
-                ])
-                .map(|b| b.build_recorder())
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-            let handle = recorder.handle();
-            // Fails only when another recorder is installed (tests, benches): keep that one.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
-
 /// A node's state with the single-process writer (no replicated log): for benches and
 /// tools that drive the API in-process.
 pub async fn local_state(config: &Config, store: Arc<Store>) -> Result<Arc<AppState>, NodeError> {
@@ -153,7 +133,7 @@ pub async fn build_state(
             page_size: config.node.page_size,
             request_timeout_secs: config.node.request_timeout_secs,
         },
-        metrics: metrics_handle(),
+        metrics: crate::telemetry::prometheus(),
         trusted_proxies: config.node.trusted_proxies.clone(),
         cluster,
     }))

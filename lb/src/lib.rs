@@ -31,6 +31,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -154,8 +156,9 @@ impl BackgroundService for Announcer {
 
 /// Runs the balancer until SIGTERM (drains in-flight requests for `grace_period_secs`) or
 /// SIGINT (stops at once). Pingora builds its own runtimes: call this from a plain thread,
-/// not from inside an async runtime.
-pub fn run(config: LbConfig) -> Result<(), LbError> {
+/// not from inside an async runtime. `metrics_handle` renders the process's Prometheus
+/// recorder, where the balancer records its metrics.
+pub fn run(config: LbConfig, metrics_handle: PrometheusHandle) -> Result<(), LbError> {
     config.validate()?;
     check_bindable("listen", config.listen)?;
     if let Some(addr) = config.metrics_listen {
@@ -166,7 +169,6 @@ pub fn run(config: LbConfig) -> Result<(), LbError> {
         path: run_dir.clone(),
         source,
     })?;
-    let metrics_handle = metrics::handle();
 
     let mut server = Server::new_with_opt_and_conf(None, pingora_conf(&config, &run_dir));
     server.bootstrap();

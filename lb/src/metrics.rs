@@ -8,10 +8,8 @@
 //! - `soundwave_lb_upstream_up{upstream,role}`: 1 while the upstream can be chosen,
 //! - `soundwave_lb_request_duration_seconds{upstream}`: latency histogram.
 
-use std::sync::OnceLock;
-
 use async_trait::async_trait;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
@@ -21,26 +19,6 @@ const RETRIES: &str = "soundwave_lb_retries_total";
 const EJECTIONS: &str = "soundwave_lb_ejections_total";
 const UP: &str = "soundwave_lb_upstream_up";
 const DURATION: &str = "soundwave_lb_request_duration_seconds";
-
-/// The process-wide recorder (installed once; later calls share it).
-pub fn handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 5.0,
-                ])
-                .map(|b| b.build_recorder())
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-            let handle = recorder.handle();
-            // Fails only when another recorder is installed (tests): keep that one.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
 
 pub fn request(upstream: &str, status: u16, seconds: f64) {
     metrics::counter!(REQUESTS, "upstream" => upstream.to_owned(), "status" => status.to_string())
