@@ -1,129 +1,363 @@
 #!/usr/bin/env bash
-# Whole-system load run: builds release, starts a topology on free loopback ports with the
-# demo catalog, and drives it with oha. Every run is bounded (DURATION per scenario) and
-# everything started is stopped at the end. Prints one table; oha's JSON goes to
-# target/load/<time>/.
+# Whole-system load run, one command: builds release (and the bare-hyper baseline,
+# benches/baseline/server.rs), starts a topology on free loopback ports with the demo catalog
+# (6 categories, 1,000 products), creates USERS shoppers and logs them in, then drives named
+# scenarios with oha. Every oha run is bounded by DURATION and everything started is stopped
+# at the end. Prints one table; oha's JSON and the generated inputs go to target/load/<time>/.
 #
-#   benches/load.sh                                  # one node, all scenarios
-#   TOPOLOGY=cluster benches/load.sh detail orders   # three nodes, load sent to a follower
-#   DURATION=5s CONNECTIONS=50 benches/load.sh orders
+#   benches/load.sh                                  # one node: browse buy mixed login
+#   TOPOLOGY=up benches/load.sh browse mixed         # `soundwave up`: balancer + three nodes
+#   TOPOLOGY=cluster benches/load.sh buy             # three nodes, load sent to a follower
+#   DURATION=5s CONNECTIONS=50 benches/load.sh detail
 #
-# With TOPOLOGY=cluster a standalone node also runs, so the `detail-single` scenario puts a
-# cluster follower's reads next to a single node's, in the same run.
+# Topologies: node (one node), cluster (three raft nodes, load to a follower; also starts a
+# standalone node for `detail-single`), up (`soundwave up --config <generated>`, load to its
+# balancer).
+#
+# Scenarios (CONNECTIONS connections each unless said otherwise):
+#   browse   GETs drawn at random from a URL file: product details, product lists with
+#            category/name/order/limit/offset filters, category list and details
+#   buy      POST /api/orders/ of 1-3 lines by USERS shoppers: one oha process per shopper
+#            (its token), each sending bodies drawn from a file of random 1-3 line orders;
+#            req/s summed, percentiles of the merged latency distribution
+#   mixed    browse and buy at the same time, connections split 95:5 (MIXED_BUY_PERCENT=5;
+#            the achieved request share of buy is printed: buys are slower, so it is lower)
+#   login    POST /api/token/ with the USERS shoppers' credentials (LOGIN_CONNECTIONS,
+#            default 8: argon2id at 19 MiB per hash is slow on purpose)
+#   detail, list20, filtered, orders, detail-single: the single-URL scenarios of the node
+#            and cluster issues
+# The baseline (a bare hyper server answering every request with the bytes and headers of a
+# cached GET /api/products/1/) is always measured first, with the same oha settings, and
+# every scenario's req/s is also printed as a fraction of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-100}
+LOGIN_CONNECTIONS=${LOGIN_CONNECTIONS:-8}
 TOPOLOGY=${TOPOLOGY:-node}
+USERS=${USERS:-50}
+MIXED_BUY_PERCENT=${MIXED_BUY_PERCENT:-5}
 SCENARIOS=("$@")
 if [ ${#SCENARIOS[@]} -eq 0 ]; then
-  SCENARIOS=(detail list20 filtered orders)
-  [ "$TOPOLOGY" = cluster ] && SCENARIOS+=(detail-single)
+  SCENARIOS=(browse buy mixed login)
 fi
+case $TOPOLOGY in node | cluster | up) ;; *) echo "TOPOLOGY is node, cluster or up" >&2; exit 2 ;; esac
+for scenario in "${SCENARIOS[@]}"; do
+  case $scenario in
+    browse | buy | mixed | login | detail | list20 | filtered | orders) ;;
+    detail-single) [ "$TOPOLOGY" = cluster ] || { echo "detail-single needs TOPOLOGY=cluster" >&2; exit 2; } ;;
+    *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+  esac
+done
 
 command -v oha >/dev/null || cargo install oha --locked
-cargo build --release --quiet
+cargo build --release --quiet --bin soundwave --example baseline_server
 
 out="target/load/$(date +%Y%m%d-%H%M%S)-$TOPOLOGY"
 mkdir -p "$out"
 data=$(mktemp -d)
 pids=()
 cleanup() {
+  trap - EXIT INT TERM
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$data"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# wait_for FILE PATTERN: waits (bounded, 90 s) for a line in a process's output.
+wait_for() {
+  for _ in $(seq 1 900); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "no '$2' in $1 after 90 s; see $out/*.err" >&2
+  exit 1
+}
 # start_node NAME ARGS...: starts `soundwave node ARGS` with output in $out/NAME.{out,err}.
 start_node() {
   local name=$1; shift
   RUST_LOG=warn target/release/soundwave node "$@" >"$out/$name.out" 2>"$out/$name.err" &
   pids+=($!)
 }
-# url_of NAME: waits (bounded) for the node's ready line and prints its base URL.
+# url_of NAME: waits for the node's ready line and prints its base URL.
 url_of() {
-  for _ in $(seq 1 600); do
-    grep -q "listening on" "$out/$1.out" 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_for "$out/$1.out" "listening on"
   grep -o "http://[0-9.:]*" "$out/$1.out" | head -1
 }
 
-if [ "$TOPOLOGY" = cluster ]; then
-  config="$data/cluster.toml"
-  printf '[cluster]\nsecret = "load-test-secret"\n' >"$config"
-  for id in 1 2 3; do
-    printf '[[cluster.nodes]]\nid = %s\napi = "127.0.0.1:%s"\npeer = "127.0.0.1:%s"\n' \
-      "$id" "$(free_port)" "$(free_port)" >>"$config"
-  done
-  for id in 1 2 3; do
-    demo=(); [ "$id" = 1 ] && demo=(--demo)
-    start_node "node$id" --config "$config" --node-id "$id" --data-dir "$data/node$id" "${demo[@]}"
-  done
-  for id in 1 2 3; do url_of "node$id" >/dev/null; done
-  leader=$(curl -sf "$(url_of node1)/health/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cluster"]["leader_id"])')
-  follower=$(( leader % 3 + 1 ))
-  base=$(url_of "node$follower")
-  credentials="$out/node1.out"
-  start_node single --listen 127.0.0.1:0 --data-dir "$data/single" --demo
-  single=$(url_of single)
-  echo "cluster: leader node $leader, load sent to follower node $follower ($base)"
-else
-  start_node node --listen 127.0.0.1:0 --data-dir "$data/node" --demo
-  base=$(url_of node)
-  credentials="$out/node.out"
-fi
+case $TOPOLOGY in
+  cluster)
+    config="$data/cluster.toml"
+    printf '[cluster]\nsecret = "load-test-secret"\n' >"$config"
+    for id in 1 2 3; do
+      printf '[[cluster.nodes]]\nid = %s\napi = "127.0.0.1:%s"\npeer = "127.0.0.1:%s"\n' \
+        "$id" "$(free_port)" "$(free_port)" >>"$config"
+    done
+    for id in 1 2 3; do
+      demo=(); [ "$id" = 1 ] && demo=(--demo)
+      start_node "node$id" --config "$config" --node-id "$id" --data-dir "$data/node$id" "${demo[@]}"
+    done
+    for id in 1 2 3; do url_of "node$id" >/dev/null; done
+    leader=$(curl -sf "$(url_of node1)/health/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cluster"]["leader_id"])')
+    follower=$((leader % 3 + 1))
+    base=$(url_of "node$follower")
+    credentials="$out/node1.out"
+    start_node single --listen 127.0.0.1:0 --data-dir "$data/single" --demo
+    single=$(url_of single)
+    echo "cluster: leader node $leader, load sent to follower node $follower ($base)"
+    ;;
+  up)
+    lb=$(free_port)
+    config="$data/up.toml"
+    apis=("$(free_port)" "$(free_port)" "$(free_port)")
+    {
+      printf '[node]\ndata_dir = "%s"\n' "$data/data"
+      printf '[lb]\nlisten = "127.0.0.1:%s"\nmetrics_listen = "127.0.0.1:%s"\n' "$lb" "$(free_port)"
+      printf 'primaries = ["127.0.0.1:%s", "127.0.0.1:%s"]\nbackups = ["127.0.0.1:%s"]\n' "${apis[@]}"
+      printf 'run_dir = "%s"\n[cluster]\n' "$data/run"
+      for id in 1 2 3; do
+        printf '[[cluster.nodes]]\nid = %s\napi = "127.0.0.1:%s"\npeer = "127.0.0.1:%s"\n' \
+          "$id" "${apis[$((id - 1))]}" "$(free_port)"
+      done
+    } >"$config"
+    cp "$config" "$out/up.toml"
+    RUST_LOG=warn target/release/soundwave up --config "$config" >"$out/up.out" 2>"$out/up.err" </dev/null &
+    pids+=($!)
+    wait_for "$out/up.out" "Soundwave is up"
+    base="http://127.0.0.1:$lb"
+    credentials="$out/up.out"
+    echo "up: balancer $base in front of nodes on ports ${apis[*]}"
+    ;;
+  node)
+    start_node node --listen 127.0.0.1:0 --data-dir "$data/node" --demo
+    base=$(url_of node)
+    credentials="$out/node.out"
+    ;;
+esac
 [ -n "$base" ] || { echo "the topology did not start; see $out/*.err" >&2; exit 1; }
 
+# Inputs: shoppers and their tokens, stock, the browse URL file, the order bodies, the login
+# bodies, and the cached response the baseline replays.
 password_of() { grep "username=$1 " "$credentials" | head -1 | sed 's/.*password=//'; }
-token_for() {
-  curl -sf -X POST "$base/api/token/" -H 'content-type: application/json' \
-    -d "{\"username\":\"$1\",\"password\":\"$(password_of "$1")\"}" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["access"])'
+python3 - "$base" "$out" "$USERS" "$(password_of demo-admin)" <<'PY'
+import json, random, sys, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+base, out, users, admin_password = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+rng = random.Random(5)
+
+def call(method, path, body=None, token=None):
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response), dict(response.headers)
+
+admin = call("POST", "/api/token/", {"username": "demo-admin", "password": admin_password})[0]["access"]
+# Enough stock that buying measures placing orders, not running out.
+BUY_PRODUCTS = range(1, 51)
+for product in BUY_PRODUCTS:
+    call("PATCH", f"/api/products/{product}/", {"stock": 2_000_000_000}, admin)
+
+def shopper(i):
+    name, password = f"load-shopper-{i}", f"load-password-{i}"
+    call("POST", "/api/users/", {"username": name, "password": password, "email": f"{name}@example.com"})
+    return name, password, call("POST", "/api/token/", {"username": name, "password": password})[0]["access"]
+
+with ThreadPoolExecutor(4) as pool:
+    shoppers = list(pool.map(shopper, range(users)))
+with open(f"{out}/tokens.txt", "w") as f:
+    f.writelines(token + "\n" for _, _, token in shoppers)
+with open(f"{out}/login-bodies.txt", "w") as f:
+    f.writelines(json.dumps({"username": n, "password": p}) + "\n" for n, p, _ in shoppers)
+with open(f"{out}/order-bodies.txt", "w") as f:
+    for _ in range(1000):
+        lines = rng.sample(list(BUY_PRODUCTS), rng.randint(1, 3))
+        items = [{"product": p, "quantity": rng.randint(1, 3)} for p in lines]
+        f.write(json.dumps({"items": items}) + "\n")
+
+categories = [c["id"] for c in call("GET", "/api/categories/")[0]]
+words = ["guitar", "vinyl", "amp", "drum", "synth", "cable", "shirt", "pedal", "mic", "bass"]
+urls = []
+for _ in range(400):
+    urls.append(f"{base}/api/products/{rng.randint(1, 1000)}/")
+for _ in range(300):
+    query = [f"limit={rng.choice([10, 20, 50])}", f"offset={rng.choice([0, 0, 20, 40, 100])}"]
+    if rng.random() < 0.7:
+        query.append(f"category={rng.choice(categories)}")
+    if rng.random() < 0.5:
+        query.append(f"name={rng.choice(words)}")
+    if rng.random() < 0.5:
+        query.append(f"order_by_name={rng.choice(['asc', 'desc'])}")
+    rng.shuffle(query)
+    urls.append(f"{base}/api/products/?{'&'.join(query)}")
+for _ in range(100):
+    urls.append(f"{base}/api/categories/")
+for _ in range(200):
+    urls.append(f"{base}/api/categories/{rng.choice(categories)}/")
+rng.shuffle(urls)
+with open(f"{out}/browse-urls.txt", "w") as f:
+    f.writelines(u + "\n" for u in urls)
+
+# The cached response the baseline replays: its body and the headers hyper does not add.
+call("GET", "/api/products/1/")
+with urllib.request.urlopen(base + "/api/products/1/", timeout=30) as response:
+    body, headers = response.read(), response.headers.items()
+open(f"{out}/baseline-body.json", "wb").write(body)
+skip = {"content-length", "date", "connection", "keep-alive", "transfer-encoding"}
+with open(f"{out}/baseline-headers.txt", "w") as f:
+    f.writelines(f"{k}: {v}\n" for k, v in headers if k.lower() not in skip)
+PY
+mapfile -t tokens <"$out/tokens.txt"
+baseline_args=()
+while IFS= read -r header; do baseline_args+=(--header "$header"); done <"$out/baseline-headers.txt"
+target/release/examples/baseline_server --listen 127.0.0.1:0 --body-file "$out/baseline-body.json" \
+  "${baseline_args[@]}" >"$out/baseline.out" 2>"$out/baseline.err" &
+pids+=($!)
+wait_for "$out/baseline.out" "baseline listening on"
+baseline=$(grep -o "http://[0-9.:]*" "$out/baseline.out" | head -1)
+
+# oha NAME CONNECTIONS ARGS...: one bounded oha run, JSON in $out/NAME.json.
+oha_run() {
+  local name=$1 connections=$2; shift 2
+  oha -z "$DURATION" -c "$connections" --no-tui --output-format json "$@" >"$out/$name.json"
 }
-admin=$(token_for demo-admin)
-shopper=$(token_for demo-shopper)
-# Enough stock that the order scenario measures placing orders, not running out.
-curl -sf -X PATCH "$base/api/products/5/" -H "authorization: Bearer $admin" \
-  -H 'content-type: application/json' -d '{"stock": 2000000000}' >/dev/null
-
-if oha --help | grep -q -- "--output-format"; then json_flag=(--output-format json); else json_flag=(--json); fi
-
-run() {
-  local name=$1; shift
-  oha -z "$DURATION" -c "$CONNECTIONS" --no-tui "${json_flag[@]}" "$@" >"$out/$name.json"
+# buy_runs PREFIX CONNECTIONS: CONNECTIONS connections spread over one oha process per
+# shopper (at most USERS, at least one connection each), in parallel; PREFIX-<i>.json each.
+buy_runs() {
+  local prefix=$1 connections=$2 procs i c
+  procs=$((connections < ${#tokens[@]} ? connections : ${#tokens[@]}))
+  local run_pids=()
+  for ((i = 0; i < procs; i++)); do
+    c=$((connections / procs + (i < connections % procs ? 1 : 0)))
+    oha_run "$prefix-$i" "$c" --worker-threads 1 -m POST -T application/json \
+      -H "authorization: Bearer ${tokens[$i]}" -Z "$out/order-bodies.txt" "$base/api/orders/" &
+    run_pids+=($!)
+  done
+  for pid in "${run_pids[@]}"; do wait "$pid"; done
 }
+browse_run() { oha_run "$1" "$2" --urls-from-file "$out/browse-urls.txt"; }
 
+rows=(baseline)
+oha_run baseline "$CONNECTIONS" "$baseline/api/products/1/"
 for scenario in "${SCENARIOS[@]}"; do
   case $scenario in
-    detail) run detail "$base/api/products/1/" ;;
-    detail-single) run detail-single "$single/api/products/1/" ;;
-    list20) run list20 "$base/api/products/?limit=20" ;;
-    filtered) run filtered "$base/api/products/?category=2&name=guitar&order_by_name=asc" ;;
+    browse) browse_run browse "$CONNECTIONS" ;;
+    buy) buy_runs buy "$CONNECTIONS" ;;
+    mixed)
+      buy_connections=$(((CONNECTIONS * MIXED_BUY_PERCENT + 50) / 100))
+      [ "$buy_connections" -ge 1 ] || buy_connections=1
+      browse_run mixed.browse $((CONNECTIONS - buy_connections)) &
+      browse_pid=$!
+      buy_runs mixed.buy "$buy_connections"
+      wait "$browse_pid"
+      rows+=(mixed mixed.browse mixed.buy)
+      ;;
+    login) oha_run login "$LOGIN_CONNECTIONS" -m POST -T application/json -Z "$out/login-bodies.txt" "$base/api/token/" ;;
+    detail) oha_run detail "$CONNECTIONS" "$base/api/products/1/" ;;
+    detail-single) oha_run detail-single "$CONNECTIONS" "$single/api/products/1/" ;;
+    list20) oha_run list20 "$CONNECTIONS" "$base/api/products/?limit=20" ;;
+    filtered) oha_run filtered "$CONNECTIONS" "$base/api/products/?category=2&name=guitar&order_by_name=asc" ;;
     orders)
-      run orders -m POST -H "authorization: Bearer $shopper" -T application/json \
+      oha_run orders "$CONNECTIONS" -m POST -T application/json -H "authorization: Bearer ${tokens[0]}" \
         -d '{"items":[{"product":5,"quantity":1}]}' "$base/api/orders/" ;;
-    *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac
+  [ "$scenario" = mixed ] || rows+=("$scenario")
 done
 
-python3 - "$out" "${SCENARIOS[@]}" <<'PY'
-import json, sys
-out, names = sys.argv[1], sys.argv[2:]
-print(f"{'scenario':<14} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'non-2xx':>8} {'errors':>7}")
+python3 - "$out" "$TOPOLOGY" "${rows[@]}" <<'PY'
+import glob, json, re, sys
+out, topology, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 # Requests still in flight when the duration ends are cut off by oha, not failed by the server.
 CUT_OFF = "aborted due to deadline"
+POINTS = ["p10", "p25", "p50", "p75", "p90", "p95", "p99", "p99.9", "p99.99"]
+
+def load(name):
+    """One scenario's oha reports: NAME.json, or NAME-<i>.json for the per-shopper runs."""
+    files = [f"{out}/{name}.json"] if glob.glob(f"{out}/{name}.json") else sorted(
+        glob.glob(f"{out}/{name}-[0-9]*.json"))
+    return [json.load(open(f)) for f in files]
+
+def cdf(report, x):
+    """Fraction of this report's requests at most x seconds, interpolated between oha's
+    percentiles (fastest and slowest as 0 and 1)."""
+    s, p = report["summary"], report["latencyPercentiles"]
+    pts = [(s.get("fastest") or 0, 0.0)] + [(p[k], float(k[1:]) / 100) for k in POINTS if p.get(k) is not None] + [(s.get("slowest") or 0, 1.0)]
+    for (x0, q0), (x1, q1) in zip(pts, pts[1:]):
+        if x <= x1:
+            return q0 if x1 <= x0 or x < x0 else q0 + (q1 - q0) * (x - x0) / (x1 - x0)
+    return 1.0
+
+def merged(reports, q):
+    """Percentile q of several runs' latencies together, weighted by their request counts.
+    Exact for one run; for several, an interpolation between each run's percentiles."""
+    reports = [r for r in reports if r["latencyPercentiles"].get("p50") is not None]
+    if not reports:
+        return None
+    if len(reports) == 1:
+        return reports[0]["latencyPercentiles"].get(f"p{q}")
+    weights = [sum(r.get("statusCodeDistribution", {}).values()) for r in reports]
+    total = sum(weights) or 1
+    lo, hi = 0.0, max(r["summary"]["slowest"] for r in reports)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if sum(w * cdf(r, mid) for w, r in zip(weights, reports)) / total < q / 100:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+rows, rps = [], {}
 for name in names:
-    r = json.load(open(f"{out}/{name}.json"))
-    p = r["latencyPercentiles"]
-    codes = r.get("statusCodeDistribution", {})
+    if name == "mixed":
+        rows.append(None)  # filled in once its two parts are read
+        continue
+    reports = load(name)
+    if not reports:
+        continue
+    codes, errors = {}, 0
+    for r in reports:
+        for k, v in r.get("statusCodeDistribution", {}).items():
+            codes[k] = codes.get(k, 0) + v
+        errors += sum(v for k, v in r.get("errorDistribution", {}).items() if k != CUT_OFF)
+    rps[name] = sum(r["summary"]["requestsPerSec"] for r in reports)
     non2xx = sum(v for k, v in codes.items() if not k.startswith("2"))
-    errors = sum(v for k, v in r.get("errorDistribution", {}).items() if k != CUT_OFF)
-    ms = lambda v: (v or 0) * 1000
-    print(f"{name:<14} {r['summary']['requestsPerSec']:>10.0f} {ms(p['p50']):>8.2f} "
-          f"{ms(p['p99']):>8.2f} {ms(p.get('p99.9')):>9.2f} {non2xx:>8} {errors:>7}")
-print(f"raw oha JSON: {out}/")
+    rows.append((name, reports, non2xx, errors, codes))
+if "mixed.browse" in rps and "mixed.buy" in rps:
+    rps["mixed"] = rps["mixed.browse"] + rps["mixed.buy"]
+    both = load("mixed.browse") + load("mixed.buy")
+    codes = {}
+    for r in both:
+        for k, v in r.get("statusCodeDistribution", {}).items():
+            codes[k] = codes.get(k, 0) + v
+    rows[rows.index(None)] = ("mixed", both, sum(v for k, v in codes.items() if not k.startswith("2")),
+                 sum(v for r in both for k, v in r.get("errorDistribution", {}).items() if k != CUT_OFF), codes)
+rows = [row for row in rows if row is not None]
+base = rps.get("baseline")
+ms = lambda v: "-" if v is None else f"{v * 1000:.2f}"
+header = f"{'scenario':<13} {'topology':<8} {'req/s':>9} {'of base':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'non-2xx':>8} {'errors':>7}"
+print(header)
+lines = [header]
+for name, reports, non2xx, errors, codes in rows:
+    frac = f"{rps[name] / base:.2f}" if base else "-"
+    line = (f"{name:<13} {topology if name != 'baseline' else 'hyper':<8} {rps[name]:>9.0f} {frac:>7} "
+            f"{ms(merged(reports, 50)):>8} {ms(merged(reports, 99)):>8} {ms(merged(reports, 99.9)):>9} "
+            f"{non2xx:>8} {errors:>7}")
+    print(line)
+    lines.append(line)
+if "mixed" in rps:
+    share = rps["mixed.buy"] / rps["mixed"] * 100
+    note = f"mixed: buy is {share:.1f} % of the requests ({rps['mixed.buy']:.0f} orders/s)"
+    print(note)
+    lines.append(note)
+for name, reports, non2xx, errors, codes in rows:
+    if non2xx:
+        print(f"{name}: status codes {codes}")
+open(f"{out}/table.txt", "w").write("\n".join(lines) + "\n")
+print(f"raw oha JSON and inputs: {out}/")
 PY
