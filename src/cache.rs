@@ -3,6 +3,7 @@
 //! [`ResponseCache::invalidate`]), so an entry stored before a change is never found again
 //! afterwards; it just ages out. A hit costs no store access and no JSON encoding.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -36,6 +37,16 @@ pub enum CacheKey {
     Product {
         generation: u64,
         id: Id,
+    },
+    /// The ids a product list query selects, valid while no product joins, leaves or
+    /// moves in any list (stock and price changes keep it).
+    ProductIds {
+        listing: u64,
+        category: Option<Id>,
+        name: Option<String>,
+        sort: ProductSort,
+        limit: usize,
+        offset: usize,
     },
     CategoryList {
         generation: u64,
@@ -96,10 +107,18 @@ pub struct Principal {
     pub is_staff: bool,
 }
 
+/// One page of a product list as ids, and how many products match in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductIds {
+    pub ids: Vec<Id>,
+    pub total: usize,
+}
+
 #[derive(Debug, Clone)]
 pub enum CacheValue {
     Body(CachedBody),
     Principal(Principal),
+    Ids(Arc<ProductIds>),
 }
 
 #[derive(Clone)]
@@ -110,6 +129,7 @@ impl Weighter<CacheKey, CacheValue> for ByteWeighter {
         let payload = match value {
             CacheValue::Body(b) => b.body.len() + b.next_link.as_ref().map_or(0, String::len),
             CacheValue::Principal(p) => p.username.len(),
+            CacheValue::Ids(page) => page.ids.len() * std::mem::size_of::<Id>(),
         };
         // Keys and bookkeeping cost something too.
         (payload + 128) as u64
@@ -141,6 +161,7 @@ pub struct ResponseCache {
     entries: Cache<CacheKey, CacheValue, ByteWeighter>,
     categories: AtomicU64,
     product_list: AtomicU64,
+    product_listing: AtomicU64,
     products: Generations,
     users: Generations,
     all_users: AtomicU64,
@@ -155,6 +176,7 @@ impl ResponseCache {
             entries: Cache::with_weighter(estimated_items, capacity_bytes, ByteWeighter),
             categories: AtomicU64::new(0),
             product_list: AtomicU64::new(0),
+            product_listing: AtomicU64::new(0),
             products: Generations::new(),
             users: Generations::new(),
             all_users: AtomicU64::new(0),
@@ -168,6 +190,10 @@ impl ResponseCache {
 
     pub fn product_list_generation(&self) -> u64 {
         self.product_list.load(Ordering::Acquire)
+    }
+
+    pub fn product_listing_generation(&self) -> u64 {
+        self.product_listing.load(Ordering::Acquire)
     }
 
     pub fn product_generation(&self, id: Id) -> u64 {
@@ -221,6 +247,17 @@ impl ResponseCache {
         self.entries.insert(key, CacheValue::Body(body));
     }
 
+    pub fn get_ids(&self, key: &CacheKey) -> Option<Arc<ProductIds>> {
+        match self.entries.get(key) {
+            Some(CacheValue::Ids(page)) => Some(page),
+            _ => None,
+        }
+    }
+
+    pub fn put_ids(&self, key: CacheKey, page: Arc<ProductIds>) {
+        self.entries.insert(key, CacheValue::Ids(page));
+    }
+
     pub fn get_principal(&self, key: &CacheKey) -> Option<Principal> {
         match self.entries.get(key) {
             Some(CacheValue::Principal(p)) => Some(p),
@@ -257,6 +294,9 @@ impl ResponseCache {
         if changes.product_names {
             self.product_names.fetch_add(1, Ordering::AcqRel);
         }
+        if changes.product_listing {
+            self.product_listing.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Makes every entry unreachable (the whole state was replaced).
@@ -264,6 +304,7 @@ impl ResponseCache {
         for generation in [
             &self.categories,
             &self.product_list,
+            &self.product_listing,
             &self.all_users,
             &self.product_names,
         ] {

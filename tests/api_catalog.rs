@@ -794,3 +794,62 @@ async fn deleting_an_ordered_product_hides_it_but_orders_keep_it() {
         .await
         .expect_not_found();
 }
+
+/// Product lists are rebuilt from cached parts after stock changes: they must still show the
+/// stock, price and membership of the moment, never an older state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_follow_stock_price_renames_and_deletes() {
+    let node = Node::start();
+    let admin = node.admin_token().await;
+    let category = node.create_category(&admin, "Follow").await;
+    let a = node
+        .create_product(&admin, "Follow Alpha", 5, "10.00", category)
+        .await;
+    let b = node
+        .create_product(&admin, "Follow Beta", 5, "20.00", category)
+        .await;
+    let path = format!("/api/products/?category={category}&order_by_name=asc");
+    let names = |items: &[Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = node.list(&path, None).await;
+    assert_eq!(names(&first), ["Follow Alpha", "Follow Beta"]);
+    // Warm, then change stock through an order: the list shows the new stock.
+    let buyer = node.new_user("follower").await;
+    node.place_order(&buyer.access, &[(a, 2)]).await;
+    let after_order = node.list(&path, None).await;
+    assert_eq!(after_order[0]["stock"], 3);
+    assert_eq!(after_order[1]["stock"], 5);
+    // Price change.
+    node.patch(
+        &format!("/api/products/{b}/"),
+        Some(&admin),
+        &json!({"price": "25.50"}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(node.list(&path, None).await[1]["price"], "25.50");
+    // A rename moves it in name order.
+    node.patch(
+        &format!("/api/products/{a}/"),
+        Some(&admin),
+        &json!({"name": "Follow Zulu"}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(
+        names(&node.list(&path, None).await),
+        ["Follow Beta", "Follow Zulu"]
+    );
+    // A delete (it was ordered, so it is archived) takes it out.
+    node.delete(&format!("/api/products/{a}/"), Some(&admin))
+        .await
+        .expect(204);
+    assert_eq!(names(&node.list(&path, None).await), ["Follow Beta"]);
+    // Detail and list agree byte for byte on the remaining product.
+    let detail = node.get(&format!("/api/products/{b}/"), None).await;
+    assert_eq!(node.list(&path, None).await[0], *detail.expect(200));
+}

@@ -4,12 +4,15 @@ use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::response::Response;
+use bytes::Bytes;
 use http::StatusCode;
-use store::{Command, CommandOutcome, NewProduct, ProductChanges, ProductQuery, ProductSort};
+use store::{
+    Command, CommandOutcome, NewProduct, ProductChanges, ProductQuery, ProductSort, StoreReader,
+};
 
 use super::{IdPath, PageRequest, QueryParams, cached, no_content, send_json};
 use crate::auth::Staff;
-use crate::cache::{CacheKey, CachedBody};
+use crate::cache::{CacheKey, CachedBody, ProductIds};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Fields, JsonObject};
 use crate::node::AppState;
@@ -193,18 +196,108 @@ pub async fn list_products(
         offset: query.offset,
     };
     cached(&state, key, || {
-        let page = state.read()?.products(&query)?;
-        let json: Vec<ProductJson> = page.items.iter().map(ProductJson::from).collect();
+        // Rebuilt after every stock change, so built from cached parts: the ids the query
+        // selects (kept across stock and price changes) and each product's JSON.
+        let mut page = product_ids(&state, &query)?;
+        let body = match assemble_list(&state, &page.ids)? {
+            Some(body) => body,
+            None => {
+                // A product went away between the cached ids and now: one consistent read.
+                let fresh = state.read()?.products(&query)?;
+                page = Arc::new(ProductIds {
+                    ids: fresh.items.iter().map(|p| p.id).collect(),
+                    total: fresh.total,
+                });
+                let json: Vec<ProductJson> = fresh.items.iter().map(ProductJson::from).collect();
+                json_bytes(&json)
+            }
+        };
         let request = PageRequest {
             limit: query.limit,
             offset: query.offset,
         };
         Ok(CachedBody {
-            body: json_bytes(&json),
+            body,
             total_count: Some(page.total),
             next_link: request.next_link("/api/products/", &params, page.total),
         })
     })
+}
+
+/// A JSON array of the products with these ids, or `None` if one no longer exists.
+fn assemble_list(state: &AppState, ids: &[u64]) -> ApiResult<Option<Bytes>> {
+    let mut body = Vec::with_capacity(2 + ids.len() * 256);
+    body.push(b'[');
+    let mut reader = None;
+    for (n, &id) in ids.iter().enumerate() {
+        if n > 0 {
+            body.push(b',');
+        }
+        match product_json(state, &mut reader, id)? {
+            Some(json) => body.extend_from_slice(&json),
+            None => return Ok(None),
+        }
+    }
+    body.push(b']');
+    Ok(Some(body.into()))
+}
+
+/// The ids a product list query selects, from the cache or the store.
+fn product_ids(state: &AppState, query: &ProductQuery) -> ApiResult<Arc<ProductIds>> {
+    let key = CacheKey::ProductIds {
+        listing: state.cache.product_listing_generation(),
+        category: query.category,
+        name: query.name_contains.clone(),
+        sort: query.sort,
+        limit: query.limit,
+        offset: query.offset,
+    };
+    if let Some(page) = state.cache.get_ids(&key) {
+        return Ok(page);
+    }
+    let page = state.read()?.products(query)?;
+    let ids = Arc::new(ProductIds {
+        ids: page.items.iter().map(|p| p.id).collect(),
+        total: page.total,
+    });
+    state.cache.put_ids(key, ids.clone());
+    Ok(ids)
+}
+
+/// One product's JSON, the same bytes as its detail response: from the cache, or read
+/// (through one reader shared by a whole list) and cached. `None` if it no longer exists.
+fn product_json(
+    state: &AppState,
+    reader: &mut Option<StoreReader>,
+    id: u64,
+) -> ApiResult<Option<Bytes>> {
+    let key = CacheKey::Product {
+        generation: state.cache.product_generation(id),
+        id,
+    };
+    if let Some(hit) = state.cache.peek_body(&key) {
+        return Ok(Some(hit.body));
+    }
+    let reader = match reader {
+        Some(reader) => reader,
+        None => reader.insert(state.read()?),
+    };
+    let Some(product) = reader.product(id)? else {
+        return Ok(None);
+    };
+    let body = json_bytes(&ProductJson::from(&product));
+    // Only products on sale may answer their detail from the cache.
+    if !product.archived {
+        state.cache.put_body(
+            key,
+            CachedBody {
+                body: body.clone(),
+                total_count: None,
+                next_link: None,
+            },
+        );
+    }
+    Ok(Some(body))
 }
 
 pub async fn get_product(

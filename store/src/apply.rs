@@ -35,6 +35,10 @@ pub struct ChangeSet {
     pub users: BTreeSet<Id>,
     /// A product's name changed or it was removed: cart lines of every user show live names.
     pub product_names: bool,
+    /// Which products a list holds, or their order, may have changed: a product was
+    /// created, deleted, renamed or moved to another category. Stock, price and description
+    /// changes leave product lists the same ids in the same order.
+    pub product_listing: bool,
     /// The whole state was replaced (a snapshot was installed).
     pub everything: bool,
 }
@@ -53,6 +57,7 @@ impl ChangeSet {
             && self.products.is_empty()
             && self.users.is_empty()
             && !self.product_names
+            && !self.product_listing
             && !self.everything
     }
 
@@ -61,6 +66,7 @@ impl ChangeSet {
         self.products.extend(other.products);
         self.users.extend(other.users);
         self.product_names |= other.product_names;
+        self.product_listing |= other.product_listing;
         self.everything |= other.everything;
     }
 }
@@ -339,6 +345,7 @@ fn create_product(
     t.products_by_name
         .insert((product.name.to_lowercase().as_str(), product.id), ())?;
     changes.products.insert(product.id);
+    changes.product_listing = true;
     Ok(Ok(CommandOutcome::Product(product)))
 }
 
@@ -362,6 +369,7 @@ fn update_product(
         t.products_by_category.remove((product.category, id))?;
         t.products_by_category.insert((category, id), ())?;
         product.category = category;
+        changes.product_listing = true;
     }
     if let Some(name) = &c.name
         && *name != product.name
@@ -372,6 +380,7 @@ fn update_product(
             .insert((name.to_lowercase().as_str(), id), ())?;
         product.name = name.clone();
         changes.product_names = true;
+        changes.product_listing = true;
     }
     if let Some(stock) = c.stock {
         product.stock = stock;
@@ -420,6 +429,7 @@ fn delete_product(
     }
     changes.products.insert(id);
     changes.product_names = true;
+    changes.product_listing = true;
     Ok(Ok(CommandOutcome::Done))
 }
 
