@@ -324,26 +324,15 @@ pub async fn seed(state: &Arc<AppState>, data_dir: &Path) -> Result<(), NodeErro
             "{label}: username={username} password={password}\n"
         ));
     }
-    write_private(&credentials_path, &lines)?;
+    crate::up::write_private(&credentials_path, &lines).map_err(|e| {
+        NodeError::Startup(format!("cannot write {}: {e}", credentials_path.display()))
+    })?;
     println!(
         "demo: added {} categories and {PRODUCT_COUNT} products",
         SHELVES.len()
     );
     print!("{lines}");
     Ok(())
-}
-
-fn write_private(path: &Path, text: &str) -> Result<(), NodeError> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| NodeError::Startup(format!("cannot write {}: {e}", path.display())))?;
-    file.write_all(text.as_bytes())
-        .map_err(|e| NodeError::Startup(format!("cannot write {}: {e}", path.display())))
 }
 
 #[cfg(test)]

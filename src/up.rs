@@ -105,7 +105,8 @@ fn cluster_secret(config: &Config) -> Result<String, UpError> {
     Ok(secret)
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes a file only its owner may read (secrets, demo passwords), creating its directory.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
