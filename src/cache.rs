@@ -222,11 +222,9 @@ impl ResponseCache {
         }
     }
 
+    /// A lookup counted as a hit or a miss in the metrics.
     pub fn get_body(&self, key: &CacheKey) -> Option<CachedBody> {
-        let found = match self.entries.get(key) {
-            Some(CacheValue::Body(body)) => Some(body),
-            _ => None,
-        };
+        let found = self.peek_body(key);
         metrics::counter!(
             "soundwave_cache_lookups_total",
             "result" => if found.is_some() { "hit" } else { "miss" }

@@ -11,10 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use openraft::TryAsRef;
+use openraft::error::{ForwardToLeader, RaftError};
 use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use store::raft::{AppliedSink, LogStore, NodeId, Proposal, RaftConfig, RequestId, StateMachine};
+use store::raft::{
+    AppliedSink, LogStore, NodeId, Proposal, RaftConfig, RaftNode, RequestId, StateMachine,
+};
 use store::{
     ChangeSet, Command, CommandOutcome, CommandSubmitter, Rejection, Store, StoreError,
     SubmitFuture,
@@ -60,6 +65,21 @@ pub enum ProposeError {
     NotLeader { leader: Option<NodeId> },
     #[error("{0}")]
     Failed(String),
+}
+
+impl ProposeError {
+    /// `NotLeader` when openraft names (or cannot yet name) the leader, else `Failed`.
+    fn from_raft<E>(error: RaftError<NodeId, E>) -> ProposeError
+    where
+        E: std::error::Error + TryAsRef<ForwardToLeader<NodeId, RaftNode>>,
+    {
+        match error.forward_to_leader() {
+            Some(forward) => ProposeError::NotLeader {
+                leader: forward.leader_id,
+            },
+            None => ProposeError::Failed(error.to_string()),
+        }
+    }
 }
 
 /// Callers waiting for their commands to be applied by this node.
@@ -323,23 +343,16 @@ impl Cluster {
             let attempt = match self.propose_here(proposal.clone()).await {
                 Err(ProposeError::NotLeader {
                     leader: Some(leader),
-                }) if leader != self.node_id => match self.peer_addr(leader) {
-                    Some(addr) => {
-                        let remaining = deadline.saturating_duration_since(Instant::now());
-                        self.client
-                            .call::<_, Result<(), ProposeError>>(
-                                &addr,
-                                "/_cluster/propose",
-                                &proposal,
-                                remaining.max(Duration::from_millis(100)),
-                            )
-                            .await
-                            .unwrap_or_else(|e| Err(ProposeError::Failed(e.to_string())))
-                    }
-                    None => Err(ProposeError::Failed(format!(
-                        "no address for node {leader}"
-                    ))),
-                },
+                }) if leader != self.node_id => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    self.call_leader::<_, ()>(
+                        leader,
+                        "/_cluster/propose",
+                        &proposal,
+                        remaining.max(Duration::from_millis(100)),
+                    )
+                    .await
+                }
                 other => other,
             };
             match attempt {
@@ -355,30 +368,40 @@ impl Cluster {
         }
     }
 
+    /// Asks the leader over the peer network; its answer is `Result<T, ProposeError>`, and a
+    /// request that does not get through is a `Failed` too.
+    async fn call_leader<Req: Serialize, T: DeserializeOwned>(
+        &self,
+        leader: NodeId,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<T, ProposeError> {
+        let addr = self
+            .peer_addr(leader)
+            .ok_or_else(|| ProposeError::Failed(format!("no address for node {leader}")))?;
+        self.client
+            .call::<_, Result<T, ProposeError>>(&addr, path, request, timeout)
+            .await
+            .map_err(|e| ProposeError::Failed(e.to_string()))?
+    }
+
     /// Appends a proposal to the log if this node leads, and waits until it is applied here.
     pub async fn propose_here(&self, proposal: Proposal) -> Result<(), ProposeError> {
-        match self.raft.client_write(proposal).await {
-            Ok(_) => Ok(()),
-            Err(error) => match error.forward_to_leader() {
-                Some(forward) => Err(ProposeError::NotLeader {
-                    leader: forward.leader_id,
-                }),
-                None => Err(ProposeError::Failed(error.to_string())),
-            },
-        }
+        self.raft
+            .client_write(proposal)
+            .await
+            .map(|_| ())
+            .map_err(ProposeError::from_raft)
     }
 
     /// The log index a linearizable read must see, if this node leads.
     pub async fn read_index_here(&self) -> Result<Option<u64>, ProposeError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(log_id) => Ok(log_id.map(|l| l.index)),
-            Err(error) => match error.forward_to_leader() {
-                Some(forward) => Err(ProposeError::NotLeader {
-                    leader: forward.leader_id,
-                }),
-                None => Err(ProposeError::Failed(error.to_string())),
-            },
-        }
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(|log_id| log_id.map(|l| l.index))
+            .map_err(ProposeError::from_raft)
     }
 
     /// Waits until this node has applied everything committed when the call began, as the
@@ -389,21 +412,15 @@ impl Cluster {
             Ok(index) => index,
             Err(ProposeError::NotLeader {
                 leader: Some(leader),
-            }) => {
-                let addr = self
-                    .peer_addr(leader)
-                    .ok_or_else(|| unavailable(format!("no address for node {leader}")))?;
-                self.client
-                    .call::<_, Result<Option<u64>, ProposeError>>(
-                        &addr,
-                        "/_cluster/read-index",
-                        &(),
-                        self.write_timeout,
-                    )
-                    .await
-                    .map_err(|e| unavailable(e.to_string()))?
-                    .map_err(|e| unavailable(e.to_string()))?
-            }
+            }) => self
+                .call_leader::<_, Option<u64>>(
+                    leader,
+                    "/_cluster/read-index",
+                    &(),
+                    self.write_timeout,
+                )
+                .await
+                .map_err(|e| unavailable(e.to_string()))?,
             Err(error) => return Err(unavailable(error.to_string())),
         };
         if let Some(index) = index {
