@@ -249,14 +249,18 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         listener,
         ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(async {
+        stop_requested().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
     .await
     .map_err(NodeError::Serve)?;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
+pub async fn stop_requested() {
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -275,5 +279,4 @@ async fn shutdown_signal() {
         _ = interrupt => {}
         _ = terminate => {}
     }
-    tracing::info!("shutting down: finishing in-flight requests");
 }

@@ -253,20 +253,7 @@ fn stop_signal() -> mpsc::Receiver<()> {
         else {
             return;
         };
-        runtime.block_on(async {
-            let mut terminate =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(signal) => signal,
-                    Err(_) => {
-                        let _ = tokio::signal::ctrl_c().await;
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-        });
+        runtime.block_on(crate::node::stop_requested());
         let _ = tx.send(());
     });
     rx
