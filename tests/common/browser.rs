@@ -209,23 +209,34 @@ impl Browser {
         }
     }
 
-    /// Clicks the element matching `css`, waiting until it exists and takes the click (the
-    /// pages re-render, so an element may go stale between finding and clicking).
-    pub async fn click(&self, css: &str) {
+    /// Finds the element matching `css` and acts on it, finding it again while the action
+    /// fails (the pages re-render, so an element may go stale between finding and acting),
+    /// up to `WAIT`.
+    async fn act_on<F, Fut>(&self, css: &str, what: &str, act: F)
+    where
+        F: Fn(Element) -> Fut,
+        Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+    {
         let deadline = Instant::now() + WAIT;
         loop {
             let error = match self.client.find(Locator::Css(css)).await {
-                Ok(el) => match el.click().await {
+                Ok(el) => match act(el).await {
                     Ok(()) => return,
                     Err(e) => e.to_string(),
                 },
                 Err(e) => e.to_string(),
             };
             if Instant::now() > deadline {
-                panic!("cannot click `{css}` within {WAIT:?}: {error}");
+                panic!("cannot {what} `{css}` within {WAIT:?}: {error}");
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Clicks the element matching `css`, once it exists and takes the click.
+    pub async fn click(&self, css: &str) {
+        self.act_on(css, "click", |el| async move { el.click().await })
+            .await;
     }
 
     /// Clicks the element matching `css` whose text is `text`.
@@ -249,21 +260,18 @@ impl Browser {
     /// Replaces the value of the input matching `css` by typing `text` (WebDriver key codes
     /// such as `\u{E007}` for Enter work too).
     pub async fn fill(&self, css: &str, text: &str) {
-        let el = self.find(css).await;
-        el.clear()
-            .await
-            .unwrap_or_else(|e| panic!("clear `{css}`: {e}"));
-        el.send_keys(text)
-            .await
-            .unwrap_or_else(|e| panic!("type into `{css}`: {e}"));
+        self.act_on(css, "type into", |el| async move {
+            el.clear().await?;
+            el.send_keys(text).await
+        })
+        .await;
     }
 
     pub async fn select(&self, css: &str, value: &str) {
-        self.find(css)
-            .await
-            .select_by_value(value)
-            .await
-            .unwrap_or_else(|e| panic!("select {value:?} in `{css}`: {e}"));
+        self.act_on(css, &format!("select {value:?} in"), |el| async move {
+            el.select_by_value(value).await.map(|_| ())
+        })
+        .await;
     }
 
     pub async fn attr(&self, css: &str, name: &str) -> Option<String> {
