@@ -91,6 +91,8 @@ pub struct NodeConfig {
     pub demo: bool,
     /// Bytes of ready-to-send responses the cache may hold.
     pub cache_capacity_bytes: u64,
+    /// Bytes of redb's page cache (store pages kept in memory).
+    pub store_page_cache_bytes: u64,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// A request taking longer is answered 503.
@@ -109,6 +111,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("./data"),
             demo: false,
             cache_capacity_bytes: 64 * 1024 * 1024,
+            store_page_cache_bytes: store::DEFAULT_PAGE_CACHE_BYTES as u64,
             max_body_bytes: 1024 * 1024,
             request_timeout_secs: 30,
             page_size: 1000,

@@ -215,8 +215,10 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         source,
     })?;
     let path = data_dir.join(STORE_FILE);
+    let page_cache_bytes =
+        usize::try_from(config.node.store_page_cache_bytes).unwrap_or(usize::MAX);
     let store = Arc::new(
-        tokio::task::spawn_blocking(move || Store::open(path))
+        tokio::task::spawn_blocking(move || Store::open_with_page_cache(path, page_cache_bytes))
             .await
             .map_err(|e| NodeError::Startup(format!("store open task failed: {e}")))??,
     );

@@ -43,6 +43,9 @@ pub struct Page<T> {
     pub total: usize,
 }
 
+/// redb's page cache when none is configured (redb's own default is 1 GiB).
+pub const DEFAULT_PAGE_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
 /// The embedded database. Cheap to share behind an `Arc`; reads run concurrently with the
 /// single writer.
 pub struct Store {
@@ -51,10 +54,22 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store file, refusing a file of another schema version.
+    /// Opens (or creates) the store file, refusing a file of another schema version, with
+    /// redb's page cache at [`DEFAULT_PAGE_CACHE_BYTES`].
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        Store::open_with_page_cache(path, DEFAULT_PAGE_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with redb's page cache limited to `page_cache_bytes` (it is most of
+    /// a node's resident memory once the store is larger than the cache).
+    pub fn open_with_page_cache(
+        path: impl AsRef<Path>,
+        page_cache_bytes: usize,
+    ) -> Result<Store, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::create(&path)?;
+        let db = Database::builder()
+            .set_cache_size(page_cache_bytes)
+            .create(&path)?;
         let store = Store { db, path };
         store.check_schema()?;
         Ok(store)

@@ -20,7 +20,7 @@ pub use command::{
     Command, CommandOutcome, NewProduct, NewUser, OrderLine, OrderLines, ProductChanges, Rejection,
     StockShortage,
 };
-pub use db::{Page, ProductQuery, ProductSort, Store, StoreReader};
+pub use db::{DEFAULT_PAGE_CACHE_BYTES, Page, ProductQuery, ProductSort, Store, StoreReader};
 pub use error::StoreError;
 pub use model::{
     Category, Id, Order, OrderItem, OrderItemView, OrderStatus, OrderView, Product, Timestamp, User,
