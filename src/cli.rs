@@ -53,6 +53,12 @@ pub struct NodeArgs {
     /// Fill an empty store with a demo catalog and demo users.
     #[arg(long, env = "SOUNDWAVE_DEMO")]
     pub demo: bool,
+    /// Products of the demo catalog (default 1000).
+    #[arg(long, env = "SOUNDWAVE_DEMO_PRODUCTS", value_name = "N")]
+    pub demo_products: Option<usize>,
+    /// Orders the demo places after the catalog, by demo buyers (default 0).
+    #[arg(long, env = "SOUNDWAVE_DEMO_ORDERS", value_name = "N")]
+    pub demo_orders: Option<usize>,
     /// HS256 signing secret for tokens.
     #[arg(long, env = "SOUNDWAVE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -89,6 +95,12 @@ impl NodeArgs {
             config.node.data_dir = dir.clone();
         }
         config.node.demo |= self.demo;
+        if let Some(count) = self.demo_products {
+            config.node.demo_products = count;
+        }
+        if let Some(count) = self.demo_orders {
+            config.node.demo_orders = count;
+        }
         if let Some(secret) = &self.jwt_secret {
             config.auth.jwt_secret = secret.clone();
         }

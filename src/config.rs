@@ -89,6 +89,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Fill an empty store with the demo catalog and users.
     pub demo: bool,
+    /// Products of the demo catalog.
+    pub demo_products: usize,
+    /// Orders the demo places (by demo buyers) after the catalog: for runs at scale.
+    pub demo_orders: usize,
     /// Bytes of ready-to-send responses the cache may hold.
     pub cache_capacity_bytes: u64,
     /// Bytes of redb's page cache (store pages kept in memory).
@@ -110,6 +114,8 @@ impl Default for NodeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             data_dir: PathBuf::from("./data"),
             demo: false,
+            demo_products: 1000,
+            demo_orders: 0,
             cache_capacity_bytes: 64 * 1024 * 1024,
             store_page_cache_bytes: store::DEFAULT_PAGE_CACHE_BYTES as u64,
             max_body_bytes: 1024 * 1024,
@@ -172,6 +178,9 @@ impl Config {
         let invalid = |what: &str| Err(ConfigError::Invalid(what.to_owned()));
         if self.node.page_size == 0 {
             return invalid("node.page_size must be at least 1");
+        }
+        if self.node.demo_orders > 0 && self.node.demo_products == 0 {
+            return invalid("node.demo_orders needs node.demo_products of at least 1");
         }
         if self.node.max_body_bytes < 1024 {
             return invalid("node.max_body_bytes must be at least 1024");

@@ -1,23 +1,31 @@
-//! The demo catalog (`--demo`): six categories, 1,000 plausible products, a demo admin and a
-//! demo shopper. Written through commands like every write, only into an empty store. The
-//! catalog is the same on every run (a fixed pseudo-random sequence); the passwords are new
-//! and are kept beside the store so later starts can print them again.
+//! The demo catalog (`--demo`): six categories, 1,000 plausible products (`demo_products`), a
+//! demo admin and a demo shopper; for runs at scale, also `demo_orders` orders placed by demo
+//! buyers. Written through commands like every write (submitted in large batches), only into
+//! an empty store. The catalog and the orders are the same on every run (a fixed
+//! pseudo-random sequence); the passwords are new and are kept beside the store so later
+//! starts can print them again.
 
 use std::path::Path;
 
+use std::time::Instant;
+
 use rust_decimal::Decimal;
-use store::{Command, CommandOutcome, NewProduct, NewUser};
+use store::{Command, CommandOutcome, NewProduct, NewUser, OrderLine, OrderLines};
 use tokio::task::JoinSet;
 
 use crate::auth;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 use crate::node::{AppState, NodeError};
 use std::sync::Arc;
 
-pub const PRODUCT_COUNT: usize = 1000;
+/// Commands submitted at once while seeding (the writer batches them into few commits).
+const SUBMIT_CHUNK: usize = 20_000;
+/// Orders per demo buyer when the demo places orders.
+const ORDERS_PER_BUYER: usize = 1000;
 const CREDENTIALS_FILE: &str = "demo-credentials.txt";
 const ADMIN: &str = "demo-admin";
 const SHOPPER: &str = "demo-shopper";
+const BUYER_PREFIX: &str = "demo-buyer-";
 
 /// A category and the words its product names are made of.
 struct Shelf {
@@ -214,10 +222,11 @@ impl Sequence {
     }
 }
 
-/// The demo products for categories with the given ids (in `SHELVES` order).
-pub fn demo_products(category_ids: &[u64]) -> Vec<NewProduct> {
+/// `count` demo products for categories with the given ids (in `SHELVES` order), each with
+/// `extra_stock` more units than the demo would give it (room for the demo's orders).
+pub fn demo_products(category_ids: &[u64], count: usize, extra_stock: u32) -> Vec<NewProduct> {
     let mut sequence = Sequence(0x5EED_CAFE);
-    (0..PRODUCT_COUNT)
+    (0..count)
         .map(|n| {
             let shelf_index = n % SHELVES.len();
             let shelf = &SHELVES[shelf_index];
@@ -237,7 +246,7 @@ pub fn demo_products(category_ids: &[u64]) -> Vec<NewProduct> {
                     shelf.name
                 ),
                 name,
-                stock: sequence.between(0, 60),
+                stock: sequence.between(0, 60).saturating_add(extra_stock),
                 price,
                 category: category_ids[shelf_index],
             }
@@ -253,28 +262,83 @@ fn random_password() -> Result<String, ApiError> {
         .collect())
 }
 
+/// Submits the commands, up to `SUBMIT_CHUNK` at a time, and returns their results in order
+/// (a refused command is an `Err` in its place).
 async fn submit_all(
     state: &Arc<AppState>,
-    commands: Vec<Command>,
-) -> Result<Vec<CommandOutcome>, NodeError> {
-    // Submitted together so the writer commits them in a few batches.
-    let mut tasks = JoinSet::new();
-    for (index, command) in commands.into_iter().enumerate() {
-        let state = state.clone();
-        tasks.spawn(async move { (index, state.submit(command).await) });
-    }
+    commands: impl IntoIterator<Item = Command>,
+) -> Result<Vec<ApiResult<CommandOutcome>>, NodeError> {
     let mut outcomes = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (index, outcome) =
-            joined.map_err(|e| NodeError::Startup(format!("demo task failed: {e}")))?;
-        outcomes.push((index, outcome?));
+    let mut commands = commands.into_iter().peekable();
+    while commands.peek().is_some() {
+        // Submitted together so the writer commits them in a few batches.
+        let mut tasks = JoinSet::new();
+        for (index, command) in commands.by_ref().take(SUBMIT_CHUNK).enumerate() {
+            let state = state.clone();
+            tasks.spawn(async move { (index, state.submit(command).await) });
+        }
+        let mut chunk = Vec::with_capacity(tasks.len());
+        while let Some(joined) = tasks.join_next().await {
+            let (index, outcome) =
+                joined.map_err(|e| NodeError::Startup(format!("demo task failed: {e}")))?;
+            chunk.push((index, outcome));
+        }
+        chunk.sort_by_key(|(index, _)| *index);
+        outcomes.extend(chunk.into_iter().map(|(_, outcome)| outcome));
     }
-    outcomes.sort_by_key(|(index, _)| *index);
-    Ok(outcomes.into_iter().map(|(_, outcome)| outcome).collect())
+    Ok(outcomes)
+}
+
+/// The demo's orders: `count` orders of one to three lines (quantity 1 or 2) of products with
+/// ids in `products`, by the buyers in `buyers` in turn, placed at `at`.
+pub fn demo_orders<'a>(
+    products: &'a [u64],
+    buyers: &'a [u64],
+    count: usize,
+    at: i64,
+) -> impl Iterator<Item = Command> + 'a {
+    let mut sequence = Sequence(0x0DE7_5EED);
+    (0..count).map(move |n| {
+        let line_count = sequence.between(1, 3) as usize;
+        let mut lines: Vec<OrderLine> = Vec::with_capacity(line_count);
+        while lines.len() < line_count {
+            let product = products[(sequence.next() % products.len() as u64) as usize];
+            if lines.iter().all(|l| l.product != product) || products.len() < line_count {
+                lines.push(OrderLine {
+                    product,
+                    quantity: sequence.between(1, 2),
+                });
+            }
+        }
+        Command::PlaceOrder {
+            user: buyers[n % buyers.len()],
+            lines: OrderLines::Products(lines),
+            idempotency_key: None,
+            at,
+        }
+    })
+}
+
+fn new_user(username: &str, password_hash: String, is_staff: bool) -> Command {
+    Command::CreateUser(NewUser {
+        username: username.to_owned(),
+        email: format!("{username}@soundwave.example"),
+        phone_number: String::new(),
+        password_hash,
+        is_staff,
+        date_joined: auth::unix_micros(),
+    })
+}
+
+/// How much the demo writes.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoSize {
+    pub products: usize,
+    pub orders: usize,
 }
 
 /// Fills an empty store with the demo data and prints the demo credentials.
-pub async fn seed(state: &Arc<AppState>, data_dir: &Path) -> Result<(), NodeError> {
+pub async fn seed(state: &Arc<AppState>, data_dir: &Path, size: DemoSize) -> Result<(), NodeError> {
     let credentials_path = data_dir.join(CREDENTIALS_FILE);
     if !state.read()?.catalog_is_empty()? {
         match std::fs::read_to_string(&credentials_path) {
@@ -283,25 +347,34 @@ pub async fn seed(state: &Arc<AppState>, data_dir: &Path) -> Result<(), NodeErro
         }
         return Ok(());
     }
+    let started = Instant::now();
 
-    let categories = SHELVES
-        .iter()
-        .map(|shelf| Command::CreateCategory {
-            name: shelf.name.to_owned(),
-        })
-        .collect();
+    let categories = SHELVES.iter().map(|shelf| Command::CreateCategory {
+        name: shelf.name.to_owned(),
+    });
     let mut category_ids = Vec::new();
     for outcome in submit_all(state, categories).await? {
-        match outcome {
+        match outcome? {
             CommandOutcome::Category(category) => category_ids.push(category.id),
             other => return Err(NodeError::Startup(format!("demo category: {other:?}"))),
         }
     }
-    let products = demo_products(&category_ids)
+    // Room for the demo's orders: three units per order on average, twice over.
+    let extra_stock = if size.orders > 0 {
+        u32::try_from(size.orders.saturating_mul(6) / size.products.max(1)).unwrap_or(u32::MAX)
+    } else {
+        0
+    };
+    let products = demo_products(&category_ids, size.products, extra_stock)
         .into_iter()
-        .map(Command::CreateProduct)
-        .collect();
-    submit_all(state, products).await?;
+        .map(Command::CreateProduct);
+    let mut product_ids = Vec::with_capacity(size.products);
+    for outcome in submit_all(state, products).await? {
+        match outcome? {
+            CommandOutcome::Product(product) => product_ids.push(product.id),
+            other => return Err(NodeError::Startup(format!("demo product: {other:?}"))),
+        }
+    }
 
     let mut lines = String::new();
     for (username, is_staff, label) in [
@@ -311,26 +384,52 @@ pub async fn seed(state: &Arc<AppState>, data_dir: &Path) -> Result<(), NodeErro
         let password = random_password()?;
         let password_hash = auth::hash_password(password.clone()).await?;
         state
-            .submit(Command::CreateUser(NewUser {
-                username: username.to_owned(),
-                email: format!("{username}@soundwave.example"),
-                phone_number: String::new(),
-                password_hash,
-                is_staff,
-                date_joined: auth::unix_micros(),
-            }))
+            .submit(new_user(username, password_hash, is_staff))
             .await?;
         lines.push_str(&format!(
             "{label}: username={username} password={password}\n"
         ));
     }
+    let mut summary = format!(
+        "demo: added {} categories and {} products",
+        SHELVES.len(),
+        product_ids.len()
+    );
+
+    if size.orders > 0 && !product_ids.is_empty() {
+        let buyer_count = size.orders.div_ceil(ORDERS_PER_BUYER);
+        let password = random_password()?;
+        let password_hash = auth::hash_password(password.clone()).await?;
+        let buyers = (1..=buyer_count)
+            .map(|n| new_user(&format!("{BUYER_PREFIX}{n}"), password_hash.clone(), false));
+        let mut buyer_ids = Vec::with_capacity(buyer_count);
+        for outcome in submit_all(state, buyers).await? {
+            match outcome? {
+                CommandOutcome::User(user) => buyer_ids.push(user.id),
+                other => return Err(NodeError::Startup(format!("demo buyer: {other:?}"))),
+            }
+        }
+        lines.push_str(&format!(
+            "demo buyers: username={BUYER_PREFIX}1..{BUYER_PREFIX}{buyer_count} password={password}\n"
+        ));
+        let orders_started = Instant::now();
+        let orders = demo_orders(&product_ids, &buyer_ids, size.orders, auth::unix_micros());
+        let mut placed = 0usize;
+        for outcome in submit_all(state, orders).await? {
+            if matches!(outcome, Ok(CommandOutcome::Order { .. })) {
+                placed += 1;
+            }
+        }
+        summary.push_str(&format!(
+            ", {buyer_count} buyers and {placed} orders ({} refused; orders took {:.1} s)",
+            size.orders - placed,
+            orders_started.elapsed().as_secs_f64()
+        ));
+    }
     crate::up::write_private(&credentials_path, &lines).map_err(|e| {
         NodeError::Startup(format!("cannot write {}: {e}", credentials_path.display()))
     })?;
-    println!(
-        "demo: added {} categories and {PRODUCT_COUNT} products",
-        SHELVES.len()
-    );
+    println!("{summary} in {:.1} s", started.elapsed().as_secs_f64());
     print!("{lines}");
     Ok(())
 }
@@ -342,9 +441,9 @@ mod tests {
     #[test]
     fn the_demo_catalog_is_the_same_every_time_and_plausible() {
         let ids = [1, 2, 3, 4, 5, 6];
-        let first = demo_products(&ids);
-        assert_eq!(first, demo_products(&ids));
-        assert_eq!(first.len(), PRODUCT_COUNT);
+        let first = demo_products(&ids, 1000, 0);
+        assert_eq!(first, demo_products(&ids, 1000, 0));
+        assert_eq!(first.len(), 1000);
         for product in &first {
             assert!(!product.name.is_empty() && product.name.chars().count() <= 200);
             assert!(product.price > Decimal::ZERO && product.price.scale() == 2);

@@ -228,7 +228,11 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     let state = build_state(&config, store, cache, writer, Some(cluster)).await?;
     ensure_admin(&state, &config).await?;
     if config.node.demo {
-        crate::demo::seed(&state, data_dir).await?;
+        let size = crate::demo::DemoSize {
+            products: config.node.demo_products,
+            orders: config.node.demo_orders,
+        };
+        crate::demo::seed(&state, data_dir, size).await?;
     }
 
     let listener = tokio::net::TcpListener::bind(config.node.listen)
