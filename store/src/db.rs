@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
+    TableDefinition, WriteTransaction,
 };
 
 use crate::apply::{ChangeSet, WriteTables, apply_command};
+use crate::catalog::CatalogIndex;
 use crate::command::{Command, CommandOutcome, Rejection};
 use crate::error::StoreError;
 use crate::model::{Category, Id, Order, OrderItem, OrderItemView, OrderView, Product, User};
@@ -51,6 +53,10 @@ pub const DEFAULT_PAGE_CACHE_BYTES: usize = 256 * 1024 * 1024;
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// The catalog index of the last committed state. Replaced only by [`Store::commit`],
+    /// which holds the write lock across the commit, and read with the read lock held while
+    /// a read transaction begins: every reader gets the index of the state it reads.
+    catalog: RwLock<Arc<CatalogIndex>>,
 }
 
 impl Store {
@@ -70,8 +76,17 @@ impl Store {
         let db = Database::builder()
             .set_cache_size(page_cache_bytes)
             .create(&path)?;
-        let store = Store { db, path };
+        let mut store = Store {
+            db,
+            path,
+            catalog: RwLock::default(),
+        };
         store.check_schema()?;
+        let catalog = {
+            let txn = store.db.begin_read()?;
+            CatalogIndex::from_table(&txn.open_table(PRODUCTS)?)?
+        };
+        store.catalog = RwLock::new(Arc::new(catalog));
         Ok(store)
     }
 
@@ -141,15 +156,61 @@ impl Store {
                 results.push(apply_command(&mut tables, command, &mut batch_changes)?);
             }
         }
-        txn.commit()?;
+        self.commit(txn, &batch_changes)?;
         changes.merge(batch_changes);
         Ok(results)
     }
 
+    /// Commits a write transaction of the state machine whose commands changed `changes`,
+    /// and brings the catalog index in step with it before returning, so that whoever is
+    /// told of the changes next (caches, waiting callers) finds lists as new as the store.
+    ///
+    /// Only a transaction that changed which products lists hold or their names
+    /// ([`ChangeSet::product_listing`], or a whole new state) touches the index: the next
+    /// index is made from this transaction's products first, then the commit and the swap
+    /// happen under the index's write lock, so no reader can begin a transaction in between
+    /// and pair the new state with the old index. Other commits (orders, stock) take no lock.
+    pub(crate) fn commit(
+        &self,
+        txn: WriteTransaction,
+        changes: &ChangeSet,
+    ) -> Result<(), StoreError> {
+        if !(changes.product_listing || changes.everything) {
+            txn.commit()?;
+            return Ok(());
+        }
+        let next = {
+            let products = txn.open_table(PRODUCTS)?;
+            if changes.everything {
+                Some(CatalogIndex::from_table(&products)?)
+            } else {
+                // This writer's transaction began after the previous one committed, and
+                // that one published its index before releasing the write lock: the read
+                // lock gives the index of the state this transaction started from.
+                self.catalog_index()
+                    .updated(&products, changes.products.iter().copied())?
+            }
+        };
+        let mut current = self.catalog.write().unwrap_or_else(PoisonError::into_inner);
+        txn.commit()?;
+        if let Some(next) = next {
+            *current = Arc::new(next);
+        }
+        Ok(())
+    }
+
+    fn catalog_index(&self) -> Arc<CatalogIndex> {
+        Arc::clone(&self.catalog.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// A consistent snapshot for reading.
     pub fn read(&self) -> Result<StoreReader, StoreError> {
+        // The read lock keeps a catalog commit from landing between the two.
+        let current = self.catalog.read().unwrap_or_else(PoisonError::into_inner);
+        let txn = self.db.begin_read()?;
         Ok(StoreReader {
-            txn: self.db.begin_read()?,
+            txn,
+            catalog: Arc::clone(&current),
         })
     }
 }
@@ -157,6 +218,8 @@ impl Store {
 /// A read snapshot of the whole store.
 pub struct StoreReader {
     txn: ReadTransaction,
+    /// The catalog index of the same state as `txn`.
+    catalog: Arc<CatalogIndex>,
 }
 
 fn get_record<T: serde::de::DeserializeOwned>(
@@ -227,87 +290,26 @@ impl StoreReader {
     }
 
     /// Products on sale that match the query, one page of them and the number matching.
+    /// The catalog index picks the page's ids and counts the matches; only the page's
+    /// products are read.
     pub fn products(&self, query: &ProductQuery) -> Result<Page<Product>, StoreError> {
+        let page = self.catalog.query(query);
         let products = self.txn.open_table(PRODUCTS)?;
-        let needle = query.name_contains.as_deref().map(str::to_lowercase);
-        let name_matches = |lower_name: &str| {
-            needle
-                .as_deref()
-                .is_none_or(|needle| lower_name.contains(needle))
-        };
-        let load = |id: Id| -> Result<Option<Product>, StoreError> {
-            products.get(id)?.map(|v| decode(v.value())).transpose()
-        };
-        let window = query.offset..query.offset.saturating_add(query.limit);
-        let mut items = Vec::new();
-        let mut total = 0usize;
-
-        match (query.category, query.sort) {
-            (None, ProductSort::NameAsc | ProductSort::NameDesc) => {
-                // The name index holds exactly the products on sale, in name order.
-                let index = self.txn.open_table(PRODUCTS_BY_NAME)?;
-                let entries = index.iter()?;
-                let entries: Box<dyn Iterator<Item = _>> = if query.sort == ProductSort::NameAsc {
-                    Box::new(entries)
-                } else {
-                    Box::new(entries.rev())
-                };
-                for entry in entries {
-                    let (key, _) = entry?;
-                    let (lower_name, id) = key.value();
-                    if name_matches(lower_name) {
-                        if window.contains(&total)
-                            && let Some(product) = load(id)?
-                        {
-                            items.push(product);
-                        }
-                        total += 1;
-                    }
+        let mut items = Vec::with_capacity(page.ids.len());
+        for id in page.ids {
+            // The index is of this very state, so every id is a product on sale; the check
+            // only keeps a stale index from ever listing an archived product.
+            if let Some(value) = products.get(id)? {
+                let product: Product = decode(value.value())?;
+                if !product.archived {
+                    items.push(product);
                 }
-            }
-            (None, ProductSort::Id) => {
-                for entry in products.iter()? {
-                    let (_, value) = entry?;
-                    let product: Product = decode(value.value())?;
-                    if !product.archived && name_matches(&product.name.to_lowercase()) {
-                        if window.contains(&total) {
-                            items.push(product);
-                        }
-                        total += 1;
-                    }
-                }
-            }
-            (Some(category), sort) => {
-                let index = self.txn.open_table(PRODUCTS_BY_CATEGORY)?;
-                let mut matching = Vec::new();
-                for entry in index.range((category, 0)..=(category, u64::MAX))? {
-                    let (key, _) = entry?;
-                    if let Some(product) = load(key.value().1)?
-                        && !product.archived
-                        && name_matches(&product.name.to_lowercase())
-                    {
-                        matching.push(product);
-                    }
-                }
-                match sort {
-                    ProductSort::Id => {}
-                    ProductSort::NameAsc => {
-                        matching.sort_by_cached_key(|p| (p.name.to_lowercase(), p.id))
-                    }
-                    ProductSort::NameDesc => {
-                        matching.sort_by_cached_key(|p| (p.name.to_lowercase(), p.id));
-                        matching.reverse();
-                    }
-                }
-                total = matching.len();
-                items = matching
-                    .into_iter()
-                    .skip(query.offset)
-                    .take(query.limit)
-                    .collect();
             }
         }
-        Ok(Page { items, total })
+        Ok(Page {
+            items,
+            total: page.total,
+        })
     }
 
     pub fn user(&self, id: Id) -> Result<Option<User>, StoreError> {

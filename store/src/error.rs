@@ -24,6 +24,8 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the store's writer has stopped")]
     WriterStopped,
+    #[error("the catalog holds more products on sale than its index can number (4,294,967,294)")]
+    CatalogTooLarge,
 }
 
 macro_rules! from_redb {

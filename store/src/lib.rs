@@ -7,6 +7,7 @@
 //! commands.
 
 mod apply;
+mod catalog;
 mod command;
 mod db;
 mod error;

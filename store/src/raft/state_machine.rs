@@ -115,7 +115,8 @@ impl StateMachine {
                 }
             }
         }
-        txn.commit()?;
+        // Commits and brings the catalog index along before anyone is told.
+        self.store.commit(txn, &changes)?;
         self.sink.applied(results, &changes);
         Ok(vec![EntryApplied; count])
     }
@@ -190,7 +191,8 @@ impl StateMachine {
             }
             state.insert(MEMBERSHIP, encode(&meta.last_membership)?.as_slice())?;
         }
-        txn.commit()?;
+        // A whole new state: the catalog index is built anew from it.
+        self.store.commit(txn, &ChangeSet::everything())?;
         // Keep what was installed as this node's current snapshot, with the meta it came with.
         let kept = SnapshotFile {
             meta,
