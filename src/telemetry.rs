@@ -1,9 +1,13 @@
 //! Process-wide telemetry: the one Prometheus recorder that the node's `/metrics` and the
 //! balancer's metrics endpoint both render.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use http::Method;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Latency histogram buckets, in seconds: 100 µs to 5 s.
@@ -47,4 +51,55 @@ pub fn prometheus() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// The metric handles of one (route, method, status).
+struct HttpSeries {
+    method: Method,
+    status: u16,
+    requests: Counter,
+    duration: Histogram,
+}
+
+thread_local! {
+    /// Handles already registered, per route, on this thread: a request records through
+    /// them without building label sets or looking the series up in the registry.
+    static HTTP_SERIES: RefCell<HashMap<Box<str>, Vec<HttpSeries>>> = RefCell::new(HashMap::new());
+}
+
+/// Counts one answered HTTP request (`soundwave_http_requests_total{route,method,status}`)
+/// and records its latency (`soundwave_http_request_duration_seconds{route}`).
+pub fn record_http_request(route: &str, method: &Method, status: u16, seconds: f64) {
+    HTTP_SERIES.with_borrow_mut(|by_route| {
+        let series = match by_route.get_mut(route) {
+            Some(series) => series,
+            None => by_route.entry(route.into()).or_default(),
+        };
+        let index = match series
+            .iter()
+            .position(|s| s.status == status && s.method == method)
+        {
+            Some(index) => index,
+            None => {
+                series.push(HttpSeries {
+                    method: method.clone(),
+                    status,
+                    requests: metrics::counter!(
+                        "soundwave_http_requests_total",
+                        "route" => route.to_owned(),
+                        "method" => method.to_string(),
+                        "status" => status.to_string(),
+                    ),
+                    duration: metrics::histogram!(
+                        "soundwave_http_request_duration_seconds",
+                        "route" => route.to_owned()
+                    ),
+                });
+                series.len() - 1
+            }
+        };
+        let handles = &series[index];
+        handles.requests.increment(1);
+        handles.duration.record(seconds);
+    });
 }

@@ -96,12 +96,10 @@ async fn not_found() -> ApiError {
 async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    // The path is only kept when the access log line is written.
+    let path = tracing::enabled!(target: "soundwave::access", tracing::Level::INFO)
+        .then(|| request.uri().path().to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let mut response = next.run(request).await;
 
     let status = response.status();
@@ -128,23 +126,17 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         .insert("x-soundwave-node", state.node_header.clone());
 
     let elapsed = started.elapsed();
-    let status_label = status.as_u16().to_string();
-    metrics::counter!(
-        "soundwave_http_requests_total",
-        "route" => route.clone(),
-        "method" => method.to_string(),
-        "status" => status_label,
-    )
-    .increment(1);
-    metrics::histogram!("soundwave_http_request_duration_seconds", "route" => route)
-        .record(elapsed.as_secs_f64());
-    tracing::info!(
-        target: "soundwave::access",
-        %method,
-        %path,
-        status = status.as_u16(),
-        latency_us = elapsed.as_micros() as u64,
-    );
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    crate::telemetry::record_http_request(route, &method, status.as_u16(), elapsed.as_secs_f64());
+    if let Some(path) = path {
+        tracing::info!(
+            target: "soundwave::access",
+            %method,
+            %path,
+            status = status.as_u16(),
+            latency_us = elapsed.as_micros() as u64,
+        );
+    }
     response
 }
 
