@@ -6,7 +6,6 @@
 //!
 //! Also: the raft state machine's applies keep lists current before its sink hears of them.
 
-use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
@@ -332,9 +331,8 @@ async fn raft_applies_and_snapshot_installs_keep_lists_current() {
         )])
         .await
         .expect("apply");
-    let bytes = snapshot.snapshot.into_inner();
     other_machine
-        .install_snapshot(&snapshot.meta, Box::new(Cursor::new(bytes)))
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
         .await
         .expect("install");
     assert_eq!(
