@@ -7,6 +7,14 @@ pub enum StoreError {
     Storage(#[from] redb::Error),
     #[error("record encoding error: {0}")]
     Encoding(String),
+    #[error("cannot {action} the snapshot file {path}: {source}")]
+    SnapshotIo {
+        path: String,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the snapshot file {path} is unusable: {reason}")]
+    SnapshotInvalid { path: String, reason: String },
     #[error(
         "the store at {path} has schema version {found}, but this build reads version {supported}; \
          refusing to open it (use a matching Soundwave release or a fresh data directory)"

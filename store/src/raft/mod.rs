@@ -8,7 +8,6 @@ mod snapshot;
 mod state_machine;
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +15,7 @@ use crate::apply::ChangeSet;
 use crate::command::{Command, CommandOutcome, Rejection};
 
 pub use log_store::LogStore;
+pub use snapshot::SnapshotFile;
 pub(crate) use snapshot::dump_state;
 pub use state_machine::StateMachine;
 
@@ -55,7 +55,7 @@ openraft::declare_raft_types!(
     pub RaftConfig:
         D = Proposal,
         R = EntryApplied,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotFile,
 );
 
 pub type NodeId = u64;

@@ -2,17 +2,16 @@
 //! [`apply_command`](crate::apply) as a single node, one write transaction per batch of
 //! entries, and builds and installs snapshots.
 
-use std::io::Cursor;
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StoredMembership};
 use redb::{Durability, ReadableDatabase, ReadableTable};
-use serde::{Deserialize, Serialize};
 
 use super::log_store::read_state;
-use super::snapshot::{TableRows, dump_state, load_state};
+use super::snapshot::{RemoveOnDrop, SnapshotFile, SnapshotFiles, load_snapshot, write_snapshot};
 use super::{
     AppliedSink, EntryApplied, NodeId, RaftConfig, RaftEntry, RaftLogId, RaftNode,
     RaftStorageError, run_blocking,
@@ -31,18 +30,11 @@ const REQUEST_PRUNE_BATCH: usize = 4096;
 
 type Membership = StoredMembership<NodeId, RaftNode>;
 
-/// A snapshot as it is kept on disk and sent to other nodes.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta<NodeId, RaftNode>,
-    tables: Vec<TableRows>,
-}
-
 #[derive(Clone)]
 pub struct StateMachine {
     store: Arc<Store>,
     sink: Arc<dyn AppliedSink>,
-    snapshot_path: PathBuf,
+    snapshots: Arc<SnapshotFiles>,
 }
 
 impl StateMachine {
@@ -51,7 +43,7 @@ impl StateMachine {
         StateMachine {
             store,
             sink,
-            snapshot_path,
+            snapshots: Arc::new(SnapshotFiles::new(snapshot_path)),
         }
     }
 
@@ -128,15 +120,8 @@ impl StateMachine {
         ))
     }
 
-    fn write_snapshot_file(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let temporary = self.snapshot_path.with_extension("partial");
-        std::fs::write(&temporary, bytes)
-            .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
-            .and_then(|()| std::fs::rename(&temporary, &self.snapshot_path))
-            .map_err(|e| StoreError::WriteFailed(format!("cannot keep the snapshot: {e}")))
-    }
-
     fn build_snapshot_blocking(&self) -> Result<Snapshot<RaftConfig>, StoreError> {
+        // One read transaction: the rows, the last applied log id and the membership agree.
         let txn = self.store.db().begin_read()?;
         let state = txn.open_table(RAFT_STATE)?;
         let last_log_id: Option<RaftLogId> = state
@@ -148,7 +133,6 @@ impl StateMachine {
             .map(|v| decode(v.value()))
             .transpose()?
             .unwrap_or_default();
-        let tables = dump_state(&txn)?;
         let snapshot_id = match last_log_id {
             Some(id) => format!(
                 "{}-{}-{}",
@@ -161,24 +145,34 @@ impl StateMachine {
             last_membership,
             snapshot_id,
         };
-        let file = SnapshotFile { meta, tables };
-        let bytes = encode(&file)?;
-        self.write_snapshot_file(&bytes)?;
+        let path = self.snapshots.temporary("building");
+        let mut building = RemoveOnDrop::new(path.clone());
+        let file = write_snapshot(&path, &txn, &meta)?;
+        drop(state);
+        drop(txn);
+        // A snapshot installed meanwhile may be newer: then this one is sent (if asked)
+        // from its open file but not kept.
+        self.snapshots.keep(&path, meta.last_log_id)?;
+        building.disarm();
         Ok(Snapshot {
-            meta: file.meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            meta,
+            snapshot: Box::new(SnapshotFile::reading(file)),
         })
     }
 
+    /// Installs the snapshot `meta` from `file`: a file received into `received`, or any
+    /// other snapshot file (then copied, so that it can be kept).
     fn install_snapshot_blocking(
         &self,
         meta: SnapshotMeta<NodeId, RaftNode>,
-        bytes: Vec<u8>,
+        file: File,
+        received: RemoveOnDrop,
     ) -> Result<(), StoreError> {
-        let file: SnapshotFile = decode(&bytes)?;
+        let (mut file, path, mut received) = self.snapshots.make_durable(file, received)?;
         let mut txn = self.store.db().begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        load_state(&txn, &file.tables)?;
+        // Verifies the whole file before the first write: a bad file changes nothing.
+        load_snapshot(&mut file, &path, &meta, &txn)?;
         {
             let mut state = txn.open_table(RAFT_STATE)?;
             match meta.last_log_id {
@@ -191,32 +185,24 @@ impl StateMachine {
             }
             state.insert(MEMBERSHIP, encode(&meta.last_membership)?.as_slice())?;
         }
+        // Under its installing name, a restart right after the commit still keeps the file.
+        let installing = self.snapshots.stage(&path, &mut received)?;
         // A whole new state: the catalog index is built anew from it.
         self.store.commit(txn, &ChangeSet::everything())?;
-        // Keep what was installed as this node's current snapshot, with the meta it came with.
-        let kept = SnapshotFile {
-            meta,
-            tables: file.tables,
-        };
-        self.write_snapshot_file(&encode(&kept)?)?;
+        // Committed: from here on the staged file is left for a restart to keep if need be.
+        received.disarm();
         self.sink.applied(Vec::new(), &ChangeSet::everything());
+        // What was installed becomes this node's current snapshot.
+        self.snapshots.keep(&installing, meta.last_log_id)?;
         Ok(())
     }
 
     fn current_snapshot_blocking(&self) -> Result<Option<Snapshot<RaftConfig>>, StoreError> {
-        let bytes = match std::fs::read(&self.snapshot_path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(StoreError::WriteFailed(format!(
-                    "cannot read the snapshot: {e}"
-                )));
-            }
-        };
-        let file: SnapshotFile = decode(&bytes)?;
-        Ok(Some(Snapshot {
-            meta: file.meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+        self.snapshots
+            .tidy_once(|| read_state(&self.store, LAST_APPLIED))?;
+        Ok(self.snapshots.open_current()?.map(|(file, meta)| Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile::reading(file)),
         }))
     }
 }
@@ -258,21 +244,31 @@ impl RaftStateMachine<RaftConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, RaftStorageError> {
+        let path = self.snapshots.temporary("receiving");
+        match SnapshotFile::receiving(path).await {
+            Ok(file) => Ok(Box::new(file)),
+            Err(error) => Err(openraft::StorageError::IO {
+                source: openraft::StorageIOError::new(
+                    ErrorSubject::Snapshot(None),
+                    ErrorVerb::Write,
+                    openraft::AnyError::new(&error),
+                ),
+            }),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, RaftNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), RaftStorageError> {
         let meta = meta.clone();
-        let bytes = snapshot.into_inner();
+        let (file, received) = snapshot.into_parts().await;
         self.blocking(
             ErrorSubject::Snapshot(Some(meta.signature())),
             ErrorVerb::Write,
-            move |machine| machine.install_snapshot_blocking(meta, bytes),
+            move |machine| machine.install_snapshot_blocking(meta, file, received),
         )
         .await
     }
@@ -284,5 +280,263 @@ impl RaftStateMachine<RaftConfig> for StateMachine {
             machine.current_snapshot_blocking()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Snapshots through openraft's state-machine API: built on one node, sent chunk by
+    //! chunk into the file another node began receiving, installed there.
+
+    use std::collections::BTreeSet;
+
+    use openraft::testing::log_id;
+    use openraft::{Entry, Membership as ClusterMembership};
+    use tempfile::TempDir;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::apply::tests::{category, order, product, user};
+    use crate::command::{Command, CommandOutcome, Rejection};
+    use crate::raft::{Proposal, RequestId};
+
+    struct IgnoreResults;
+
+    impl AppliedSink for IgnoreResults {
+        fn applied(
+            &self,
+            _results: Vec<(RequestId, Result<CommandOutcome, Rejection>)>,
+            _changes: &ChangeSet,
+        ) {
+        }
+    }
+
+    struct Node {
+        machine: StateMachine,
+        store: Arc<Store>,
+        dir: TempDir,
+    }
+
+    impl Node {
+        fn new() -> Node {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = Arc::new(Store::open(dir.path().join("store.redb")).expect("open"));
+            let machine = StateMachine::new(
+                store.clone(),
+                Arc::new(IgnoreResults),
+                dir.path().join("snapshot.bin"),
+            );
+            Node {
+                machine,
+                store,
+                dir,
+            }
+        }
+
+        /// A node that applied a membership and then `commands` through the log.
+        async fn with(commands: Vec<Command>) -> Node {
+            let mut node = Node::new();
+            let mut entries = vec![Entry {
+                log_id: log_id(1, 1, 1),
+                payload: EntryPayload::Membership(ClusterMembership::new(
+                    vec![BTreeSet::from([1])],
+                    None,
+                )),
+            }];
+            for (n, command) in (2..).zip(commands) {
+                entries.push(Entry {
+                    log_id: log_id(1, 1, n),
+                    payload: EntryPayload::Normal(Proposal {
+                        commands: vec![(RequestId(u128::from(n)), command)],
+                    }),
+                });
+            }
+            node.machine.apply(entries).await.expect("apply");
+            node
+        }
+
+        fn digest(&self) -> u64 {
+            self.store.read().expect("read").digest().expect("digest")
+        }
+
+        fn stock(&self, product: u64) -> u32 {
+            let reader = self.store.read().expect("read");
+            reader
+                .product(product)
+                .expect("read")
+                .expect("a product")
+                .stock
+        }
+
+        async fn current_meta(&mut self) -> Option<SnapshotMeta<NodeId, RaftNode>> {
+            let current = self.machine.get_current_snapshot().await.expect("current");
+            current.map(|snapshot| snapshot.meta)
+        }
+
+        /// Names of the files in the node's directory.
+        fn files(&self) -> BTreeSet<String> {
+            std::fs::read_dir(self.dir.path())
+                .expect("list")
+                .map(|entry| entry.expect("entry").file_name().to_string_lossy().into())
+                .collect()
+        }
+
+        /// Sends `bytes` as openraft does, in chunks into a file this node began receiving.
+        async fn receive(&mut self, bytes: &[u8]) -> Box<SnapshotFile> {
+            let mut receiving = self
+                .machine
+                .begin_receiving_snapshot()
+                .await
+                .expect("begin");
+            for chunk in bytes.chunks(1000) {
+                receiving.write_all(chunk).await.expect("write a chunk");
+            }
+            receiving.shutdown().await.expect("shut down");
+            receiving
+        }
+    }
+
+    fn catalog_and_orders() -> Vec<Command> {
+        vec![
+            category("Rock"),
+            user("ann", false),
+            product("Guitar", 30, 1000, 1),
+            product("Drum", 5, 500, 1),
+            order(1, &[(1, 2), (2, 1)], Some("first")),
+            order(1, &[(1, 1)], None),
+        ]
+    }
+
+    /// A snapshot built on a node with data, and its bytes.
+    async fn built_snapshot() -> (Node, SnapshotMeta<NodeId, RaftNode>, Vec<u8>) {
+        let mut leader = Node::with(catalog_and_orders()).await;
+        assert_eq!(leader.stock(1), 27, "the orders were placed");
+        let mut snapshot = leader
+            .machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+        let mut bytes = Vec::new();
+        snapshot
+            .snapshot
+            .read_to_end(&mut bytes)
+            .await
+            .expect("read the snapshot");
+        (leader, snapshot.meta, bytes)
+    }
+
+    #[tokio::test]
+    async fn a_built_snapshot_installs_into_an_empty_store_with_the_same_state() {
+        let (mut leader, meta, bytes) = built_snapshot().await;
+        assert_eq!(meta.last_log_id, Some(log_id(1, 1, 7)));
+        assert_eq!(leader.current_meta().await, Some(meta.clone()));
+
+        let mut follower = Node::new();
+        let received = follower.receive(&bytes).await;
+        follower
+            .machine
+            .install_snapshot(&meta, received)
+            .await
+            .expect("install");
+
+        assert_eq!(follower.digest(), leader.digest());
+        assert_eq!(follower.stock(1), 27);
+        assert_eq!(
+            follower.machine.applied_state().await.expect("applied"),
+            leader.machine.applied_state().await.expect("applied"),
+        );
+        // The received file is kept as the follower's current snapshot, as it was sent.
+        assert_eq!(follower.current_meta().await, Some(meta));
+        let kept = std::fs::read(follower.dir.path().join("snapshot.bin")).expect("kept");
+        assert!(kept == bytes, "the kept snapshot is the one sent");
+        assert_eq!(
+            follower.files(),
+            BTreeSet::from(["snapshot.bin".into(), "store.redb".into()]),
+            "no temporary file is left",
+        );
+    }
+
+    /// A node with other data and a snapshot of its own, and what a failed install must
+    /// leave as it was.
+    async fn bystander() -> (Node, u64, SnapshotMeta<NodeId, RaftNode>) {
+        let mut node = Node::with(vec![category("Jazz"), product("Sax", 2, 900, 1)]).await;
+        let meta = node
+            .machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build")
+            .meta;
+        let digest = node.digest();
+        (node, digest, meta)
+    }
+
+    async fn assert_refused(
+        node: &mut Node,
+        meta: &SnapshotMeta<NodeId, RaftNode>,
+        bytes: &[u8],
+        unchanged: (u64, &SnapshotMeta<NodeId, RaftNode>),
+        what: &str,
+    ) {
+        let received = node.receive(bytes).await;
+        let result = node.machine.install_snapshot(meta, received).await;
+        assert!(result.is_err(), "{what} is refused");
+        assert_eq!(node.digest(), unchanged.0, "{what} changed the state");
+        assert_eq!(
+            node.machine.applied_state().await.expect("applied").0,
+            unchanged.1.last_log_id,
+            "{what} changed the last applied log id"
+        );
+        assert_eq!(node.current_meta().await.as_ref(), Some(unchanged.1));
+    }
+
+    #[tokio::test]
+    async fn a_truncated_snapshot_is_refused_and_leaves_the_store_unchanged() {
+        let (_leader, meta, bytes) = built_snapshot().await;
+        let (mut node, digest, own) = bystander().await;
+        for length in [0, 5, 30, bytes.len() / 2, bytes.len() - 5, bytes.len() - 1] {
+            let what = format!("a snapshot cut at {length} of {} bytes", bytes.len());
+            assert_refused(&mut node, &meta, &bytes[..length], (digest, &own), &what).await;
+        }
+        // Nothing is stuck: the whole snapshot still installs.
+        let received = node.receive(&bytes).await;
+        node.machine
+            .install_snapshot(&meta, received)
+            .await
+            .expect("install");
+        assert_eq!(node.current_meta().await, Some(meta));
+        // The refused files are removed (in the background).
+        let only_ours = BTreeSet::from(["snapshot.bin".into(), "store.redb".into()]);
+        for _ in 0..100 {
+            if node.files() == only_ours {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(node.files(), only_ours);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_or_mismatched_snapshot_is_refused_and_leaves_the_store_unchanged() {
+        let (_leader, meta, bytes) = built_snapshot().await;
+        let (mut node, digest, own) = bystander().await;
+        let middle = bytes.len() / 2;
+        let mut flipped = bytes.clone();
+        flipped[middle] ^= 0x10;
+        let what = "a snapshot with a flipped bit";
+        assert_refused(&mut node, &meta, &flipped, (digest, &own), what).await;
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let what = "a snapshot with bytes after its end";
+        assert_refused(&mut node, &meta, &longer, (digest, &own), what).await;
+        let other = SnapshotMeta {
+            snapshot_id: "another".into(),
+            ..meta.clone()
+        };
+        let what = "a snapshot sent as another";
+        assert_refused(&mut node, &other, &bytes, (digest, &own), what).await;
     }
 }
