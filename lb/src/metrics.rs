@@ -8,7 +8,11 @@
 //! - `soundwave_lb_upstream_up{upstream,role}`: 1 while the upstream can be chosen,
 //! - `soundwave_lb_request_duration_seconds{upstream}`: latency histogram.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use async_trait::async_trait;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
@@ -20,10 +24,45 @@ const EJECTIONS: &str = "soundwave_lb_ejections_total";
 const UP: &str = "soundwave_lb_upstream_up";
 const DURATION: &str = "soundwave_lb_request_duration_seconds";
 
+/// The metric handles of one upstream (`-`: the balancer itself).
+struct UpstreamSeries {
+    duration: Histogram,
+    by_status: Vec<(u16, Counter)>,
+}
+
+thread_local! {
+    /// Handles already registered on this thread: a request records through them without
+    /// building label sets or looking the series up in the registry.
+    static REQUEST_SERIES: RefCell<HashMap<Box<str>, UpstreamSeries>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Counts an answered request and records its latency.
 pub fn request(upstream: &str, status: u16, seconds: f64) {
-    metrics::counter!(REQUESTS, "upstream" => upstream.to_owned(), "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!(DURATION, "upstream" => upstream.to_owned()).record(seconds);
+    REQUEST_SERIES.with_borrow_mut(|by_upstream| {
+        let series = match by_upstream.get_mut(upstream) {
+            Some(series) => series,
+            None => by_upstream
+                .entry(upstream.into())
+                .or_insert_with(|| UpstreamSeries {
+                    duration: metrics::histogram!(DURATION, "upstream" => upstream.to_owned()),
+                    by_status: Vec::new(),
+                }),
+        };
+        series.duration.record(seconds);
+        match series.by_status.iter().find(|(s, _)| *s == status) {
+            Some((_, counter)) => counter.increment(1),
+            None => {
+                let counter = metrics::counter!(
+                    REQUESTS,
+                    "upstream" => upstream.to_owned(),
+                    "status" => status.to_string()
+                );
+                counter.increment(1);
+                series.by_status.push((status, counter));
+            }
+        }
+    });
 }
 
 pub fn upstream_failure(upstream: &str, phase: &'static str) {
