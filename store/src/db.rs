@@ -193,9 +193,10 @@ impl Store {
         };
         let mut current = self.catalog.write().unwrap_or_else(PoisonError::into_inner);
         txn.commit()?;
-        if let Some(next) = next {
-            *current = Arc::new(next);
-        }
+        let replaced = next.map(|next| std::mem::replace(&mut *current, Arc::new(next)));
+        drop(current);
+        // Freeing the old index (when no reader holds it) waits until readers may go on.
+        drop(replaced);
         Ok(())
     }
 

@@ -4,7 +4,8 @@
 //! erasing them), applied in random batches; and again after the store is reopened (the
 //! index built from the tables) and after the state is installed as a raft snapshot.
 //!
-//! Also: the raft state machine's applies keep lists current before its sink hears of them.
+//! Also: a reader always gets the lists of the very state it reads, while a writer changes
+//! them; the raft state machine's applies keep lists current before its sink hears of them.
 
 use std::sync::{Arc, Mutex};
 
@@ -226,6 +227,71 @@ proptest! {
         let reopened = Store::open(&path).expect("reopen");
         assert_lists_match(&reopened, &queries, "reopened");
     }
+}
+
+#[test]
+fn readers_see_lists_of_the_state_they_read_while_a_writer_changes_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(fresh_store(&dir));
+    let creates: Vec<Command> = (0..200)
+        .map(|n| new_product(&format!("Guitar {n}"), n % 4 + 1))
+        .collect();
+    store
+        .apply_batch(&creates, &mut ChangeSet::default())
+        .expect("products");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let store = store.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            // Renames and moves that reorder every list, then deletes and new products.
+            for round in 0..200u64 {
+                let id = round % 200 + 1;
+                let commands = [
+                    Command::UpdateProduct {
+                        id,
+                        changes: ProductChanges {
+                            name: Some(format!("{} guitar", 999 - round)),
+                            category: Some(round % 4 + 1),
+                            ..ProductChanges::default()
+                        },
+                    },
+                    Command::DeleteProduct { id: id + 100 },
+                    new_product(&format!("amp {round}"), round % 4 + 1),
+                ];
+                store
+                    .apply_batch(&commands, &mut ChangeSet::default())
+                    .expect("apply");
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let queries: Vec<ProductQuery> = [
+        (None, None, ProductSort::NameAsc),
+        (Some(2), None, ProductSort::Id),
+        (Some(3), Some("GUITAR"), ProductSort::NameDesc),
+        (None, Some("9"), ProductSort::Id),
+    ]
+    .into_iter()
+    .map(|(category, name, sort)| ProductQuery {
+        category,
+        name_contains: name.map(str::to_owned),
+        sort,
+        limit: 50,
+        offset: 3,
+    })
+    .collect();
+    let mut reads = 0;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) || reads == 0 {
+        let reader = store.read().expect("read");
+        let all = reader.all_products().expect("all products");
+        for query in &queries {
+            let listed = reader.products(query).expect("products");
+            assert_eq!(listed, reference(&all, query), "read {reads}: {query:?}");
+        }
+        reads += 1;
+    }
+    writer.join().expect("writer");
 }
 
 // ---------------------------------------------------------------------------------------
