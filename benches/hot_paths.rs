@@ -1,21 +1,22 @@
 //! Criterion benches of in-process hot paths: applying an order, a cached product-list hit
-//! through the whole router, building the uncached list of 1,000 products, and verifying a
-//! JWT. Run with `cargo bench --bench hot_paths`.
+//! through the whole router, building the uncached list of 1,000 products, filtered product
+//! lists over 100,000 products (in the store and uncached through the router), and verifying
+//! a JWT. Run with `cargo bench --bench hot_paths`.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::Request;
 use rust_decimal::Decimal;
 use soundwave::auth::{TokenService, TokenType};
 use soundwave::config::Config;
 use soundwave::output::{ProductJson, json_bytes};
 use store::{
-    ChangeSet, Command, CommandOutcome, NewProduct, OrderLine, OrderLines, ProductQuery,
-    ProductSort, Store,
+    ChangeSet, Command, CommandOutcome, NewProduct, OrderLine, OrderLines, ProductChanges,
+    ProductQuery, ProductSort, Store,
 };
 use tower::ServiceExt;
 
@@ -31,7 +32,7 @@ fn demo_store(dir: &tempfile::TempDir) -> Arc<Store> {
     store
         .apply_batch(&categories, &mut changes)
         .expect("categories");
-    let products: Vec<Command> = soundwave::demo::demo_products(&[1, 2, 3, 4, 5, 6])
+    let products: Vec<Command> = soundwave::demo::demo_products(&[1, 2, 3, 4, 5, 6], 1000, 0)
         .into_iter()
         .map(|p| {
             Command::CreateProduct(NewProduct {
@@ -150,6 +151,174 @@ fn product_list(c: &mut Criterion) {
     });
 }
 
+/// A store with 6 categories and `count` demo products, written in batches of 10,000.
+fn large_store(dir: &tempfile::TempDir, count: usize) -> Arc<Store> {
+    let store = Store::open(dir.path().join("large.redb")).expect("open store");
+    let mut changes = ChangeSet::default();
+    let categories: Vec<Command> = (1..=6)
+        .map(|n| Command::CreateCategory {
+            name: format!("Category {n}"),
+        })
+        .collect();
+    store
+        .apply_batch(&categories, &mut changes)
+        .expect("categories");
+    let products: Vec<Command> = soundwave::demo::demo_products(&[1, 2, 3, 4, 5, 6], count, 0)
+        .into_iter()
+        .map(Command::CreateProduct)
+        .collect();
+    for batch in products.chunks(10_000) {
+        store.apply_batch(batch, &mut changes).expect("products");
+    }
+    Arc::new(store)
+}
+
+/// Filtered product lists over 100,000 products, a storefront page (20) each: the store's
+/// `products()` alone, and through the whole router the first time a query is asked (every
+/// cached response and product JSON dropped before each request).
+fn filtered_lists(c: &mut Criterion) {
+    const PRODUCTS: usize = 100_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = large_store(&dir, PRODUCTS);
+    let query = |category: Option<u64>, name: Option<&str>, sort: ProductSort| ProductQuery {
+        category,
+        name_contains: name.map(str::to_owned),
+        sort,
+        limit: 20,
+        offset: 40,
+    };
+    // (what, the query, the same as the API's query string)
+    let cases = [
+        (
+            "category",
+            query(Some(2), None, ProductSort::Id),
+            "category=2",
+        ),
+        (
+            "name substring",
+            query(None, Some("guitar"), ProductSort::Id),
+            "name=guitar",
+        ),
+        (
+            "category + name substring",
+            query(Some(2), Some("guitar"), ProductSort::Id),
+            "category=2&name=guitar",
+        ),
+        (
+            "name sort",
+            query(None, None, ProductSort::NameAsc),
+            "order_by_name=asc",
+        ),
+        (
+            "category + name sort desc",
+            query(Some(2), None, ProductSort::NameDesc),
+            "category=2&order_by_name=desc",
+        ),
+        (
+            "name substring + name sort",
+            query(None, Some("fender"), ProductSort::NameAsc),
+            "name=fender&order_by_name=asc",
+        ),
+    ];
+
+    let mut group = c.benchmark_group("100k products, store products()");
+    group
+        .sample_size(50)
+        .measurement_time(Duration::from_secs(3));
+    for (what, query, _) in &cases {
+        let page = store.read().expect("read").products(query).expect("query");
+        assert_eq!(page.items.len(), 20, "{what}: a full page");
+        group.bench_function(*what, |b| {
+            b.iter(|| black_box(store.read().expect("read").products(query).expect("query")))
+        });
+    }
+    group.finish();
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mut config = Config::default();
+    config.auth.jwt_secret = "bench-secret".into();
+    let state = runtime
+        .block_on(soundwave::node::local_state(&config, store.clone()))
+        .expect("state");
+    let app = soundwave::api::router(state.clone());
+    let mut group = c.benchmark_group("100k products, uncached list through the router");
+    group
+        .sample_size(50)
+        .measurement_time(Duration::from_secs(3));
+    for (what, _, params) in &cases {
+        let uri = format!("/api/products?{params}&limit=20&offset=40");
+        group.bench_function(*what, |b| {
+            b.to_async(&runtime).iter_batched(
+                || state.cache.invalidate(&ChangeSet::everything()),
+                |()| {
+                    let app = app.clone();
+                    let request = Request::get(uri.as_str())
+                        .body(Body::empty())
+                        .expect("request");
+                    async move {
+                        let response = app.oneshot(request).await.expect("response");
+                        assert_eq!(response.status(), 200);
+                        black_box(response)
+                    }
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+
+    // A write that moves a product in name order makes the next catalog index (a few linear
+    // passes over it); a stock change leaves the index alone. Each is its own durable commit.
+    let mut group = c.benchmark_group("100k products, catalog writes");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(5));
+    let mut n = 0u32;
+    let update = |changes: ProductChanges| {
+        let command = Command::UpdateProduct { id: 1, changes };
+        let results = store
+            .apply_batch(&[command], &mut ChangeSet::default())
+            .expect("apply");
+        assert!(results[0].is_ok(), "{results:?}");
+    };
+    group.bench_function("rename 1 product", |b| {
+        b.iter(|| {
+            n += 1;
+            update(ProductChanges {
+                name: Some(format!("Renamed product {}", n % 2)),
+                ..ProductChanges::default()
+            })
+        })
+    });
+    group.bench_function("change the stock of 1 product", |b| {
+        b.iter(|| {
+            n += 1;
+            update(ProductChanges {
+                stock: Some(n),
+                ..ProductChanges::default()
+            })
+        })
+    });
+    group.finish();
+
+    // Opening builds the catalog index from the products table.
+    let path = store.path().to_path_buf();
+    drop((app, state));
+    // The writer thread lets go of the store once its last handle is gone.
+    while Arc::strong_count(&store) > 1 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(store);
+    let mut group = c.benchmark_group("100k products, start-up");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    group.bench_function("Store::open (catalog index built)", |b| {
+        b.iter(|| black_box(Store::open(&path).expect("open")))
+    });
+    group.finish();
+}
+
 fn jwt(c: &mut Criterion) {
     let tokens = TokenService::new(
         b"bench-secret",
@@ -170,5 +339,12 @@ fn price_total(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, apply_order, product_list, jwt, price_total);
+criterion_group!(
+    benches,
+    apply_order,
+    product_list,
+    filtered_lists,
+    jwt,
+    price_total
+);
 criterion_main!(benches);
