@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""Soundwave at scale (run through benches/scale.sh, which builds release first).
+
+Starts a three-node cluster on free loopback ports, fills it through node 1's demo seeding
+(PRODUCTS products, ORDERS orders by demo buyers: the normal command path, batched), then
+measures, on that data:
+
+  seed        time to write the catalog and the orders, data file size per node
+  start-up    a follower stopped (SIGTERM) and started again: time until it listens, until
+              its /health/ is 200 (it knows the leader and has caught up), and its resident memory
+  lists       QUERIES distinct filtered product lists (category, name, category+name, name
+              order; limit 20) sent once each to the restarted follower, whose response cache
+              is empty, so every one is computed: p50 / p99 / max
+  details     distinct product details, once each (uncached): p50 / p99
+  orders      POST /api/orders/ by one demo buyer (oha, ORDER_CONNECTIONS connections,
+              ORDER_SECONDS s) to the follower: orders/s, p50, p99
+  memory      resident memory (and peak) of every node after all of that
+  catch-up    a follower stopped, its data removed, started again: time until it has applied
+              the leader's log (by a snapshot: the leader purges its log behind snapshots)
+
+Every wait is bounded; every process is stopped at the end. Prints a table and writes
+target/scale/<time>/scale.json (and each node's output) there.
+"""
+
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+PRODUCTS = int(os.environ.get("PRODUCTS", "100000"))
+ORDERS = int(os.environ.get("ORDERS", "1000000"))
+QUERIES = int(os.environ.get("QUERIES", "200"))
+ORDER_CONNECTIONS = int(os.environ.get("ORDER_CONNECTIONS", "20"))
+ORDER_SECONDS = int(os.environ.get("ORDER_SECONDS", "10"))
+SEED_TIMEOUT = int(os.environ.get("SEED_TIMEOUT", "1800"))
+BIN = os.path.abspath(os.environ.get("SOUNDWAVE_BIN", "target/release/soundwave"))
+CATCH_UP_TIMEOUT = int(os.environ.get("CATCH_UP_TIMEOUT", "600"))
+OHA = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
+
+OUT = os.path.join("target", "scale", time.strftime("%Y%m%d-%H%M%S"))
+os.makedirs(OUT, exist_ok=True)
+DATA = tempfile.mkdtemp(prefix="soundwave-scale-")
+results = {"products": PRODUCTS, "orders": ORDERS}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what, predicate, timeout, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    sys.exit(f"scale: gave up waiting for {what} after {timeout} s (see {OUT})")
+
+
+class Node:
+    def __init__(self, node_id, api, config):
+        self.id, self.api, self.config = node_id, api, config
+        self.data_dir = os.path.join(DATA, f"node{node_id}")
+        self.process = None
+        self.starts = 0
+
+    def start(self, *extra):
+        self.starts += 1
+        name = os.path.join(OUT, f"node{self.id}-{self.starts}")
+        self.out_path = name + ".out"
+        args = [BIN, "node", "--config", self.config, "--node-id", str(self.id),
+                "--data-dir", self.data_dir, *extra]
+        env = dict(os.environ, RUST_LOG=os.environ.get("SCALE_RUST_LOG", "warn"))
+        self.process = subprocess.Popen(args, stdout=open(self.out_path, "w"),
+                                        stderr=open(name + ".err", "w"), env=env)
+        self.started_at = time.monotonic()
+
+    def output(self):
+        with open(self.out_path) as f:
+            return f.read()
+
+    def wait_listening(self, timeout=60):
+        wait_until(f"node {self.id} to listen", lambda: "listening on" in self.output(), timeout, 0.005)
+        return time.monotonic() - self.started_at
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def health(self):
+        try:
+            status, body = request("GET", self.api, "/health/")
+            return status, json.loads(body)
+        except (OSError, ValueError, http.client.HTTPException):
+            return 0, {}
+
+    def memory(self):
+        """Resident and peak resident memory in MiB."""
+        fields = {}
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        mib = lambda key: int(fields[key].split()[0]) / 1024
+        return round(mib("VmRSS"), 1), round(mib("VmHWM"), 1)
+
+    def file_mib(self):
+        path = os.path.join(self.data_dir, "soundwave.redb")
+        return round(os.path.getsize(path) / 2**20, 1)
+
+
+def request(method, addr, path, body=None, headers=None, connection=None):
+    own = connection is None
+    if own:
+        host, port = addr.split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    payload = json.dumps(body).encode() if body is not None else None
+    all_headers = {"content-type": "application/json"} if payload else {}
+    all_headers.update(headers or {})
+    connection.request(method, path, body=payload, headers=all_headers)
+    response = connection.getresponse()
+    data = response.read()
+    if own:
+        connection.close()
+    return response.status, data
+
+
+def timed_gets(addr, paths):
+    host, port = addr.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    latencies = []
+    for path in paths:
+        started = time.perf_counter()
+        status, _ = request("GET", addr, path, connection=connection)
+        latencies.append((time.perf_counter() - started) * 1000)
+        if status != 200:
+            sys.exit(f"scale: GET {path} answered {status}")
+    connection.close()
+    return latencies
+
+
+def summary(latencies):
+    ordered = sorted(latencies)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return {"count": len(ordered), "p50_ms": round(statistics.median(ordered), 3),
+            "p99_ms": round(pick(0.99), 3), "max_ms": round(ordered[-1], 3)}
+
+
+def main():
+    ports = [(free_port(), free_port()) for _ in range(3)]
+    config = os.path.join(DATA, "cluster.toml")
+    with open(config, "w") as f:
+        # Snapshots every 500 entries, few entries kept behind them: a node that starts empty
+        # catches up from a snapshot, not by replaying the log.
+        f.write('[cluster]\nsecret = "scale-test-secret"\n'
+                "snapshot_after_entries = 500\nlogs_kept_after_snapshot = 100\n")
+        for node_id, (api, peer) in enumerate(ports, start=1):
+            f.write(f'[[cluster.nodes]]\nid = {node_id}\napi = "127.0.0.1:{api}"\n'
+                    f'peer = "127.0.0.1:{peer}"\n')
+    nodes = [Node(i, f"127.0.0.1:{api}", config) for i, (api, _) in enumerate(ports, start=1)]
+    try:
+        run(nodes)
+    finally:
+        for node in nodes:
+            node.stop()
+        shutil.rmtree(DATA, ignore_errors=True)
+
+
+def applied(node):
+    status, health = node.health()
+    cluster = health.get("cluster", {})
+    return status, cluster.get("applied_index") or 0, cluster
+
+
+def leader_of(nodes):
+    _, _, cluster = applied(nodes[0])
+    return next(n for n in nodes if n.id == cluster.get("leader_id"))
+
+
+def wait_caught_up(node, leader, timeout):
+    """Waits until `node` is healthy and has applied what the leader had applied when asked."""
+    _, target, _ = applied(leader)
+    def done():
+        status, index, _ = applied(node)
+        return status == 200 and index >= target
+    wait_until(f"node {node.id} to apply index {target}", done, timeout)
+    return target
+
+
+def run(nodes):
+    print(f"scale: {PRODUCTS} products, {ORDERS} orders, three nodes; output in {OUT}")
+    started = time.monotonic()
+    nodes[0].start("--demo", "--demo-products", str(PRODUCTS), "--demo-orders", str(ORDERS))
+    for node in nodes[1:]:
+        node.start()
+    wait_until("the demo seeding", lambda: "demo: added" in nodes[0].output(), SEED_TIMEOUT, 1)
+    seed_line = next(l for l in nodes[0].output().splitlines() if l.startswith("demo: added"))
+    password = next(l.split("password=")[1] for l in nodes[0].output().splitlines()
+                    if l.startswith("demo buyers:"))
+    leader = leader_of(nodes)
+    for node in nodes:
+        wait_caught_up(node, leader, 600)
+    results["seed"] = {"line": seed_line, "seconds": round(time.monotonic() - started, 1),
+                       "file_mib": {n.id: n.file_mib() for n in nodes},
+                       "memory_mib_after_seed": {n.id: n.memory() for n in nodes}}
+    print(f"seed: {seed_line}; all nodes applied after {results['seed']['seconds']} s")
+
+    follower = next(n for n in nodes if n is not leader)
+    follower.stop()
+    follower.start()
+    listening = follower.wait_listening()
+    wait_until(f"node {follower.id} to be healthy",
+               lambda: follower.health()[0] == 200, 60, 0.01)
+    healthy = time.monotonic() - follower.started_at
+    results["startup"] = {"node": follower.id, "listening_s": round(listening, 3),
+                          "healthy_s": round(healthy, 3), "memory_mib": follower.memory()}
+    print(f"start-up of node {follower.id}: listening after {listening:.3f} s, "
+          f"healthy after {healthy:.3f} s, memory {follower.memory()} MiB")
+
+    rng = random.Random(7)
+    words = ["guitar", "amp", "maple", "cable", "stand", "vinyl", "drum", "pedal", "strap",
+             "tee", "synth", "mic", "live", "deluxe", "black", "studio", "bass", "pro"]
+    fragments = words + [w[:3] for w in words] + [w[1:4] for w in words]
+    kinds = {
+        "category": lambda: f"?category={rng.randint(1, 6)}&offset={rng.randint(0, 10000)}",
+        "name": lambda: f"?name={rng.choice(fragments)}&offset={rng.randint(0, 500)}",
+        "category+name": lambda: f"?category={rng.randint(1, 6)}&name={rng.choice(fragments)}",
+        "name order": lambda: f"?order_by_name={rng.choice(['asc', 'desc'])}"
+                              f"&offset={rng.randint(0, 90000)}",
+    }
+    lists = {}
+    for kind, make in kinds.items():
+        paths = set()
+        while len(paths) < QUERIES // len(kinds):
+            paths.add(f"/api/products/{make()}&limit=20")
+        lists[kind] = summary(timed_gets(follower.api, sorted(paths)))
+    details = summary(timed_gets(follower.api, [f"/api/products/{i}/" for i in
+                                                rng.sample(range(1, PRODUCTS + 1), 200)]))
+    results["lists_uncached"] = lists
+    results["details_uncached"] = details
+
+    status, body = request("POST", follower.api, "/api/token/",
+                           {"username": "demo-buyer-1", "password": password})
+    if status != 200:
+        sys.exit(f"scale: demo buyer login answered {status}: {body[:200]!r}")
+    token = json.loads(body)["access"]
+    status, body = request("GET", follower.api, "/api/orders/?limit=20",
+                           headers={"authorization": f"Bearer {token}"})
+    results["buyer_orders_total"] = None if status != 200 else len(json.loads(body))
+    order_json = os.path.join(OUT, "orders-oha.json")
+    bodies_path = os.path.join(OUT, "order-bodies.txt")
+    with open(bodies_path, "w") as f:
+        for _ in range(10000):
+            lines = [{"product": p, "quantity": 1}
+                     for p in rng.sample(range(1, PRODUCTS + 1), rng.randint(1, 3))]
+            f.write(json.dumps({"items": lines}) + "\n")
+    with open(order_json, "w") as f:
+        subprocess.run([OHA, "-z", f"{ORDER_SECONDS}s", "-c", str(ORDER_CONNECTIONS), "--no-tui",
+                        "--output-format", "json", "-m", "POST",
+                        "-H", f"authorization: Bearer {token}",
+                        "-H", "content-type: application/json", "-Z", bodies_path,
+                        f"http://{follower.api}/api/orders/"], stdout=f, check=True)
+    with open(order_json) as f:
+        oha = json.load(f)
+    codes = oha.get("statusCodeDistribution", {})
+    results["orders_load"] = {
+        "orders_per_s": round(codes.get("201", 0) / oha["summary"]["total"], 1),
+        "requests_per_s": round(oha["summary"]["requestsPerSec"], 1),
+        "p50_ms": round(oha["latencyPercentiles"]["p50"] * 1000, 2),
+        "p99_ms": round(oha["latencyPercentiles"]["p99"] * 1000, 2),
+        "status_codes": codes}
+    results["memory_mib_after_load"] = {n.id: n.memory() for n in nodes}
+    results["file_mib_after_load"] = {n.id: n.file_mib() for n in nodes}
+
+    away = next(n for n in nodes if n is not leader and n is not follower)
+    away.stop()
+    shutil.rmtree(away.data_dir)
+    _, leader_index, leader_cluster = applied(leader)
+    if os.environ.get("SCALE_DEBUG"):
+        print("leader before catch-up:", json.dumps(leader_cluster))
+    away.start()
+    target = wait_caught_up(away, leader, CATCH_UP_TIMEOUT)
+    caught_up = time.monotonic() - away.started_at
+    _, _, away_cluster = applied(away)
+    results["catch_up"] = {"node": away.id, "seconds": round(caught_up, 2), "to_index": target,
+                           "leader_purged_index": leader_cluster.get("purged_index"),
+                           "snapshot_index": away_cluster.get("snapshot_index"),
+                           "memory_mib": away.memory(), "leader_memory_mib": leader.memory(),
+                           "file_mib": away.file_mib()}
+
+    with open(os.path.join(OUT, "scale.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print()
+    print(f"{'what':<34} {'figure':>42}")
+    row = lambda what, figure: print(f"{what:<34} {figure:>42}")
+    row("data file per node (MiB)", str(results["file_mib_after_load"]))
+    row("start-up: listening / healthy", f"{listening:.3f} s / {healthy:.3f} s")
+    for kind, s in lists.items():
+        row(f"uncached list, {kind}", f"p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms  n={s['count']}")
+    row("uncached product detail", f"p50 {details['p50_ms']} ms  p99 {details['p99_ms']} ms")
+    o = results["orders_load"]
+    row(f"orders, {ORDER_CONNECTIONS} connections",
+        f"{o['orders_per_s']}/s  p50 {o['p50_ms']} ms  p99 {o['p99_ms']} ms")
+    if set(o['status_codes']) - {'201'}:
+        row('  order status codes', str(o['status_codes']))
+    for node_id, (rss, peak) in results["memory_mib_after_load"].items():
+        row(f"node {node_id} memory: resident / peak", f"{rss} / {peak} MiB")
+    c = results["catch_up"]
+    row(f"catch-up of an empty node {c['node']}",
+        f"{c['seconds']} s to index {c['to_index']} (snapshot {c['snapshot_index']})")
+    row("  its memory / leader's (res/peak)", f"{c['memory_mib']} / {c['leader_memory_mib']} MiB")
+    print(f"raw figures: {OUT}/scale.json")
+
+
+if __name__ == "__main__":
+    main()
