@@ -165,8 +165,22 @@ pub struct PeerClient {
 pub enum PeerError {
     #[error("peer {0} is unreachable: {1}")]
     Unreachable(String, String),
+    #[error("peer {0} did not answer in time: {1}")]
+    TimedOut(String, String),
     #[error("peer {0} answered {1}")]
     Refused(String, String),
+}
+
+impl PeerError {
+    /// A request that timed out reached a live but busy peer (a large append under load);
+    /// anything else that failed before an answer means the peer cannot be reached.
+    fn from_http(addr: &str, error: &reqwest::Error) -> PeerError {
+        if error.is_timeout() {
+            PeerError::TimedOut(addr.to_owned(), error.to_string())
+        } else {
+            PeerError::Unreachable(addr.to_owned(), error.to_string())
+        }
+    }
 }
 
 impl PeerClient {
@@ -196,12 +210,12 @@ impl PeerClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| PeerError::Unreachable(addr.to_owned(), e.to_string()))?;
+            .map_err(|e| PeerError::from_http(addr, &e))?;
         let status = response.status();
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| PeerError::Unreachable(addr.to_owned(), e.to_string()))?;
+            .map_err(|e| PeerError::from_http(addr, &e))?;
         if !status.is_success() {
             return Err(PeerError::Refused(
                 addr.to_owned(),
@@ -265,10 +279,14 @@ impl PeerConnection {
             .call(&self.addr, path, request, option.hard_ttl())
             .await
             .map_err(|error| match error {
-                // A dead peer is unreachable (openraft backs off) rather than a network error
-                // (which it retries at once, logging each time).
+                // A dead peer is unreachable (openraft backs off for 500 ms) rather than a
+                // network error (which it retries with the next event). A busy peer that
+                // timed out is not dead: backing off would stall replication, and every write
+                // waiting for it, for half a second.
                 PeerError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&error)),
-                PeerError::Refused(..) => RPCError::Network(NetworkError::new(&error)),
+                PeerError::TimedOut(..) | PeerError::Refused(..) => {
+                    RPCError::Network(NetworkError::new(&error))
+                }
             })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
