@@ -479,15 +479,24 @@ impl StoreReader {
     /// equal on two stores exactly when they hold the same data. Used to compare nodes and
     /// in property tests.
     pub fn digest(&self) -> Result<u64, StoreError> {
-        let mut hasher = DefaultHasher::new();
-        for table in crate::raft::dump_state(&self.txn)? {
-            hasher.write(table.name.as_bytes());
-            hasher.write_usize(table.rows.len());
-            for (key, value) in &table.rows {
-                hasher.write(key);
-                hasher.write(value);
+        /// Hashes rows as they are read: no copy of the state is held.
+        struct Digest(DefaultHasher);
+        impl crate::raft::StateVisitor for Digest {
+            fn table(&mut self, name: &str, rows: u64) -> Result<(), StoreError> {
+                self.0.write(name.as_bytes());
+                self.0
+                    .write_usize(usize::try_from(rows).unwrap_or(usize::MAX));
+                Ok(())
+            }
+            fn row(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+                self.0.write(key);
+                self.0.write(value);
+                Ok(())
             }
         }
+        let mut digest = Digest(DefaultHasher::new());
+        crate::raft::visit_state(&self.txn, &mut digest)?;
+        let hasher = digest.0;
         Ok(hasher.finish())
     }
 }

@@ -111,37 +111,6 @@ pub(crate) fn visit_state(
     Ok(())
 }
 
-/// One table's rows in redb's own key and value encodings.
-#[derive(Debug, Default)]
-pub(crate) struct TableRows {
-    pub name: String,
-    pub rows: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-/// The rows of every state table in one read snapshot, in memory: for comparing small
-/// stores (the state digest). Snapshots stream instead ([`write_snapshot`]).
-pub(crate) fn dump_state(txn: &ReadTransaction) -> Result<Vec<TableRows>, StoreError> {
-    struct Collect(Vec<TableRows>);
-    impl StateVisitor for Collect {
-        fn table(&mut self, name: &str, _rows: u64) -> Result<(), StoreError> {
-            self.0.push(TableRows {
-                name: name.to_owned(),
-                rows: Vec::new(),
-            });
-            Ok(())
-        }
-        fn row(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-            if let Some(table) = self.0.last_mut() {
-                table.rows.push((key.to_vec(), value.to_vec()));
-            }
-            Ok(())
-        }
-    }
-    let mut collect = Collect(Vec::new());
-    visit_state(txn, &mut collect)?;
-    Ok(collect.0)
-}
-
 fn is_state_table(name: &str) -> bool {
     macro_rules! check {
         ($table:ident) => {
