@@ -11,6 +11,7 @@
 #
 #   lb/load.sh
 #   DURATION=5s CONNECTIONS=50 KILL_AFTER=2 lb/load.sh
+#   LB_THREADS=1 lb/load.sh        # the balancer's worker threads (default: one per core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-100}
 KILL_AFTER=${KILL_AFTER:-3}
 PATH_UNDER_TEST=${PATH_UNDER_TEST:-/api/products/1/}
+LB_THREADS=${LB_THREADS:-0}
 
 command -v oha >/dev/null || cargo install oha --locked
 cargo build --release --quiet
@@ -58,7 +60,8 @@ for id in 1 2 3; do wait_line "$out/node$id.out" "listening on"; done
 
 lb_port=$(free_port)
 metrics_port=$(free_port)
-RUST_LOG=warn "$bin" lb --listen "127.0.0.1:$lb_port" --metrics-listen "127.0.0.1:$metrics_port" \
+printf '[lb]\nthreads = %s\n' "$LB_THREADS" >"$tmp/lb.toml"
+RUST_LOG=warn "$bin" lb --config "$tmp/lb.toml" --listen "127.0.0.1:$lb_port" --metrics-listen "127.0.0.1:$metrics_port" \
   --primary "127.0.0.1:${node_port[1]}" --primary "127.0.0.1:${node_port[2]}" \
   --backup "127.0.0.1:${node_port[3]}" >"$out/lb.out" 2>"$out/lb.err" &
 pids+=($!)
