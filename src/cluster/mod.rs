@@ -34,6 +34,8 @@ use network::{PeerClient, PeerNetwork};
 const MAX_PROPOSAL_COMMANDS: usize = 1024;
 /// Proposals in flight at once; more commands wait and join the next, larger proposal.
 const MAX_PROPOSALS_IN_FLIGHT: usize = 8;
+/// Log entries in one append sent to a follower.
+const MAX_ENTRIES_PER_APPEND: u64 = 32;
 /// Commands waiting to be proposed before submitters wait for room.
 const QUEUE_DEPTH: usize = 16_384;
 /// Pause between attempts while there is no leader.
@@ -188,6 +190,10 @@ impl Cluster {
             election_timeout_max: settings.election_timeout_ms * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_after_entries),
             max_in_snapshot_log_to_keep: settings.logs_kept_after_snapshot,
+            // An entry is already a batch (up to MAX_PROPOSAL_COMMANDS commands): openraft's
+            // default of 300 entries per append made appends of tens of MiB under write load,
+            // longer than the append timeout (the heartbeat interval) and costly in memory.
+            max_payload_entries: MAX_ENTRIES_PER_APPEND,
             ..Default::default()
         }
         .validate()
