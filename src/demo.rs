@@ -262,13 +262,13 @@ fn random_password() -> Result<String, ApiError> {
         .collect())
 }
 
-/// Submits the commands, up to `SUBMIT_CHUNK` at a time, and returns their results in order
-/// (a refused command is an `Err` in its place).
-async fn submit_all(
+/// Submits the commands, up to `SUBMIT_CHUNK` at a time, and hands each result to `each` in
+/// order (a refused command is an `Err`). Nothing is kept: a million orders pass through.
+async fn submit_each(
     state: &Arc<AppState>,
     commands: impl IntoIterator<Item = Command>,
-) -> Result<Vec<ApiResult<CommandOutcome>>, NodeError> {
-    let mut outcomes = Vec::new();
+    mut each: impl FnMut(ApiResult<CommandOutcome>) -> Result<(), NodeError>,
+) -> Result<(), NodeError> {
     let mut commands = commands.into_iter().peekable();
     while commands.peek().is_some() {
         // Submitted together so the writer commits them in a few batches.
@@ -284,8 +284,24 @@ async fn submit_all(
             chunk.push((index, outcome));
         }
         chunk.sort_by_key(|(index, _)| *index);
-        outcomes.extend(chunk.into_iter().map(|(_, outcome)| outcome));
+        for (_, outcome) in chunk {
+            each(outcome)?;
+        }
     }
+    Ok(())
+}
+
+/// [`submit_each`], keeping the results in order.
+async fn submit_all(
+    state: &Arc<AppState>,
+    commands: impl IntoIterator<Item = Command>,
+) -> Result<Vec<ApiResult<CommandOutcome>>, NodeError> {
+    let mut outcomes = Vec::new();
+    submit_each(state, commands, |outcome| {
+        outcomes.push(outcome);
+        Ok(())
+    })
+    .await?;
     Ok(outcomes)
 }
 
@@ -415,11 +431,13 @@ pub async fn seed(state: &Arc<AppState>, data_dir: &Path, size: DemoSize) -> Res
         let orders_started = Instant::now();
         let orders = demo_orders(&product_ids, &buyer_ids, size.orders, auth::unix_micros());
         let mut placed = 0usize;
-        for outcome in submit_all(state, orders).await? {
+        submit_each(state, orders, |outcome| {
             if matches!(outcome, Ok(CommandOutcome::Order { .. })) {
                 placed += 1;
             }
-        }
+            Ok(())
+        })
+        .await?;
         summary.push_str(&format!(
             ", {buyer_count} buyers and {placed} orders ({} refused; orders took {:.1} s)",
             size.orders - placed,
