@@ -165,10 +165,10 @@ def main():
     ports = [(free_port(), free_port()) for _ in range(3)]
     config = os.path.join(DATA, "cluster.toml")
     with open(config, "w") as f:
-        # Snapshots every 500 entries, few entries kept behind them: a node that starts empty
+        # Snapshots every 2,000 entries (seeding writes ~3,500), few entries kept behind them: a node that starts empty
         # catches up from a snapshot, not by replaying the log.
         f.write('[cluster]\nsecret = "scale-test-secret"\n'
-                "snapshot_after_entries = 500\nlogs_kept_after_snapshot = 100\n")
+                "snapshot_after_entries = 2000\nlogs_kept_after_snapshot = 100\n")
         for node_id, (api, peer) in enumerate(ports, start=1):
             f.write(f'[[cluster.nodes]]\nid = {node_id}\napi = "127.0.0.1:{api}"\n'
                     f'peer = "127.0.0.1:{peer}"\n')
