@@ -18,6 +18,7 @@ measures, on that data:
   catch-up    a follower stopped, its data removed, started again: time until it has applied
               the leader's log (by a snapshot: the leader purges its log behind snapshots)
 
+PAGE_CACHE_MIB sets every node's redb page cache (default: the node's, 128 MiB).
 Every wait is bounded; every process is stopped at the end. Prints a table and writes
 target/scale/<time>/scale.json (and each node's output) there.
 """
@@ -40,6 +41,7 @@ ORDERS = int(os.environ.get("ORDERS", "1000000"))
 QUERIES = int(os.environ.get("QUERIES", "200"))
 ORDER_CONNECTIONS = int(os.environ.get("ORDER_CONNECTIONS", "20"))
 ORDER_SECONDS = int(os.environ.get("ORDER_SECONDS", "10"))
+PAGE_CACHE_MIB = os.environ.get("PAGE_CACHE_MIB")  # redb page cache per node; default: the node's
 SEED_TIMEOUT = int(os.environ.get("SEED_TIMEOUT", "1800"))
 BIN = os.path.abspath(os.environ.get("SOUNDWAVE_BIN", "target/release/soundwave"))
 CATCH_UP_TIMEOUT = int(os.environ.get("CATCH_UP_TIMEOUT", "600"))
@@ -48,7 +50,7 @@ OHA = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
 OUT = os.path.join("target", "scale", time.strftime("%Y%m%d-%H%M%S"))
 os.makedirs(OUT, exist_ok=True)
 DATA = tempfile.mkdtemp(prefix="soundwave-scale-")
-results = {"products": PRODUCTS, "orders": ORDERS}
+results = {"products": PRODUCTS, "orders": ORDERS, "page_cache_mib": PAGE_CACHE_MIB}
 
 
 def free_port():
@@ -167,6 +169,8 @@ def main():
     with open(config, "w") as f:
         # Snapshots every 2,000 entries (seeding writes ~3,500), few entries kept behind them: a node that starts empty
         # catches up from a snapshot, not by replaying the log.
+        if PAGE_CACHE_MIB:
+            f.write(f"[node]\nstore_page_cache_bytes = {int(PAGE_CACHE_MIB) * 2**20}\n")
         f.write('[cluster]\nsecret = "scale-test-secret"\n'
                 "snapshot_after_entries = 2000\nlogs_kept_after_snapshot = 100\n")
         for node_id, (api, peer) in enumerate(ports, start=1):

@@ -46,7 +46,7 @@ pub struct Page<T> {
 }
 
 /// redb's page cache when none is configured (redb's own default is 1 GiB).
-pub const DEFAULT_PAGE_CACHE_BYTES: usize = 256 * 1024 * 1024;
+pub const DEFAULT_PAGE_CACHE_BYTES: usize = 128 * 1024 * 1024;
 
 /// The embedded database. Cheap to share behind an `Arc`; reads run concurrently with the
 /// single writer.
