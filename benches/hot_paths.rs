@@ -15,14 +15,15 @@ use soundwave::auth::{TokenService, TokenType};
 use soundwave::config::Config;
 use soundwave::output::{ProductJson, json_bytes};
 use store::{
-    ChangeSet, Command, CommandOutcome, NewProduct, OrderLine, OrderLines, ProductChanges,
-    ProductQuery, ProductSort, Store,
+    ChangeSet, Command, CommandOutcome, OrderLine, OrderLines, ProductChanges, ProductQuery,
+    ProductSort, Store,
 };
 use tower::ServiceExt;
 
-/// A store with 6 categories, the 1,000 demo products with plenty of stock, and one user.
-fn demo_store(dir: &tempfile::TempDir) -> Arc<Store> {
-    let store = Store::open(dir.path().join("bench.redb")).expect("open store");
+/// A store with 6 categories and `count` demo products, each with `extra_stock` more units
+/// than the demo gives it, written in batches of 10,000.
+fn catalog_store(dir: &tempfile::TempDir, file: &str, count: usize, extra_stock: u32) -> Store {
+    let store = Store::open(dir.path().join(file)).expect("open store");
     let mut changes = ChangeSet::default();
     let categories: Vec<Command> = (1..=6)
         .map(|n| Command::CreateCategory {
@@ -32,18 +33,20 @@ fn demo_store(dir: &tempfile::TempDir) -> Arc<Store> {
     store
         .apply_batch(&categories, &mut changes)
         .expect("categories");
-    let products: Vec<Command> = soundwave::demo::demo_products(&[1, 2, 3, 4, 5, 6], 1000, 0)
-        .into_iter()
-        .map(|p| {
-            Command::CreateProduct(NewProduct {
-                stock: 2_000_000_000,
-                ..p
-            })
-        })
-        .collect();
+    let products: Vec<Command> =
+        soundwave::demo::demo_products(&[1, 2, 3, 4, 5, 6], count, extra_stock)
+            .into_iter()
+            .map(Command::CreateProduct)
+            .collect();
+    for batch in products.chunks(10_000) {
+        store.apply_batch(batch, &mut changes).expect("products");
+    }
     store
-        .apply_batch(&products, &mut changes)
-        .expect("products");
+}
+
+/// A store with 6 categories, the 1,000 demo products with plenty of stock, and one user.
+fn demo_store(dir: &tempfile::TempDir) -> Arc<Store> {
+    let store = catalog_store(dir, "bench.redb", 1000, 2_000_000_000);
     let user = Command::CreateUser(store::NewUser {
         username: "bench".into(),
         email: String::new(),
@@ -52,7 +55,9 @@ fn demo_store(dir: &tempfile::TempDir) -> Arc<Store> {
         is_staff: false,
         date_joined: 0,
     });
-    store.apply_batch(&[user], &mut changes).expect("user");
+    store
+        .apply_batch(&[user], &mut ChangeSet::default())
+        .expect("user");
     Arc::new(store)
 }
 
@@ -151,26 +156,9 @@ fn product_list(c: &mut Criterion) {
     });
 }
 
-/// A store with 6 categories and `count` demo products, written in batches of 10,000.
+/// A store with 6 categories and `count` demo products.
 fn large_store(dir: &tempfile::TempDir, count: usize) -> Arc<Store> {
-    let store = Store::open(dir.path().join("large.redb")).expect("open store");
-    let mut changes = ChangeSet::default();
-    let categories: Vec<Command> = (1..=6)
-        .map(|n| Command::CreateCategory {
-            name: format!("Category {n}"),
-        })
-        .collect();
-    store
-        .apply_batch(&categories, &mut changes)
-        .expect("categories");
-    let products: Vec<Command> = soundwave::demo::demo_products(&[1, 2, 3, 4, 5, 6], count, 0)
-        .into_iter()
-        .map(Command::CreateProduct)
-        .collect();
-    for batch in products.chunks(10_000) {
-        store.apply_batch(batch, &mut changes).expect("products");
-    }
-    Arc::new(store)
+    Arc::new(catalog_store(dir, "large.redb", count, 0))
 }
 
 /// Filtered product lists over 100,000 products, a storefront page (20) each: the store's
