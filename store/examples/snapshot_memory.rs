@@ -18,10 +18,9 @@ use std::time::Instant;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use rust_decimal::Decimal;
-use store::raft::{AppliedSink, RequestId, StateMachine};
+use store::raft::{DiscardResults, StateMachine};
 use store::{
-    ChangeSet, Command, CommandOutcome, DEFAULT_PAGE_CACHE_BYTES, NewProduct, NewUser, OrderLine,
-    OrderLines, Rejection, Store,
+    ChangeSet, Command, DEFAULT_PAGE_CACHE_BYTES, NewProduct, NewUser, OrderLine, OrderLines, Store,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -32,17 +31,6 @@ const PRODUCTS: u64 = 20_000;
 const BATCH: usize = 2_000;
 /// openraft's default snapshot chunk.
 const CHUNK: usize = 3 * 1024 * 1024;
-
-struct IgnoreResults;
-
-impl AppliedSink for IgnoreResults {
-    fn applied(
-        &self,
-        _results: Vec<(RequestId, Result<CommandOutcome, Rejection>)>,
-        _changes: &ChangeSet,
-    ) {
-    }
-}
 
 /// `VmRSS` and `VmHWM` of this process, in MiB.
 fn memory() -> (u64, u64) {
@@ -148,7 +136,7 @@ async fn measure(dir: &Path, page_cache_bytes: usize) -> Result<(), Failure> {
     let source = Arc::new(Store::open_with_page_cache(&source_path, page_cache_bytes)?);
     let mut leader = StateMachine::new(
         source.clone(),
-        Arc::new(IgnoreResults),
+        Arc::new(DiscardResults),
         dir.join("source-snapshot.bin"),
     );
     let (rss, _) = memory();
@@ -174,7 +162,7 @@ async fn measure(dir: &Path, page_cache_bytes: usize) -> Result<(), Failure> {
     )?);
     let mut follower = StateMachine::new(
         target.clone(),
-        Arc::new(IgnoreResults),
+        Arc::new(DiscardResults),
         target_dir.join("snapshot.bin"),
     );
     reset_peak();

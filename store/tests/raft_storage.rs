@@ -4,19 +4,8 @@ use std::sync::Arc;
 
 use openraft::StorageError;
 use openraft::testing::{StoreBuilder, Suite};
-use store::raft::{AppliedSink, LogStore, RaftConfig, RequestId, StateMachine};
-use store::{ChangeSet, CommandOutcome, Rejection, Store};
-
-struct IgnoreResults;
-
-impl AppliedSink for IgnoreResults {
-    fn applied(
-        &self,
-        _results: Vec<(RequestId, Result<CommandOutcome, Rejection>)>,
-        _changes: &ChangeSet,
-    ) {
-    }
-}
+use store::Store;
+use store::raft::{DiscardResults, LogStore, RaftConfig, StateMachine};
 
 struct RedbStores;
 
@@ -28,7 +17,7 @@ impl StoreBuilder<RaftConfig, LogStore, StateMachine, tempfile::TempDir> for Red
         let store = Arc::new(Store::open(dir.path().join("store.redb")).expect("open store"));
         let machine = StateMachine::new(
             store.clone(),
-            Arc::new(IgnoreResults),
+            Arc::new(DiscardResults),
             dir.path().join("snapshot.bin"),
         );
         Ok((dir, LogStore::new(store), machine))

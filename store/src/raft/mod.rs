@@ -93,3 +93,16 @@ pub trait AppliedSink: Send + Sync {
         changes: &ChangeSet,
     );
 }
+
+/// An [`AppliedSink`] that drops the results: for tools and tests that apply entries with
+/// nobody waiting for them.
+pub struct DiscardResults;
+
+impl AppliedSink for DiscardResults {
+    fn applied(
+        &self,
+        _results: Vec<(RequestId, Result<CommandOutcome, Rejection>)>,
+        _changes: &ChangeSet,
+    ) {
+    }
+}

@@ -297,19 +297,8 @@ mod tests {
 
     use super::*;
     use crate::apply::tests::{category, order, product, user};
-    use crate::command::{Command, CommandOutcome, Rejection};
-    use crate::raft::{Proposal, RequestId};
-
-    struct IgnoreResults;
-
-    impl AppliedSink for IgnoreResults {
-        fn applied(
-            &self,
-            _results: Vec<(RequestId, Result<CommandOutcome, Rejection>)>,
-            _changes: &ChangeSet,
-        ) {
-        }
-    }
+    use crate::command::Command;
+    use crate::raft::{DiscardResults, Proposal, RequestId};
 
     struct Node {
         machine: StateMachine,
@@ -323,7 +312,7 @@ mod tests {
             let store = Arc::new(Store::open(dir.path().join("store.redb")).expect("open"));
             let machine = StateMachine::new(
                 store.clone(),
-                Arc::new(IgnoreResults),
+                Arc::new(DiscardResults),
                 dir.path().join("snapshot.bin"),
             );
             Node {
