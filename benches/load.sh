@@ -26,6 +26,7 @@
 #            default 8: argon2id at 19 MiB per hash is slow on purpose)
 #   detail, list20, filtered, orders, detail-single: the single-URL scenarios of the node
 #            and cluster issues
+# SOUNDWAVE_BIN runs another build of soundwave (to compare two builds in turn).
 # The baseline (a bare hyper server answering every request with the bytes and headers of a
 # cached GET /api/products/1/) is always measured first, with the same oha settings, and
 # every scenario's req/s is also printed as a fraction of it.
@@ -53,6 +54,7 @@ done
 
 command -v oha >/dev/null || cargo install oha --locked
 cargo build --release --quiet --bin soundwave --example baseline_server
+soundwave=${SOUNDWAVE_BIN:-target/release/soundwave}
 
 out="target/load/$(date +%Y%m%d-%H%M%S)-$TOPOLOGY"
 mkdir -p "$out"
@@ -80,7 +82,7 @@ wait_for() {
 # start_node NAME ARGS...: starts `soundwave node ARGS` with output in $out/NAME.{out,err}.
 start_node() {
   local name=$1; shift
-  RUST_LOG=warn target/release/soundwave node "$@" >"$out/$name.out" 2>"$out/$name.err" &
+  RUST_LOG=warn "$soundwave" node "$@" >"$out/$name.out" 2>"$out/$name.err" &
   pids+=($!)
 }
 # url_of NAME: waits for the node's ready line and prints its base URL.
@@ -125,7 +127,7 @@ case $TOPOLOGY in
       done
     } >"$config"
     cp "$config" "$out/up.toml"
-    RUST_LOG=warn target/release/soundwave up --config "$config" >"$out/up.out" 2>"$out/up.err" </dev/null &
+    RUST_LOG=warn "$soundwave" up --config "$config" >"$out/up.out" 2>"$out/up.err" </dev/null &
     pids+=($!)
     wait_for "$out/up.out" "Soundwave is up"
     base="http://127.0.0.1:$lb"

@@ -224,6 +224,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     );
     let cache = Arc::new(ResponseCache::new(config.node.cache_capacity_bytes));
     let cluster = Cluster::start(&config, store.clone(), cache.clone()).await?;
+    let store_to_flush = store.clone();
     let writer: Arc<dyn CommandSubmitter> = cluster.clone();
     let state = build_state(&config, store, cache, writer, Some(cluster)).await?;
     ensure_admin(&state, &config).await?;
@@ -261,6 +262,12 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     })
     .await
     .map_err(NodeError::Serve)?;
+    // Applies and the commit point are written without a flush (the log is flushed): flush
+    // them, so that a restarted node has its state at once instead of applying again.
+    let flushed = tokio::task::spawn_blocking(move || store_to_flush.flush()).await;
+    if let Ok(Err(error)) = flushed {
+        tracing::warn!(%error, "could not flush the store at shutdown");
+    }
     tracing::info!("stopped");
     Ok(())
 }

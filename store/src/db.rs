@@ -138,6 +138,15 @@ impl Store {
         Ok(())
     }
 
+    /// Makes every write committed so far durable: an empty durable commit, which writes and
+    /// fsyncs what the non-durable commits before it left in memory.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Applies commands in order in one write transaction, committed durably once.
     /// Each command gets its own answer; a rejected one changed nothing. A storage error
     /// aborts the whole batch, and nothing of it is kept.

@@ -1,9 +1,11 @@
 //! [`LogStore`]: openraft's log and vote in redb. An append is one write transaction,
-//! committed durably before openraft is told the entries are flushed.
+//! committed at once without a flush (readable, not yet durable); a background flush makes
+//! every append waiting durable with one fsync (group commit), and only then tells openraft
+//! that they are flushed. The vote, truncations and purges are durable when they return.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, Vote};
@@ -21,11 +23,35 @@ const LAST_PURGED: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     store: Arc<Store>,
+    flush: Arc<Mutex<FlushQueue>>,
+}
+
+/// Appends committed but not yet durable, waiting for the next flush.
+#[derive(Default)]
+struct FlushQueue {
+    waiting: Vec<LogFlushed<RaftConfig>>,
+    /// A flush loop is running: it will take what waits before it stops.
+    flushing: bool,
 }
 
 impl LogStore {
     pub fn new(store: Arc<Store>) -> LogStore {
-        LogStore { store }
+        LogStore {
+            store,
+            flush: Arc::default(),
+        }
+    }
+
+    /// Queues an append's callback for the next flush, starting a flush loop if none runs.
+    fn flush_later(&self, callback: LogFlushed<RaftConfig>) {
+        let mut queue = self.flush.lock().unwrap_or_else(|e| e.into_inner());
+        queue.waiting.push(callback);
+        if !queue.flushing {
+            queue.flushing = true;
+            let store = self.store.clone();
+            let flush = self.flush.clone();
+            tokio::task::spawn_blocking(move || flush_until_idle(&store, &flush));
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -48,15 +74,44 @@ pub(crate) fn read_state<T: serde::de::DeserializeOwned>(
     value.map(|v| decode(v.value())).transpose()
 }
 
-fn write_state<T: serde::Serialize>(store: &Store, key: &str, value: &T) -> Result<(), StoreError> {
+fn write_state<T: serde::Serialize>(
+    store: &Store,
+    key: &str,
+    value: &T,
+    durability: Durability,
+) -> Result<(), StoreError> {
     let mut txn = store.db().begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
+    txn.set_durability(durability)?;
     {
         let mut table = txn.open_table(RAFT_STATE)?;
         table.insert(key, encode(value)?.as_slice())?;
     }
     txn.commit()?;
     Ok(())
+}
+
+/// Flushes until no append waits: each round makes every append committed before it durable
+/// (a durable redb commit persists the non-durable ones before it) and tells their callbacks.
+fn flush_until_idle(store: &Store, flush: &Mutex<FlushQueue>) {
+    loop {
+        let batch = {
+            let mut queue = flush.lock().unwrap_or_else(|e| e.into_inner());
+            if queue.waiting.is_empty() {
+                queue.flushing = false;
+                return;
+            }
+            std::mem::take(&mut queue.waiting)
+        };
+        let flushed = store.flush();
+        for callback in batch {
+            callback.log_io_completed(
+                flushed
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|error| std::io::Error::other(error.to_string())),
+            );
+        }
+    }
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
@@ -80,19 +135,28 @@ impl RaftLogReader<RaftConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<RaftEntry>, RaftStorageError> {
         let (start, end) = bounds(&range);
-        self.blocking(ErrorSubject::Logs, ErrorVerb::Read, move |store| {
+        // Here, not on the blocking pool: a read never waits for the writer, and the entries
+        // replication asks for were just appended (in redb's cache). This runs for every
+        // append sent to every follower; the round trip to a blocking thread cost more.
+        let read = || -> Result<Vec<RaftEntry>, StoreError> {
             if end.is_some_and(|end| end < start) {
                 return Ok(Vec::new());
             }
-            let txn = store.db().begin_read()?;
+            let txn = self.store.db().begin_read()?;
             let table = txn.open_table(RAFT_LOG)?;
             let rows = match end {
                 Some(end) => table.range(start..=end)?,
                 None => table.range(start..)?,
             };
             rows.map(|row| decode(row?.1.value())).collect()
+        };
+        read().map_err(|error| openraft::StorageError::IO {
+            source: openraft::StorageIOError::new(
+                ErrorSubject::Logs,
+                ErrorVerb::Read,
+                openraft::AnyError::new(&error),
+            ),
         })
-        .await
     }
 }
 
@@ -124,7 +188,7 @@ impl RaftLogStorage<RaftConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), RaftStorageError> {
         let vote = *vote;
         self.blocking(ErrorSubject::Vote, ErrorVerb::Write, move |store| {
-            write_state(store, VOTE, &vote)
+            write_state(store, VOTE, &vote, Durability::Immediate)
         })
         .await
     }
@@ -140,8 +204,12 @@ impl RaftLogStorage<RaftConfig> for LogStore {
         &mut self,
         committed: Option<RaftLogId>,
     ) -> Result<(), RaftStorageError> {
+        // Not flushed on its own (it would be one more fsync per commit on every node): it
+        // becomes durable with the next flush, vote or purge. After a crash it may be older
+        // than it was, never newer than the log, and the state machine, whose applies are
+        // not flushed either, is never ahead of it: openraft applies the rest again.
         self.blocking(ErrorSubject::Store, ErrorVerb::Write, move |store| {
-            write_state(store, COMMITTED, &committed)
+            write_state(store, COMMITTED, &committed, Durability::None)
         })
         .await
     }
@@ -163,26 +231,24 @@ impl RaftLogStorage<RaftConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<RaftEntry> = entries.into_iter().collect();
-        let result = self
-            .blocking(ErrorSubject::Logs, ErrorVerb::Write, move |store| {
-                let mut txn = store.db().begin_write()?;
-                txn.set_durability(Durability::Immediate)?;
-                {
-                    let mut table = txn.open_table(RAFT_LOG)?;
-                    for entry in &entries {
-                        table.insert(entry.log_id.index, encode(entry)?.as_slice())?;
-                    }
+        // Readable when this returns, as openraft requires; durable once flushed.
+        self.blocking(ErrorSubject::Logs, ErrorVerb::Write, move |store| {
+            let mut txn = store.db().begin_write()?;
+            txn.set_durability(Durability::None)?;
+            {
+                let mut table = txn.open_table(RAFT_LOG)?;
+                for entry in &entries {
+                    table.insert(entry.log_id.index, encode(entry)?.as_slice())?;
                 }
-                txn.commit()?;
-                Ok(())
-            })
-            .await;
-        // Only after the durable commit may openraft count these entries as persisted.
-        match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(error) => callback.log_io_completed(Err(std::io::Error::other(error.to_string()))),
-        }
-        result
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await?;
+        // Only after the flush may openraft count these entries as persisted: the leader
+        // replicates them meanwhile, so its own fsync and its followers' overlap.
+        self.flush_later(callback);
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: RaftLogId) -> Result<(), RaftStorageError> {
