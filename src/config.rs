@@ -46,7 +46,8 @@ pub struct ClusterConfig {
     pub election_timeout_ms: u64,
     /// A write not applied within this answers 503.
     pub write_timeout_ms: u64,
-    /// A snapshot is taken after this many log entries, and the log is purged behind it.
+    /// A snapshot is taken once the log since the last one holds this many entries (and at
+    /// least half as many bytes as that snapshot), and the log is purged behind it.
     pub snapshot_after_entries: u64,
     /// Log entries kept behind a snapshot, for followers that lag a little.
     pub logs_kept_after_snapshot: u64,

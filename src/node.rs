@@ -262,8 +262,12 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     })
     .await
     .map_err(NodeError::Serve)?;
-    // Applies and the commit point are written without a flush (the log is flushed): flush
-    // them, so that a restarted node has its state at once instead of applying again.
+    // Raft's tasks hold the store: stop them, so that it is closed cleanly (else the next
+    // start repairs the whole file). Applies and the commit point are written without a
+    // flush (the log is flushed): flush them, so that a restarted node has its state at once.
+    if let Some(cluster) = &state.cluster {
+        cluster.shutdown().await;
+    }
     let flushed = tokio::task::spawn_blocking(move || store_to_flush.flush()).await;
     if let Ok(Err(error)) = flushed {
         tracing::warn!(%error, "could not flush the store at shutdown");

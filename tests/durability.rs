@@ -57,6 +57,19 @@ async fn acknowledged_writes_survive_kill9() {
 
     node.kill9();
     node.restart();
+    // A killed node's store is repaired at the next open (and says so; stderr is read by
+    // another thread, so give it a moment).
+    for _ in 0..50 {
+        if node.stderr_text().contains(store::REPAIR_WARNING) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        node.stderr_text().contains(store::REPAIR_WARNING),
+        "no repair after kill -9:\n{}",
+        node.stderr_text()
+    );
 
     // Tokens may or may not survive a restart; log in again.
     let admin = node.admin_token().await;
@@ -151,6 +164,19 @@ async fn users_and_rotated_refresh_tokens_survive_restart() {
 
     node.kill9();
     node.restart();
+    // A killed node's store is repaired at the next open (and says so; stderr is read by
+    // another thread, so give it a moment).
+    for _ in 0..50 {
+        if node.stderr_text().contains(store::REPAIR_WARNING) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        node.stderr_text().contains(store::REPAIR_WARNING),
+        "no repair after kill -9:\n{}",
+        node.stderr_text()
+    );
 
     node.login(&user.username, &user.password).await;
     // With the same secret, an access token issued before the crash is still valid.
@@ -220,6 +246,12 @@ async fn sigterm_stops_cleanly_and_keeps_acknowledged_writes() {
     }
 
     node.restart();
+    // Closed cleanly: nothing to repair (raft's tasks, which hold the store, were stopped).
+    assert!(
+        !node.stderr_text().contains(store::REPAIR_WARNING),
+        "repaired after a clean stop:\n{}",
+        node.stderr_text()
+    );
     assert_eq!(node.stock(pid).await, 3);
     let admin = node.admin_token().await;
     let again = node

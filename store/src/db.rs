@@ -48,6 +48,10 @@ pub struct Page<T> {
 /// redb's page cache when none is configured (redb's own default is 1 GiB).
 pub const DEFAULT_PAGE_CACHE_BYTES: usize = 128 * 1024 * 1024;
 
+/// Logged when the store file was not closed cleanly (a crash, a kill -9) and redb repairs
+/// it at open, which reads the whole file.
+pub const REPAIR_WARNING: &str = "the store was not closed cleanly";
+
 /// The embedded database. Cheap to share behind an `Arc`; reads run concurrently with the
 /// single writer.
 pub struct Store {
@@ -73,8 +77,18 @@ impl Store {
         page_cache_bytes: usize,
     ) -> Result<Store, StoreError> {
         let path = path.as_ref().to_path_buf();
+        let shown = path.display().to_string();
+        let warned = std::sync::atomic::AtomicBool::new(false);
         let db = Database::builder()
             .set_cache_size(page_cache_bytes)
+            .set_repair_callback(move |_| {
+                if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        path = %shown,
+                        "{REPAIR_WARNING}; repairing it (this reads the whole file)"
+                    );
+                }
+            })
             .create(&path)?;
         let mut store = Store {
             db,

@@ -21,7 +21,9 @@ pub use command::{
     Command, CommandOutcome, NewProduct, NewUser, OrderLine, OrderLines, ProductChanges, Rejection,
     StockShortage,
 };
-pub use db::{DEFAULT_PAGE_CACHE_BYTES, Page, ProductQuery, ProductSort, Store, StoreReader};
+pub use db::{
+    DEFAULT_PAGE_CACHE_BYTES, Page, ProductQuery, ProductSort, REPAIR_WARNING, Store, StoreReader,
+};
 pub use error::StoreError;
 pub use model::{
     Category, Id, Order, OrderItem, OrderItemView, OrderStatus, OrderView, Product, Timestamp, User,

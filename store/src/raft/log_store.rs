@@ -5,6 +5,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -24,6 +25,8 @@ const LAST_PURGED: &str = "last_purged";
 pub struct LogStore {
     store: Arc<Store>,
     flush: Arc<Mutex<FlushQueue>>,
+    /// Bytes of entries appended since this process opened the log.
+    appended_bytes: Arc<AtomicU64>,
 }
 
 /// Appends committed but not yet durable, waiting for the next flush.
@@ -39,7 +42,14 @@ impl LogStore {
         LogStore {
             store,
             flush: Arc::default(),
+            appended_bytes: Arc::default(),
         }
+    }
+
+    /// Bytes of entries appended since this process opened the log (as stored, encoded):
+    /// what the snapshot policy weighs against the size of the last snapshot.
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended_bytes.load(Ordering::Relaxed)
     }
 
     /// Queues an append's callback for the next flush, starting a flush loop if none runs.
@@ -232,19 +242,24 @@ impl RaftLogStorage<RaftConfig> for LogStore {
     {
         let entries: Vec<RaftEntry> = entries.into_iter().collect();
         // Readable when this returns, as openraft requires; durable once flushed.
-        self.blocking(ErrorSubject::Logs, ErrorVerb::Write, move |store| {
-            let mut txn = store.db().begin_write()?;
-            txn.set_durability(Durability::None)?;
-            {
-                let mut table = txn.open_table(RAFT_LOG)?;
-                for entry in &entries {
-                    table.insert(entry.log_id.index, encode(entry)?.as_slice())?;
+        let bytes = self
+            .blocking(ErrorSubject::Logs, ErrorVerb::Write, move |store| {
+                let mut txn = store.db().begin_write()?;
+                txn.set_durability(Durability::None)?;
+                let mut bytes = 0;
+                {
+                    let mut table = txn.open_table(RAFT_LOG)?;
+                    for entry in &entries {
+                        let encoded = encode(entry)?;
+                        bytes += encoded.len() as u64;
+                        table.insert(entry.log_id.index, encoded.as_slice())?;
+                    }
                 }
-            }
-            txn.commit()?;
-            Ok(())
-        })
-        .await?;
+                txn.commit()?;
+                Ok(bytes)
+            })
+            .await?;
+        self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
         // Only after the flush may openraft count these entries as persisted: the leader
         // replicates them meanwhile, so its own fsync and its followers' overlap.
         self.flush_later(callback);
