@@ -57,16 +57,9 @@ async fn acknowledged_writes_survive_kill9() {
 
     node.kill9();
     node.restart();
-    // A killed node's store is repaired at the next open (and says so; stderr is read by
-    // another thread, so give it a moment).
-    for _ in 0..50 {
-        if node.stderr_text().contains(store::REPAIR_WARNING) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    // A killed node's store is repaired at the next open (and says so).
     assert!(
-        node.stderr_text().contains(store::REPAIR_WARNING),
+        node.stderr_contains_soon(store::REPAIR_WARNING).await,
         "no repair after kill -9:\n{}",
         node.stderr_text()
     );
@@ -164,19 +157,6 @@ async fn users_and_rotated_refresh_tokens_survive_restart() {
 
     node.kill9();
     node.restart();
-    // A killed node's store is repaired at the next open (and says so; stderr is read by
-    // another thread, so give it a moment).
-    for _ in 0..50 {
-        if node.stderr_text().contains(store::REPAIR_WARNING) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(
-        node.stderr_text().contains(store::REPAIR_WARNING),
-        "no repair after kill -9:\n{}",
-        node.stderr_text()
-    );
 
     node.login(&user.username, &user.password).await;
     // With the same secret, an access token issued before the crash is still valid.

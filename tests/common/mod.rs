@@ -325,6 +325,18 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// Whether stderr of the current run contains `needle` within a second (stderr is read
+    /// by another thread, so a line written just before may not be there yet).
+    pub async fn stderr_contains_soon(&self, needle: &str) -> bool {
+        for _ in 0..50 {
+            if self.stderr_text().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     /// The value after `key=` in the first stdout line containing `line_marker`
     /// (e.g. `stdout_value("demo shopper:", "password")`).
     pub fn stdout_value(&self, line_marker: &str, key: &str) -> Option<String> {
