@@ -224,7 +224,6 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     );
     let cache = Arc::new(ResponseCache::new(config.node.cache_capacity_bytes));
     let cluster = Cluster::start(&config, store.clone(), cache.clone()).await?;
-    let store_to_flush = store.clone();
     let writer: Arc<dyn CommandSubmitter> = cluster.clone();
     let state = build_state(&config, store, cache, writer, Some(cluster)).await?;
     ensure_admin(&state, &config).await?;
@@ -268,7 +267,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     if let Some(cluster) = &state.cluster {
         cluster.shutdown().await;
     }
-    let flushed = tokio::task::spawn_blocking(move || store_to_flush.flush()).await;
+    let store = state.store.clone();
+    let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
     if let Ok(Err(error)) = flushed {
         tracing::warn!(%error, "could not flush the store at shutdown");
     }

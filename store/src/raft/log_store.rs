@@ -12,7 +12,9 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, Vote};
 use redb::{Durability, ReadableDatabase, ReadableTable};
 
-use super::{NodeId, RaftConfig, RaftEntry, RaftLogId, RaftStorageError, run_blocking};
+use super::{
+    NodeId, RaftConfig, RaftEntry, RaftLogId, RaftStorageError, run_blocking, storage_error,
+};
 use crate::db::Store;
 use crate::error::StoreError;
 use crate::tables::{RAFT_LOG, RAFT_STATE, decode, encode};
@@ -160,12 +162,12 @@ impl RaftLogReader<RaftConfig> for LogStore {
             };
             rows.map(|row| decode(row?.1.value())).collect()
         };
-        read().map_err(|error| openraft::StorageError::IO {
-            source: openraft::StorageIOError::new(
+        read().map_err(|error| {
+            storage_error(
                 ErrorSubject::Logs,
                 ErrorVerb::Read,
                 openraft::AnyError::new(&error),
-            ),
+            )
         })
     }
 }

@@ -80,9 +80,18 @@ where
         Ok(Err(error)) => openraft::AnyError::new(&error),
         Err(join) => openraft::AnyError::error(join),
     };
-    Err(openraft::StorageError::IO {
+    Err(storage_error(subject, verb, source))
+}
+
+/// openraft's error for a failed storage operation.
+pub(crate) fn storage_error(
+    subject: openraft::ErrorSubject<NodeId>,
+    verb: openraft::ErrorVerb,
+    source: openraft::AnyError,
+) -> RaftStorageError {
+    openraft::StorageError::IO {
         source: openraft::StorageIOError::new(subject, verb, source),
-    })
+    }
 }
 
 /// Told, after each committed apply, of every command's result and of what changed.

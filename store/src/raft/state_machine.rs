@@ -14,7 +14,7 @@ use super::log_store::read_state;
 use super::snapshot::{RemoveOnDrop, SnapshotFile, SnapshotFiles, load_snapshot, write_snapshot};
 use super::{
     AppliedSink, EntryApplied, NodeId, RaftConfig, RaftEntry, RaftLogId, RaftNode,
-    RaftStorageError, run_blocking,
+    RaftStorageError, run_blocking, storage_error,
 };
 use crate::apply::{ChangeSet, WriteTables, apply_command};
 use crate::db::Store;
@@ -248,13 +248,11 @@ impl RaftStateMachine<RaftConfig> for StateMachine {
         let path = self.snapshots.temporary("receiving");
         match SnapshotFile::receiving(path).await {
             Ok(file) => Ok(Box::new(file)),
-            Err(error) => Err(openraft::StorageError::IO {
-                source: openraft::StorageIOError::new(
-                    ErrorSubject::Snapshot(None),
-                    ErrorVerb::Write,
-                    openraft::AnyError::new(&error),
-                ),
-            }),
+            Err(error) => Err(storage_error(
+                ErrorSubject::Snapshot(None),
+                ErrorVerb::Write,
+                openraft::AnyError::new(&error),
+            )),
         }
     }
 
