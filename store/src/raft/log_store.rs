@@ -13,7 +13,7 @@ use openraft::{ErrorSubject, ErrorVerb, OptionalSend, Vote};
 use redb::{Durability, ReadableDatabase, ReadableTable};
 
 use super::{
-    NodeId, RaftConfig, RaftEntry, RaftLogId, RaftStorageError, run_blocking, storage_error,
+    NodeId, Place, RaftConfig, RaftEntry, RaftLogId, RaftStorageError, run_storage, storage_error,
 };
 use crate::db::Store;
 use crate::error::StoreError;
@@ -66,13 +66,24 @@ impl LogStore {
         }
     }
 
+    /// Work on the blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
         subject: ErrorSubject<NodeId>,
         verb: ErrorVerb,
         work: impl FnOnce(&Arc<Store>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, RaftStorageError> {
-        run_blocking(self.store.clone(), subject, verb, work).await
+        self.run(Place::BlockingPool, subject, verb, work).await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        place: Place,
+        subject: ErrorSubject<NodeId>,
+        verb: ErrorVerb,
+        work: impl FnOnce(&Arc<Store>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, RaftStorageError> {
+        run_storage(self.store.clone(), place, subject, verb, work).await
     }
 }
 
@@ -220,9 +231,12 @@ impl RaftLogStorage<RaftConfig> for LogStore {
         // becomes durable with the next flush, vote or purge. After a crash it may be older
         // than it was, never newer than the log, and the state machine, whose applies are
         // not flushed either, is never ahead of it: openraft applies the rest again.
-        self.blocking(ErrorSubject::Store, ErrorVerb::Write, move |store| {
-            write_state(store, COMMITTED, &committed, Durability::None)
-        })
+        self.run(
+            Place::Here,
+            ErrorSubject::Store,
+            ErrorVerb::Write,
+            move |store| write_state(store, COMMITTED, &committed, Durability::None),
+        )
         .await
     }
 
@@ -244,8 +258,9 @@ impl RaftLogStorage<RaftConfig> for LogStore {
     {
         let entries: Vec<RaftEntry> = entries.into_iter().collect();
         // Readable when this returns, as openraft requires; durable once flushed.
+        let place = Place::for_entries(&entries);
         let bytes = self
-            .blocking(ErrorSubject::Logs, ErrorVerb::Write, move |store| {
+            .run(place, ErrorSubject::Logs, ErrorVerb::Write, move |store| {
                 let mut txn = store.db().begin_write()?;
                 txn.set_durability(Durability::None)?;
                 let mut bytes = 0;

@@ -13,8 +13,8 @@ use redb::{Durability, ReadableDatabase, ReadableTable};
 use super::log_store::read_state;
 use super::snapshot::{RemoveOnDrop, SnapshotFile, SnapshotFiles, load_snapshot, write_snapshot};
 use super::{
-    AppliedSink, EntryApplied, NodeId, RaftConfig, RaftEntry, RaftLogId, RaftNode,
-    RaftStorageError, run_blocking, storage_error,
+    AppliedSink, EntryApplied, NodeId, Place, RaftConfig, RaftEntry, RaftLogId, RaftNode,
+    RaftStorageError, run_storage, storage_error,
 };
 use crate::apply::{ChangeSet, WriteTables, apply_command};
 use crate::db::Store;
@@ -47,13 +47,24 @@ impl StateMachine {
         }
     }
 
+    /// Work on the blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
         subject: ErrorSubject<NodeId>,
         verb: ErrorVerb,
         work: impl FnOnce(&StateMachine) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, RaftStorageError> {
-        run_blocking(self.clone(), subject, verb, work).await
+        self.run(Place::BlockingPool, subject, verb, work).await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        place: Place,
+        subject: ErrorSubject<NodeId>,
+        verb: ErrorVerb,
+        work: impl FnOnce(&StateMachine) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, RaftStorageError> {
+        run_storage(self.clone(), place, subject, verb, work).await
     }
 
     fn apply_entries(&self, entries: Vec<RaftEntry>) -> Result<Vec<EntryApplied>, StoreError> {
@@ -232,7 +243,8 @@ impl RaftStateMachine<RaftConfig> for StateMachine {
         I::IntoIter: openraft::OptionalSend,
     {
         let entries: Vec<RaftEntry> = entries.into_iter().collect();
-        self.blocking(
+        self.run(
+            Place::for_entries(&entries),
             ErrorSubject::StateMachine,
             ErrorVerb::Write,
             move |machine| machine.apply_entries(entries),
