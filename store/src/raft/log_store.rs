@@ -73,17 +73,7 @@ impl LogStore {
         verb: ErrorVerb,
         work: impl FnOnce(&Arc<Store>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, RaftStorageError> {
-        self.run(Place::BlockingPool, subject, verb, work).await
-    }
-
-    async fn run<T: Send + 'static>(
-        &self,
-        place: Place,
-        subject: ErrorSubject<NodeId>,
-        verb: ErrorVerb,
-        work: impl FnOnce(&Arc<Store>) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, RaftStorageError> {
-        run_storage(self.store.clone(), place, subject, verb, work).await
+        run_storage(self.store.clone(), Place::BlockingPool, subject, verb, work).await
     }
 }
 
@@ -231,7 +221,8 @@ impl RaftLogStorage<RaftConfig> for LogStore {
         // becomes durable with the next flush, vote or purge. After a crash it may be older
         // than it was, never newer than the log, and the state machine, whose applies are
         // not flushed either, is never ahead of it: openraft applies the rest again.
-        self.run(
+        run_storage(
+            self.store.clone(),
             Place::Here,
             ErrorSubject::Store,
             ErrorVerb::Write,
@@ -259,8 +250,12 @@ impl RaftLogStorage<RaftConfig> for LogStore {
         let entries: Vec<RaftEntry> = entries.into_iter().collect();
         // Readable when this returns, as openraft requires; durable once flushed.
         let place = Place::for_entries(&entries);
-        let bytes = self
-            .run(place, ErrorSubject::Logs, ErrorVerb::Write, move |store| {
+        let bytes = run_storage(
+            self.store.clone(),
+            place,
+            ErrorSubject::Logs,
+            ErrorVerb::Write,
+            move |store| {
                 let mut txn = store.db().begin_write()?;
                 txn.set_durability(Durability::None)?;
                 let mut bytes = 0;
@@ -274,8 +269,9 @@ impl RaftLogStorage<RaftConfig> for LogStore {
                 }
                 txn.commit()?;
                 Ok(bytes)
-            })
-            .await?;
+            },
+        )
+        .await?;
         self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
         // Only after the flush may openraft count these entries as persisted: the leader
         // replicates them meanwhile, so its own fsync and its followers' overlap.

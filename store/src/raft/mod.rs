@@ -75,7 +75,7 @@ pub(crate) enum Place {
     /// for the disk (a small append or apply, the commit point). Sending them to the pool
     /// and back costs two thread wake-ups, and when reads keep every core busy each is a
     /// wait in the run queue: on 2 cores under `mixed`, a write's round on the leader took
-    /// 8-9 ms with these hops and 5.6-7 ms without. The work may wait for redb's write
+    /// 8.0-9.3 ms with these hops and 5.6-7.4 ms without. It may wait for redb's write
     /// lock while another commit holds it: a flush (one fsync) or a big batch's apply.
     Here,
     /// On the blocking pool: flushes, votes, truncations and purges, snapshots, big batches,

@@ -54,17 +54,7 @@ impl StateMachine {
         verb: ErrorVerb,
         work: impl FnOnce(&StateMachine) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, RaftStorageError> {
-        self.run(Place::BlockingPool, subject, verb, work).await
-    }
-
-    async fn run<T: Send + 'static>(
-        &self,
-        place: Place,
-        subject: ErrorSubject<NodeId>,
-        verb: ErrorVerb,
-        work: impl FnOnce(&StateMachine) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, RaftStorageError> {
-        run_storage(self.clone(), place, subject, verb, work).await
+        run_storage(self.clone(), Place::BlockingPool, subject, verb, work).await
     }
 
     fn apply_entries(&self, entries: Vec<RaftEntry>) -> Result<Vec<EntryApplied>, StoreError> {
@@ -243,7 +233,8 @@ impl RaftStateMachine<RaftConfig> for StateMachine {
         I::IntoIter: openraft::OptionalSend,
     {
         let entries: Vec<RaftEntry> = entries.into_iter().collect();
-        self.run(
+        run_storage(
+            self.clone(),
             Place::for_entries(&entries),
             ErrorSubject::StateMachine,
             ErrorVerb::Write,
