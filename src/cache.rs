@@ -3,10 +3,12 @@
 //! [`ResponseCache::invalidate`]), so an entry stored before a change is never found again
 //! afterwards; it just ages out. A hit costs no store access and no JSON encoding.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use http::HeaderValue;
+use metrics::Counter;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 use store::{ApplyObserver, ChangeSet, Id, ProductSort};
@@ -96,7 +98,8 @@ pub enum CacheKey {
 pub struct CachedBody {
     pub body: Bytes,
     pub total_count: Option<usize>,
-    pub next_link: Option<String>,
+    /// The `Link` header's value, ready to send.
+    pub next_link: Option<HeaderValue>,
 }
 
 /// Who a token belongs to, as far as permissions go.
@@ -127,7 +130,7 @@ struct ByteWeighter;
 impl Weighter<CacheKey, CacheValue> for ByteWeighter {
     fn weight(&self, _key: &CacheKey, value: &CacheValue) -> u64 {
         let payload = match value {
-            CacheValue::Body(b) => b.body.len() + b.next_link.as_ref().map_or(0, String::len),
+            CacheValue::Body(b) => b.body.len() + b.next_link.as_ref().map_or(0, HeaderValue::len),
             CacheValue::Principal(p) => p.username.len(),
             CacheValue::Ids(page) => page.ids.len() * std::mem::size_of::<Id>(),
         };
@@ -166,6 +169,14 @@ pub struct ResponseCache {
     users: Generations,
     all_users: AtomicU64,
     product_names: AtomicU64,
+    /// `soundwave_cache_lookups_total{result="hit"|"miss"}`, registered at the first lookup
+    /// (by then the node has installed its recorder) so that lookups skip the registry.
+    lookups: OnceLock<LookupCounters>,
+}
+
+struct LookupCounters {
+    hits: Counter,
+    misses: Counter,
 }
 
 impl ResponseCache {
@@ -181,6 +192,7 @@ impl ResponseCache {
             users: Generations::new(),
             all_users: AtomicU64::new(0),
             product_names: AtomicU64::new(0),
+            lookups: OnceLock::new(),
         }
     }
 
@@ -225,11 +237,14 @@ impl ResponseCache {
     /// A lookup counted as a hit or a miss in the metrics.
     pub fn get_body(&self, key: &CacheKey) -> Option<CachedBody> {
         let found = self.peek_body(key);
-        metrics::counter!(
-            "soundwave_cache_lookups_total",
-            "result" => if found.is_some() { "hit" } else { "miss" }
-        )
-        .increment(1);
+        let counters = self.lookups.get_or_init(|| LookupCounters {
+            hits: metrics::counter!("soundwave_cache_lookups_total", "result" => "hit"),
+            misses: metrics::counter!("soundwave_cache_lookups_total", "result" => "miss"),
+        });
+        match found {
+            Some(_) => counters.hits.increment(1),
+            None => counters.misses.increment(1),
+        }
         found
     }
 

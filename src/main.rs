@@ -3,7 +3,6 @@
 use anyhow::Context;
 use clap::Parser;
 use soundwave::cli::{Cli, Command};
-use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of glibc's malloc: allocation and free were about a quarter of the
 /// user-space instructions of a cached request (callgrind), and glibc's arenas contend across
@@ -13,13 +12,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Written out by its own thread; the guard flushes what is queued when main returns.
+    let _log = soundwave::logging::init().context("starting the log writer")?;
     match cli.command {
         Command::Node(args) => {
             let config = args.resolve().context("loading the configuration")?;

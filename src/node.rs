@@ -7,15 +7,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::ServiceExt;
-use axum::extract::Request;
 use http::HeaderValue;
 use metrics_exporter_prometheus::PrometheusHandle;
 use store::{
     Command, CommandOutcome, CommandSubmitter, LocalWriter, Store, StoreError, StoreReader,
 };
-use tower::Layer;
-use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::auth::{self, LoginThrottle, TokenService};
 use crate::cache::ResponseCache;
@@ -58,6 +54,26 @@ impl AppState {
 
     pub fn read(&self) -> ApiResult<StoreReader> {
         Ok(self.store.read()?)
+    }
+
+    /// The client's address: the TCP peer, or what a trusted proxy (`trusted_proxies`) says
+    /// it forwarded for (`X-Real-IP`, else the last `X-Forwarded-For` entry).
+    pub fn client_ip(&self, peer: SocketAddr, headers: &http::HeaderMap) -> IpAddr {
+        if !self.trusted_proxies.contains(&peer.ip()) {
+            return peer.ip();
+        }
+        let forwarded = headers
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .or_else(|| {
+                headers
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.rsplit(',').next())
+                    .and_then(|v| v.trim().parse().ok())
+            });
+        forwarded.unwrap_or(peer.ip())
     }
 }
 
@@ -209,6 +225,16 @@ async fn ensure_admin(state: &AppState, config: &Config) -> Result<(), NodeError
 
 /// Runs the node until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), NodeError> {
+    // Listen first: a busy port fails at once, before the store is touched, the demo
+    // catalog seeded or any credentials printed. Connections wait in the backlog until the
+    // router serves them.
+    let listener = tokio::net::TcpListener::bind(config.node.listen)
+        .await
+        .map_err(|source| NodeError::Listen {
+            addr: config.node.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(NodeError::Serve)?;
     let data_dir = &config.node.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|source| NodeError::DataDir {
         path: data_dir.display().to_string(),
@@ -235,14 +261,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         crate::demo::seed(&state, data_dir, size).await?;
     }
 
-    let listener = tokio::net::TcpListener::bind(config.node.listen)
-        .await
-        .map_err(|source| NodeError::Listen {
-            addr: config.node.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(NodeError::Serve)?;
-    let app = NormalizePathLayer::trim_trailing_slash().layer(crate::api::router(state.clone()));
+    let app = crate::api::router(state.clone());
     tracing::info!(node_id = config.node.id, %addr, "serving");
     // The harness and operators read this line to find the port.
     println!(
@@ -251,16 +270,13 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     );
     let _ = std::io::stdout().flush();
 
-    axum::serve(
-        listener,
-        ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
-    )
-    .with_graceful_shutdown(async {
+    let stop = async {
         stop_requested().await;
         tracing::info!("shutting down: finishing in-flight requests");
-    })
-    .await
-    .map_err(NodeError::Serve)?;
+    };
+    // In-flight requests end within the request timeout; a little more for the last bytes.
+    let drain = Duration::from_secs(config.node.request_timeout_secs.saturating_add(5));
+    crate::server::serve(listener, app, stop, drain).await;
     // Raft's tasks hold the store: stop them, so that it is closed cleanly (else the next
     // start repairs the whole file). Applies and the commit point are written without a
     // flush (the log is flushed): flush them, so that a restarted node has its state at once.

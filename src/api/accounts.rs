@@ -1,7 +1,7 @@
 //! Sign-up, the caller's own user, and the token endpoints (obtain with a failed-login
 //! throttle, refresh with rotation).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
@@ -118,25 +118,6 @@ pub async fn me(State(state): State<Arc<AppState>>, principal: Principal) -> Api
     })
 }
 
-/// The client's address: the TCP peer, or what a trusted proxy says it forwarded for.
-fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    if !state.trusted_proxies.contains(&peer.ip()) {
-        return peer.ip();
-    }
-    let forwarded = headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .or_else(|| {
-            headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .and_then(|v| v.trim().parse().ok())
-        });
-    forwarded.unwrap_or(peer.ip())
-}
-
 fn token_pair_response(state: &AppState, user_id: u64) -> ApiResult<Response> {
     let (access, refresh) = state.tokens.issue_pair(user_id)?;
     Ok(send_json(
@@ -158,7 +139,7 @@ pub async fn obtain_token(
     let (Some(username), Some(password)) = (username, password) else {
         return Err(ApiError::BadRequest("Missing username or password.".into()));
     };
-    let ip = client_ip(&state, peer, &headers);
+    let ip = state.client_ip(peer, &headers);
     if let Err(retry_after_secs) = state.throttle.check(ip, &username) {
         return Err(ApiError::TooManyRequests { retry_after_secs });
     }

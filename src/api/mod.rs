@@ -8,99 +8,148 @@ mod orders;
 mod pages;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, MatchedPath, Path, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
-use tower_http::timeout::TimeoutLayer;
 
 use crate::cache::{CacheKey, CachedBody};
 use crate::error::{ApiError, ApiResult};
 use crate::node::AppState;
 
-/// The API's routes, without trailing slashes (they are trimmed before routing).
+/// The API's routes. Each answers with and without its trailing slash (`/api/products/1/`
+/// as Django REST framework spells it, and `/api/products/1`): both are registered, so no
+/// request pays for rewriting its path before routing.
 pub fn router(state: Arc<AppState>) -> Router {
-    let timeout = Duration::from_secs(state.limits.request_timeout_secs);
-    Router::new()
-        .route("/api/token", post(accounts::obtain_token))
-        .route("/api/token/refresh", post(accounts::refresh_token))
-        .route("/api/users", post(accounts::sign_up))
-        .route("/api/users/me", get(accounts::me))
-        .route(
+    let routes: [(&str, MethodRouter<Arc<AppState>>); 18] = [
+        ("/api/token", post(accounts::obtain_token)),
+        ("/api/token/refresh", post(accounts::refresh_token)),
+        ("/api/users", post(accounts::sign_up)),
+        ("/api/users/me", get(accounts::me)),
+        (
             "/api/categories",
             get(catalog::list_categories).post(catalog::create_category),
-        )
-        .route(
+        ),
+        (
             "/api/categories/{id}",
             get(catalog::get_category)
                 .put(catalog::put_category)
                 .patch(catalog::patch_category)
                 .delete(catalog::delete_category),
-        )
-        .route(
+        ),
+        (
             "/api/products",
             get(catalog::list_products).post(catalog::create_product),
-        )
-        .route(
+        ),
+        (
             "/api/products/{id}",
             get(catalog::get_product)
                 .put(catalog::put_product)
                 .patch(catalog::patch_product)
                 .delete(catalog::delete_product),
-        )
-        .route(
+        ),
+        (
             "/api/orderitems",
             get(orders::list_order_items).post(orders::create_order_item),
-        )
-        .route(
+        ),
+        (
             "/api/orderitems/{id}",
             get(orders::get_order_item)
                 .patch(orders::patch_order_item)
                 .delete(orders::delete_order_item),
-        )
-        .route(
+        ),
+        (
             "/api/orders",
             get(orders::list_orders).post(orders::create_order),
-        )
-        .route("/api/orders/{id}", get(orders::get_order))
-        .route("/api/orders/{id}/cancel", post(orders::cancel_order))
-        .route("/health", get(ops::health))
-        .route("/metrics", get(ops::metrics))
-        .route("/", get(pages::storefront))
-        .route("/admin", get(pages::admin))
-        .route("/assets/{name}", get(pages::asset))
+        ),
+        ("/api/orders/{id}", get(orders::get_order)),
+        ("/api/orders/{id}/cancel", post(orders::cancel_order)),
+        (HEALTH_ROUTE, get(ops::health)),
+        ("/metrics", get(ops::metrics)),
+        ("/admin", get(pages::admin)),
+        ("/assets/{name}", get(pages::asset)),
+        ("/", get(pages::storefront)),
+    ];
+    let mut router = Router::new();
+    for (path, methods) in routes {
+        if path != "/" {
+            router = router.route(&format!("{path}/"), methods.clone());
+        }
+        router = router.route(path, methods);
+    }
+    router
         .fallback(not_found)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
-        .layer(middleware::from_fn_with_state(state.clone(), strong_reads))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
+
+/// The route load balancers and orchestrators probe; its requests log at debug.
+const HEALTH_ROUTE: &str = "/health";
 
 async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-/// Records metrics and one log line per request, stamps `X-Soundwave-Node`, and gives error
-/// responses made below the handlers (405, timeouts) a JSON body.
+/// Around every request: first `?consistency=strong` (see [`strong_read_barrier`]) and the
+/// request timeout; then, once answered, metrics and one access line, the `X-Soundwave-Node`
+/// header, and a JSON body for error responses made below the handlers (405). One layer,
+/// not one per concern: each `from_fn` layer costs a boxed future per request.
+///
+/// The timeout bounds what can wait on the cluster: writes and strong reads. A plain read
+/// is answered from this node's own cache or store and cannot wait on anything else, so it
+/// does not pay for a timer.
 async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    // The path is only kept when the access log line is written.
-    let path = tracing::enabled!(target: "soundwave::access", tracing::Level::INFO)
-        .then(|| request.uri().path().to_owned());
     let route = request.extensions().get::<MatchedPath>().cloned();
-    let mut response = next.run(request).await;
+    let route = route
+        .as_ref()
+        .map_or("unmatched", |r| route_label(r.as_str()));
+    // Health probes come every few seconds from every balancer: they log at debug, so
+    // that the log is about the traffic.
+    let access = if route == HEALTH_ROUTE {
+        tracing::enabled!(target: "soundwave::access", tracing::Level::DEBUG)
+            .then_some(tracing::Level::DEBUG)
+    } else {
+        tracing::enabled!(target: "soundwave::access", tracing::Level::INFO)
+            .then_some(tracing::Level::INFO)
+    };
+    // What the access line needs from the request, only when it is written. The URI's
+    // clone shares its bytes.
+    let access = access.map(|level| {
+        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>();
+        let client = peer.map(|ConnectInfo(peer)| state.client_ip(*peer, request.headers()));
+        (level, client, request.uri().clone())
+    });
+    let strong = wants_strong_read(&request);
+    let local_read = !strong && (method == http::Method::GET || method == http::Method::HEAD);
+    let mut response = if local_read {
+        next.run(request).await
+    } else {
+        let timeout = Duration::from_secs(state.limits.request_timeout_secs);
+        let answer = async {
+            strong_read_barrier(&state, strong).await?;
+            Ok::<_, ApiError>(next.run(request).await)
+        };
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => error.into_response(),
+            Err(_) => ApiError::Unavailable(format!(
+                "The request did not complete within {} s.",
+                timeout.as_secs()
+            ))
+            .into_response(),
+        }
+    };
 
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {
@@ -126,40 +175,47 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         .insert("x-soundwave-node", state.node_header.clone());
 
     let elapsed = started.elapsed();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     crate::telemetry::record_http_request(route, &method, status.as_u16(), elapsed.as_secs_f64());
-    if let Some(path) = path {
-        tracing::info!(
-            target: "soundwave::access",
-            %method,
-            %path,
-            status = status.as_u16(),
-            latency_us = elapsed.as_micros() as u64,
-        );
+    if let Some((level, client, uri)) = access {
+        let client = client.map(tracing::field::display);
+        let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        let latency_us = elapsed.as_micros() as u64;
+        let status = status.as_u16();
+        let node = state.node_id;
+        if level == tracing::Level::DEBUG {
+            tracing::debug!(target: "soundwave::access", node, client, %method, path, status, latency_us);
+        } else {
+            tracing::info!(target: "soundwave::access", node, client, %method, path, status, latency_us);
+        }
     }
     response
+}
+
+/// A route as metrics name it: the same series with and without the trailing slash.
+fn route_label(route: &str) -> &str {
+    match route.strip_suffix('/') {
+        Some(trimmed) if !trimmed.is_empty() => trimmed,
+        _ => route,
+    }
 }
 
 /// `?consistency=strong` on a read: first make sure this node has applied everything the
 /// leader had committed when the read began (openraft's read index), so the local read that
 /// follows is linearizable. Other reads are local, from the cache where possible.
-async fn strong_reads(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let strong = request.method() == http::Method::GET
+async fn strong_read_barrier(state: &AppState, strong: bool) -> ApiResult<()> {
+    if strong && let Some(cluster) = &state.cluster {
+        cluster.linearizable_barrier().await?;
+    }
+    Ok(())
+}
+
+/// A GET with `consistency=strong` in its query.
+fn wants_strong_read(request: &Request) -> bool {
+    request.method() == http::Method::GET
         && request
             .uri()
             .query()
-            .is_some_and(|q| q.split('&').any(|pair| pair == "consistency=strong"));
-    if strong
-        && let Some(cluster) = &state.cluster
-        && let Err(error) = cluster.linearizable_barrier().await
-    {
-        return ApiError::from(error).into_response();
-    }
-    next.run(request).await
+            .is_some_and(|q| q.split('&').any(|pair| pair == "consistency=strong"))
 }
 
 /// A record id from the path. Anything but a positive integer is a 404, as no such
@@ -212,8 +268,8 @@ impl PageRequest {
         })
     }
 
-    /// The `Link` target of the next page, when entries remain after this one.
-    pub fn next_link(&self, path: &str, params: &QueryParams, total: usize) -> Option<String> {
+    /// The `Link` header of the next page, when entries remain after this one.
+    pub fn next_link(&self, path: &str, params: &QueryParams, total: usize) -> Option<HeaderValue> {
         let next_offset = self.offset.checked_add(self.limit)?;
         if next_offset >= total {
             return None;
@@ -230,7 +286,8 @@ impl PageRequest {
             .into_iter()
             .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(&v)))
             .collect();
-        Some(format!("<{path}?{}>; rel=\"next\"", query.join("&")))
+        // Percent-encoded, so always a valid header value.
+        HeaderValue::from_str(&format!("<{path}?{}>; rel=\"next\"", query.join("&"))).ok()
     }
 }
 
@@ -257,12 +314,8 @@ pub fn send(status: StatusCode, cached: &CachedBody) -> Response {
     if let Some(total) = cached.total_count {
         headers.insert("x-total-count", HeaderValue::from(total));
     }
-    if let Some(link) = cached
-        .next_link
-        .as_deref()
-        .and_then(|l| HeaderValue::from_str(l).ok())
-    {
-        headers.insert(header::LINK, link);
+    if let Some(link) = &cached.next_link {
+        headers.insert(header::LINK, link.clone());
     }
     response
 }
@@ -324,8 +377,10 @@ mod tests {
         let page = PageRequest::parse(&query, 1000).unwrap();
         assert_eq!(page.next_link("/api/products/", &query, 10), None);
         assert_eq!(
-            page.next_link("/api/products/", &query, 11).as_deref(),
-            Some("</api/products/?name=red%20guitar&limit=10&offset=10>; rel=\"next\"")
+            page.next_link("/api/products/", &query, 11),
+            Some(HeaderValue::from_static(
+                "</api/products/?name=red%20guitar&limit=10&offset=10>; rel=\"next\""
+            ))
         );
     }
 }

@@ -89,7 +89,11 @@ impl Store {
                     );
                 }
             })
-            .create(&path)?;
+            .create(&path)
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
         let mut store = Store {
             db,
             path,

@@ -5,6 +5,11 @@
 pub enum StoreError {
     #[error("storage error: {0}")]
     Storage(#[from] redb::Error),
+    #[error("cannot open the store {path}: {source}")]
+    Open {
+        path: String,
+        source: redb::DatabaseError,
+    },
     #[error("record encoding error: {0}")]
     Encoding(String),
     #[error("cannot {action} the snapshot file {path}: {source}")]
