@@ -126,10 +126,11 @@ pub struct LbArgs {
     /// Address to accept clients on (default 127.0.0.1:8080).
     #[arg(long, env = "SOUNDWAVE_LB_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// A primary upstream (repeat the flag; replaces `lb.primaries`).
+    /// A primary upstream (repeat the flag). Upstream flags replace the configured
+    /// upstreams of both tiers: `--primary A --primary B` alone means no backup.
     #[arg(long = "primary", value_name = "ADDR")]
     pub primaries: Vec<SocketAddr>,
-    /// A backup upstream (repeat the flag; replaces `lb.backups`).
+    /// A backup upstream (repeat the flag; with `--primary`, see there).
     #[arg(long = "backup", value_name = "ADDR")]
     pub backups: Vec<SocketAddr>,
     /// Address of the Prometheus endpoint (default 127.0.0.1:9091).
@@ -144,10 +145,10 @@ impl LbArgs {
         if let Some(listen) = self.listen {
             config.listen = listen;
         }
-        if !self.primaries.is_empty() {
+        // Upstreams given on the command line are the whole set: keeping a configured or
+        // default backup next to them would send traffic where the operator did not say.
+        if !self.primaries.is_empty() || !self.backups.is_empty() {
             config.primaries = self.primaries.clone();
-        }
-        if !self.backups.is_empty() {
             config.backups = self.backups.clone();
         }
         if let Some(addr) = self.metrics_listen {
@@ -157,5 +158,55 @@ impl LbArgs {
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lb_args(args: &[&str]) -> LbArgs {
+        match Cli::try_parse_from(["soundwave", "lb"].iter().chain(args)) {
+            Ok(Cli {
+                command: Command::Lb(args),
+                ..
+            }) => args,
+            other => panic!("not lb arguments: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn upstream_flags_replace_both_tiers() {
+        let config = lb_args(&["--primary", "127.0.0.1:9101", "--primary", "127.0.0.1:9102"])
+            .resolve()
+            .expect("valid flags");
+        assert_eq!(
+            config.primaries,
+            vec![
+                "127.0.0.1:9101".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:9102".parse().unwrap()
+            ]
+        );
+        assert!(config.backups.is_empty(), "no default backup left behind");
+
+        let config = lb_args(&["--primary", "127.0.0.1:9101", "--backup", "127.0.0.1:9103"])
+            .resolve()
+            .expect("valid flags");
+        assert_eq!(config.backups, vec!["127.0.0.1:9103".parse().unwrap()]);
+    }
+
+    #[test]
+    fn without_upstream_flags_the_defaults_stand() {
+        let config = lb_args(&[]).resolve().expect("defaults are valid");
+        assert!(!config.primaries.is_empty());
+        assert!(!config.backups.is_empty());
+    }
+
+    #[test]
+    fn a_backup_without_a_primary_is_refused() {
+        let error = lb_args(&["--backup", "127.0.0.1:9103"])
+            .resolve()
+            .unwrap_err();
+        assert!(error.to_string().contains("primaries"), "{error}");
     }
 }
