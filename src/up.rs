@@ -24,6 +24,11 @@ pub enum UpError {
     },
     #[error("{0} did not become ready within {1:?}; see its output above")]
     NotReady(String, Duration),
+    #[error("{name} exited while starting ({status}); see its output above")]
+    ExitedEarly {
+        name: String,
+        status: std::process::ExitStatus,
+    },
     #[error("cannot keep the cluster secret in {path}: {source}")]
     Secret {
         path: PathBuf,
@@ -214,6 +219,18 @@ pub fn run(config_path: &Path) -> Result<(), UpError> {
         if stop.try_recv().is_ok() {
             terminate(&mut children);
             return Ok(());
+        }
+        // A child that fails at start (a port in use, a bad config) is reported at once,
+        // not after the whole start-up allowance.
+        if let Some((name, status)) = children
+            .iter_mut()
+            .find_map(|c| match c.process.try_wait() {
+                Ok(Some(status)) => Some((c.name.clone(), status)),
+                _ => None,
+            })
+        {
+            terminate(&mut children);
+            return Err(UpError::ExitedEarly { name, status });
         }
     }
     println!();

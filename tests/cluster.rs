@@ -452,3 +452,38 @@ async fn up_runs_the_whole_topology_and_stops_it_cleanly() {
         );
     }
 }
+
+/// A node of `soundwave up` that cannot start (its port is taken) is reported at once by
+/// name, not after the whole start-up allowance; `up` stops the others and fails.
+#[test]
+fn up_reports_a_node_that_cannot_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let api = taken.local_addr().expect("addr");
+    let (peer, lb, lb_metrics) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "[node]\ndata_dir = \"{data}\"\n[lb]\nlisten = \"127.0.0.1:{lb}\"\n\
+         metrics_listen = \"127.0.0.1:{lb_metrics}\"\nprimaries = [\"{api}\"]\nbackups = []\n\
+         run_dir = \"{run}\"\n[cluster]\n[[cluster.nodes]]\nid = 1\napi = \"{api}\"\n\
+         peer = \"127.0.0.1:{peer}\"\n",
+        data = dir.path().join("data").display(),
+        run = dir.path().join("run").display(),
+    );
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, config).expect("write config");
+    let config_arg = config_path.display().to_string();
+    // Well inside the 120 s start-up allowance that `up` used to wait out.
+    let run = run_to_exit(
+        &["up", "--config", &config_arg],
+        &[("RUST_LOG", "warn")],
+        Duration::from_secs(60),
+    );
+    assert!(!run.status.success(), "exit status {:?}", run.status);
+    assert!(
+        run.stderr.contains("node1 exited while starting"),
+        "stderr: {}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains("Soundwave is up"), "{}", run.stdout);
+    drop(taken);
+}

@@ -130,3 +130,108 @@ async fn without_demo_the_store_starts_empty() {
         .await
         .expect_detail_eq(401, MSG_BAD_LOGIN);
 }
+
+/// `node --demo` on a port already in use fails at once: the store stays untouched and no
+/// demo password is printed for a node that never served.
+#[test]
+fn a_busy_port_fails_before_the_store_or_the_credentials() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let data_arg = data.display().to_string();
+    let run = run_to_exit(
+        &["node", "--listen", &addr, "--data-dir", &data_arg, "--demo"],
+        &[],
+        START_TIMEOUT,
+    );
+    assert!(!run.status.success(), "exit status {:?}", run.status);
+    assert!(
+        run.stderr.contains(&format!("cannot listen on {addr}")),
+        "stderr names the address: {}",
+        run.stderr
+    );
+    assert!(
+        !run.stdout.contains("demo admin:") && !run.stdout.contains("demo shopper:"),
+        "no credentials printed: {}",
+        run.stdout
+    );
+    assert!(!data.exists(), "the data directory was not even created");
+}
+
+/// A data directory the node cannot use is named in the error.
+#[test]
+fn an_unusable_data_directory_is_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A file where a directory should be: refused whoever runs the test (root too).
+    let blocker = dir.path().join("not-a-directory");
+    std::fs::write(&blocker, b"").expect("write file");
+    let data = blocker.join("data");
+    let data_arg = data.display().to_string();
+    let run = run_to_exit(
+        &["node", "--listen", "127.0.0.1:0", "--data-dir", &data_arg],
+        &[],
+        START_TIMEOUT,
+    );
+    assert!(!run.status.success(), "exit status {:?}", run.status);
+    assert!(run.stderr.contains(&data_arg), "stderr: {}", run.stderr);
+
+    // The store file itself unusable (here a directory): its path is named too.
+    let data = dir.path().join("data");
+    let store = data.join("soundwave.redb");
+    std::fs::create_dir_all(&store).expect("create dir");
+    let data_arg = data.display().to_string();
+    let run = run_to_exit(
+        &["node", "--listen", "127.0.0.1:0", "--data-dir", &data_arg],
+        &[],
+        START_TIMEOUT,
+    );
+    assert!(!run.status.success(), "exit status {:?}", run.status);
+    assert!(
+        run.stderr.contains(&store.display().to_string()),
+        "stderr: {}",
+        run.stderr
+    );
+}
+
+/// At the default log level every request gets one access line with the node, client,
+/// method, path with query (quoted, as tracing writes strings), status and latency; health
+/// probes do not (they log at debug).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_name_the_request_and_leave_out_health_probes() {
+    let node = Node::builder().env("RUST_LOG", "info").start();
+    for _ in 0..3 {
+        node.send(node.request(Method::GET, "/health/", None))
+            .await
+            .expect(200);
+    }
+    node.send(node.request(Method::GET, "/api/products/?limit=1&offset=0", None))
+        .await
+        .expect(200);
+    assert!(
+        node.stderr_contains_soon(r#"path="/api/products/?limit=1&offset=0""#)
+            .await,
+        "no access line: {}",
+        node.stderr_text()
+    );
+    let stderr = node.stderr_text();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(r#"path="/api/products/?limit=1&offset=0""#))
+        .expect("the line");
+    for field in [
+        "soundwave::access",
+        "node=1",
+        "client=127.0.0.1",
+        "method=GET",
+        "status=200",
+        "latency_us=",
+    ] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+    // Lines are written in order, so the health lines would be there by now.
+    assert!(
+        !stderr.contains(r#"path="/health/""#),
+        "health probes logged at info: {stderr}"
+    );
+}

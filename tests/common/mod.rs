@@ -688,6 +688,57 @@ where
     }
 }
 
+/// What a `soundwave` run that is expected to end printed, and how it ended.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `soundwave ARGS...` (no `SOUNDWAVE_*` settings from the environment, `env` added)
+/// to its end; kills it and panics if it is still running after `limit`.
+pub fn run_to_exit(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Finished {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_soundwave"));
+    cmd.args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SOUNDWAVE_") {
+            cmd.env_remove(&k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn soundwave");
+    let stdout_lines = Arc::new(Mutex::new(Vec::new()));
+    let stderr_lines = Arc::new(Mutex::new(Vec::new()));
+    let readers = [
+        spawn_line_reader(child.stdout.take().unwrap(), stdout_lines.clone(), None),
+        spawn_line_reader(child.stderr.take().unwrap(), stderr_lines.clone(), None),
+    ];
+    let Some(status) = wait_timeout(&mut child, limit) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "soundwave {args:?} still ran after {limit:?}; stderr:\n{}",
+            stderr_lines.lock().unwrap().join("\n")
+        );
+    };
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let text = |lines: &Arc<Mutex<Vec<String>>>| lines.lock().unwrap().join("\n");
+    Finished {
+        status,
+        stdout: text(&stdout_lines),
+        stderr: text(&stderr_lines),
+    }
+}
+
 fn wait_timeout(child: &mut Child, dur: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + dur;
     loop {
