@@ -26,10 +26,23 @@
 #            default 8: argon2id at 19 MiB per hash is slow on purpose)
 #   detail, list20, filtered, orders, detail-single: the single-URL scenarios of the node
 #            and cluster issues
+# TOPOLOGY=nginx-vs-lb: two standalone demo nodes, `soundwave lb` over them and nginx
+#   (2 workers, ip_hash, keepalive 64, HTTP/1.1 upstream, forwarding headers; Debian's,
+#   installed when missing) over the same two; every scenario runs through the balancer,
+#   through nginx (NAME@nginx) and straight at node A (NAME@direct), and the table ends with
+#   lb/nginx and each one's added p50 (read-only scenarios: detail, list20, browse).
 # SOUNDWAVE_BIN runs another build of soundwave (to compare two builds in turn).
+# Nodes, balancers and `up` run with their default logging (an access line per request at
+# info), as operators run them; LOG=quiet starts them with RUST_LOG=warn instead (no access
+# log), and LOG=<filter> with that RUST_LOG filter.
 # The baseline (a bare hyper server answering every request with the bytes and headers of a
 # cached GET /api/products/1/) is always measured first, with the same oha settings, and
-# every scenario's req/s is also printed as a fraction of it.
+# every scenario's req/s is also printed as a fraction of it. list20 has a baseline of its
+# own (baseline.list20: the bytes and headers of the cached 20-product page), its fraction
+# is of that one.
+# ROUNDS=N (default 1) measures the baseline and the scenarios N times in turn (baseline,
+# scenarios, baseline, scenarios, ...) and prints medians: req/s, the per-round fraction of
+# the baseline, and the latencies of the median round. Each round's JSON is in r<i>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,11 +52,14 @@ LOGIN_CONNECTIONS=${LOGIN_CONNECTIONS:-8}
 TOPOLOGY=${TOPOLOGY:-node}
 USERS=${USERS:-50}
 MIXED_BUY_PERCENT=${MIXED_BUY_PERCENT:-5}
+ROUNDS=${ROUNDS:-1}
+LOG=${LOG:-default}
 SCENARIOS=("$@")
+targets=()
 if [ ${#SCENARIOS[@]} -eq 0 ]; then
   SCENARIOS=(browse buy mixed login)
 fi
-case $TOPOLOGY in node | cluster | up) ;; *) echo "TOPOLOGY is node, cluster or up" >&2; exit 2 ;; esac
+case $TOPOLOGY in node | cluster | up | nginx-vs-lb) ;; *) echo "TOPOLOGY is node, cluster, up or nginx-vs-lb" >&2; exit 2 ;; esac
 for scenario in "${SCENARIOS[@]}"; do
   case $scenario in
     browse | buy | mixed | login | detail | list20 | filtered | orders) ;;
@@ -51,6 +67,17 @@ for scenario in "${SCENARIOS[@]}"; do
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac
 done
+if [ "$TOPOLOGY" = nginx-vs-lb ]; then
+  [ ${#SCENARIOS[@]} -gt 0 ] && [ "$*" != "" ] || SCENARIOS=(detail list20 browse)
+  for scenario in "${SCENARIOS[@]}"; do
+    case $scenario in
+      browse | detail | list20 | filtered) ;;
+      # The two nodes are separate stores: writes through nginx and the balancer would land
+      # on different ones.
+      *) echo "nginx-vs-lb runs the read scenarios: browse, detail, list20, filtered" >&2; exit 2 ;;
+    esac
+  done
+fi
 
 command -v oha >/dev/null || cargo install oha --locked
 cargo build --release --quiet --bin soundwave --example baseline_server
@@ -79,10 +106,19 @@ wait_for() {
   echo "no '$2' in $1 after 90 s; see $out/*.err" >&2
   exit 1
 }
+# with_log COMMAND...: becomes COMMAND (exec: started with `&`, its pid is then $!, which the
+# clean-up stops) with the logging LOG asks for.
+with_log() {
+  case $LOG in
+    default) exec env -u RUST_LOG "$@" ;;
+    quiet) exec env RUST_LOG=warn "$@" ;;
+    *) exec env RUST_LOG="$LOG" "$@" ;;
+  esac
+}
 # start_node NAME ARGS...: starts `soundwave node ARGS` with output in $out/NAME.{out,err}.
 start_node() {
   local name=$1; shift
-  RUST_LOG=warn "$soundwave" node "$@" >"$out/$name.out" 2>"$out/$name.err" &
+  with_log "$soundwave" node "$@" >"$out/$name.out" 2>"$out/$name.err" &
   pids+=($!)
 }
 # url_of NAME: waits for the node's ready line and prints its base URL.
@@ -127,7 +163,7 @@ case $TOPOLOGY in
       done
     } >"$config"
     cp "$config" "$out/up.toml"
-    RUST_LOG=warn "$soundwave" up --config "$config" >"$out/up.out" 2>"$out/up.err" </dev/null &
+    with_log "$soundwave" up --config "$config" >"$out/up.out" 2>"$out/up.err" </dev/null &
     pids+=($!)
     wait_for "$out/up.out" "Soundwave is up"
     base="http://127.0.0.1:$lb"
@@ -139,7 +175,75 @@ case $TOPOLOGY in
     base=$(url_of node)
     credentials="$out/node.out"
     ;;
+  nginx-vs-lb)
+    # Two standalone demo nodes; `soundwave lb` and nginx over the same two, and every
+    # scenario run in turn through each and straight at node A.
+    start_node nodeA --listen 127.0.0.1:0 --data-dir "$data/nodeA" --demo
+    start_node nodeB --listen 127.0.0.1:0 --data-dir "$data/nodeB" --demo
+    node_a=$(url_of nodeA); node_b=$(url_of nodeB)
+    lb=$(free_port)
+    with_log "$soundwave" lb --listen "127.0.0.1:$lb" --metrics-listen "127.0.0.1:$(free_port)" \
+      --primary "${node_a#http://}" --primary "${node_b#http://}" >"$out/lb.out" 2>"$out/lb.err" &
+    pids+=($!)
+    wait_for "$out/lb.out" "listening on"
+    command -v nginx >/dev/null || PATH="$PATH:/usr/sbin"
+    if ! command -v nginx >/dev/null; then
+      echo "installing nginx (Debian's)" >&2
+      sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo)
+      "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq nginx >/dev/null
+    fi
+    nginx_port=$(free_port)
+    mkdir -p "$data/nginx"
+    case $LOG in
+      quiet) nginx_access="off" ;;
+      # Buffered as the balancer's and the node's own: written at 64 KiB or after 100 ms.
+      *) nginx_access="$out/nginx-access.log combined buffer=64k flush=100ms" ;;
+    esac
+    cat >"$out/nginx.conf" <<NGINX
+worker_processes 2;
+pid $data/nginx/nginx.pid;
+error_log $out/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log $nginx_access;
+  client_body_temp_path $data/nginx/body;
+  proxy_temp_path $data/nginx/proxy;
+  fastcgi_temp_path $data/nginx/fastcgi;
+  uwsgi_temp_path $data/nginx/uwsgi;
+  scgi_temp_path $data/nginx/scgi;
+  upstream soundwave {
+    ip_hash;
+    server ${node_a#http://};
+    server ${node_b#http://};
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://soundwave;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+NGINX
+    nginx -e "$out/nginx.err" -p "$data/nginx" -c "$out/nginx.conf" -g 'daemon off;' &
+    pids+=($!)
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$nginx_port/health/" >/dev/null && break; sleep 0.1; done
+    # Inputs are made on node A (each node has its own demo passwords and shoppers).
+    base="$node_a"
+    credentials="$out/nodeA.out"
+    # Scenario names get a suffix per target: none for the balancer.
+    targets=("" "@nginx" "@direct")
+    target_bases=("http://127.0.0.1:$lb" "http://127.0.0.1:$nginx_port" "$node_a")
+    echo "nginx-vs-lb: soundwave lb ${target_bases[0]}, nginx http://127.0.0.1:$nginx_port, over $node_a and $node_b"
+    ;;
 esac
+if [ ${#targets[@]} -eq 0 ]; then targets=(""); target_bases=("$base"); fi
 [ -n "$base" ] || { echo "the topology did not start; see $out/*.err" >&2; exit 1; }
 
 # Inputs: shoppers and their tokens, stock, the browse URL file, the order bodies, the login
@@ -206,28 +310,40 @@ rng.shuffle(urls)
 with open(f"{out}/browse-urls.txt", "w") as f:
     f.writelines(u + "\n" for u in urls)
 
-# The cached response the baseline replays: its body and the headers hyper does not add.
-call("GET", "/api/products/1/")
-with urllib.request.urlopen(base + "/api/products/1/", timeout=30) as response:
-    body, headers = response.read(), response.headers.items()
-open(f"{out}/baseline-body.json", "wb").write(body)
+# The cached responses the baselines replay: body and the headers hyper does not add, of
+# the detail (the baseline of every scenario) and of the 20-product page (list20's own).
 skip = {"content-length", "date", "connection", "keep-alive", "transfer-encoding"}
-with open(f"{out}/baseline-headers.txt", "w") as f:
-    f.writelines(f"{k}: {v}\n" for k, v in headers if k.lower() not in skip)
+for name, path in [("baseline", "/api/products/1/"), ("baseline.list20", "/api/products/?limit=20")]:
+    call("GET", path)
+    with urllib.request.urlopen(base + path, timeout=30) as response:
+        body, headers = response.read(), response.headers.items()
+    open(f"{out}/{name}-body.json", "wb").write(body)
+    with open(f"{out}/{name}-headers.txt", "w") as f:
+        f.writelines(f"{k}: {v}\n" for k, v in headers if k.lower() not in skip)
 PY
+input_base=$base
 mapfile -t tokens <"$out/tokens.txt"
-baseline_args=()
-while IFS= read -r header; do baseline_args+=(--header "$header"); done <"$out/baseline-headers.txt"
-target/release/examples/baseline_server --listen 127.0.0.1:0 --body-file "$out/baseline-body.json" \
-  "${baseline_args[@]}" >"$out/baseline.out" 2>"$out/baseline.err" &
-pids+=($!)
-wait_for "$out/baseline.out" "baseline listening on"
+# start_baseline NAME: the bare hyper server replaying NAME-body.json; prints its URL.
+start_baseline() {
+  local args=()
+  while IFS= read -r header; do args+=(--header "$header"); done <"$out/$1-headers.txt"
+  target/release/examples/baseline_server --listen 127.0.0.1:0 --body-file "$out/$1-body.json" \
+    "${args[@]}" >"$out/$1.out" 2>"$out/$1.err" &
+  pids+=($!)
+  wait_for "$out/$1.out" "baseline listening on"
+}
+start_baseline baseline
 baseline=$(grep -o "http://[0-9.:]*" "$out/baseline.out" | head -1)
+list_baseline=
+if [[ " ${SCENARIOS[*]} " == *" list20 "* ]]; then
+  start_baseline baseline.list20
+  list_baseline=$(grep -o "http://[0-9.:]*" "$out/baseline.list20.out" | head -1)
+fi
 
-# oha NAME CONNECTIONS ARGS...: one bounded oha run, JSON in $out/NAME.json.
+# oha NAME CONNECTIONS ARGS...: one bounded oha run, JSON in $round/NAME.json.
 oha_run() {
   local name=$1 connections=$2; shift 2
-  oha -z "$DURATION" -c "$connections" --no-tui --output-format json "$@" >"$out/$name.json"
+  oha -z "$DURATION" -c "$connections" --no-tui --output-format json "$@" >"$round/$name.json"
 }
 # buy_runs PREFIX CONNECTIONS: CONNECTIONS connections spread over one oha process per
 # shopper (at most USERS, at least one connection each), in parallel; PREFIX-<i>.json each.
@@ -243,46 +359,56 @@ buy_runs() {
   done
   for pid in "${run_pids[@]}"; do wait "$pid"; done
 }
-browse_run() { oha_run "$1" "$2" --urls-from-file "$out/browse-urls.txt"; }
+browse_run() { oha_run "$1" "$2" --urls-from-file "$out/browse-urls$sfx.txt"; }
 
 rows=(baseline)
-oha_run baseline "$CONNECTIONS" "$baseline/api/products/1/"
-for scenario in "${SCENARIOS[@]}"; do
-  case $scenario in
-    browse) browse_run browse "$CONNECTIONS" ;;
-    buy) buy_runs buy "$CONNECTIONS" ;;
-    mixed)
-      buy_connections=$(((CONNECTIONS * MIXED_BUY_PERCENT + 50) / 100))
-      [ "$buy_connections" -ge 1 ] || buy_connections=1
-      browse_run mixed.browse $((CONNECTIONS - buy_connections)) &
-      browse_pid=$!
-      buy_runs mixed.buy "$buy_connections"
-      wait "$browse_pid"
-      rows+=(mixed mixed.browse mixed.buy)
-      ;;
-    login) oha_run login "$LOGIN_CONNECTIONS" -m POST -T application/json -Z "$out/login-bodies.txt" "$base/api/token/" ;;
-    detail) oha_run detail "$CONNECTIONS" "$base/api/products/1/" ;;
-    detail-single) oha_run detail-single "$CONNECTIONS" "$single/api/products/1/" ;;
-    list20) oha_run list20 "$CONNECTIONS" "$base/api/products/?limit=20" ;;
-    filtered) oha_run filtered "$CONNECTIONS" "$base/api/products/?category=2&name=guitar&order_by_name=asc" ;;
-    orders)
-      oha_run orders "$CONNECTIONS" -m POST -T application/json -H "authorization: Bearer ${tokens[0]}" \
-        -d '{"items":[{"product":5,"quantity":1}]}' "$base/api/orders/" ;;
-  esac
-  [ "$scenario" = mixed ] || rows+=("$scenario")
+[ -z "$list_baseline" ] || rows+=(baseline.list20)
+for ((r = 1; r <= ROUNDS; r++)); do
+  round="$out/r$r"
+  mkdir -p "$round"
+  oha_run baseline "$CONNECTIONS" "$baseline/api/products/1/"
+  [ -z "$list_baseline" ] || oha_run baseline.list20 "$CONNECTIONS" "$list_baseline/api/products/?limit=20"
+  for scenario in "${SCENARIOS[@]}"; do
+  for t in "${!targets[@]}"; do
+    sfx=${targets[$t]} base=${target_bases[$t]}
+    [ -f "$out/browse-urls$sfx.txt" ] || sed "s#^$input_base#$base#" "$out/browse-urls.txt" >"$out/browse-urls$sfx.txt"
+    case $scenario in
+      browse) browse_run "browse$sfx" "$CONNECTIONS" ;;
+      buy) buy_runs "buy$sfx" "$CONNECTIONS" ;;
+      mixed)
+        buy_connections=$(((CONNECTIONS * MIXED_BUY_PERCENT + 50) / 100))
+        [ "$buy_connections" -ge 1 ] || buy_connections=1
+        browse_run "mixed.browse$sfx" $((CONNECTIONS - buy_connections)) &
+        browse_pid=$!
+        buy_runs "mixed.buy$sfx" "$buy_connections"
+        wait "$browse_pid"
+        [ "$r" -gt 1 ] || rows+=("mixed$sfx" "mixed.browse$sfx" "mixed.buy$sfx")
+        ;;
+      login) oha_run "login$sfx" "$LOGIN_CONNECTIONS" -m POST -T application/json -Z "$out/login-bodies.txt" "$base/api/token/" ;;
+      detail) oha_run "detail$sfx" "$CONNECTIONS" "$base/api/products/1/" ;;
+      detail-single) oha_run detail-single "$CONNECTIONS" "$single/api/products/1/" ;;
+      list20) oha_run "list20$sfx" "$CONNECTIONS" "$base/api/products/?limit=20" ;;
+      filtered) oha_run "filtered$sfx" "$CONNECTIONS" "$base/api/products/?category=2&name=guitar&order_by_name=asc" ;;
+      orders)
+        oha_run "orders$sfx" "$CONNECTIONS" -m POST -T application/json -H "authorization: Bearer ${tokens[0]}" \
+          -d '{"items":[{"product":5,"quantity":1}]}' "$base/api/orders/" ;;
+    esac
+    [ "$r" -gt 1 ] || [ "$scenario" = mixed ] || rows+=("$scenario$sfx")
+  done
+  done
 done
 
-python3 - "$out" "$TOPOLOGY" "${rows[@]}" <<'PY'
+python3 - "$out" "$TOPOLOGY" "$LOG" "${rows[@]}" <<'PY'
 import glob, json, re, sys
-out, topology, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+out, topology, log, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 # Requests still in flight when the duration ends are cut off by oha, not failed by the server.
 CUT_OFF = "aborted due to deadline"
 POINTS = ["p10", "p25", "p50", "p75", "p90", "p95", "p99", "p99.9", "p99.99"]
 
-def load(name):
-    """One scenario's oha reports: NAME.json, or NAME-<i>.json for the per-shopper runs."""
-    files = [f"{out}/{name}.json"] if glob.glob(f"{out}/{name}.json") else sorted(
-        glob.glob(f"{out}/{name}-[0-9]*.json"))
+def load(round, name):
+    """One round's reports of a scenario: NAME.json, or NAME-<i>.json for the per-shopper runs."""
+    files = [f"{round}/{name}.json"] if glob.glob(f"{round}/{name}.json") else sorted(
+        glob.glob(f"{round}/{name}-[0-9]*.json"))
     return [json.load(open(f)) for f in files]
 
 def cdf(report, x):
@@ -314,40 +440,56 @@ def merged(reports, q):
             hi = mid
     return hi
 
-rows, rps = [], {}
+def measure(round):
+    """One round: {name: (req/s, reports, non-2xx, errors, status codes)}."""
+    rows = {}
+    def add(name, reports):
+        codes, errors = {}, 0
+        for r in reports:
+            for k, v in r.get("statusCodeDistribution", {}).items():
+                codes[k] = codes.get(k, 0) + v
+            errors += sum(v for k, v in r.get("errorDistribution", {}).items() if k != CUT_OFF)
+        rps = sum(r["summary"]["requestsPerSec"] for r in reports)
+        non2xx = sum(v for k, v in codes.items() if not k.startswith("2"))
+        rows[name] = (rps, reports, non2xx, errors, codes)
+    for name in names:
+        if name != "mixed" and load(round, name):
+            add(name, load(round, name))
+    if "mixed.browse" in rows and "mixed.buy" in rows:
+        add("mixed", load(round, "mixed.browse") + load(round, "mixed.buy"))
+    return rows
+
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+rounds = [measure(d) for d in sorted(glob.glob(f"{out}/r[0-9]*"), key=lambda d: int(d.rsplit("r", 1)[1]))]
+rows, rps, fraction = [], {}, {}
 for name in names:
-    if name == "mixed":
-        rows.append(None)  # filled in once its two parts are read
+    per_round = [m[name] for m in rounds if name in m]
+    if not per_round:
         continue
-    reports = load(name)
-    if not reports:
-        continue
-    codes, errors = {}, 0
-    for r in reports:
-        for k, v in r.get("statusCodeDistribution", {}).items():
-            codes[k] = codes.get(k, 0) + v
-        errors += sum(v for k, v in r.get("errorDistribution", {}).items() if k != CUT_OFF)
-    rps[name] = sum(r["summary"]["requestsPerSec"] for r in reports)
-    non2xx = sum(v for k, v in codes.items() if not k.startswith("2"))
+    rps[name] = median([row[0] for row in per_round])
+    # A scenario with a baseline of its own (list20: the same page's bytes) is measured
+    # against it; the others against the detail's.
+    scenario = name.split("@")[0]
+    own = f"baseline.{scenario}" if any(f"baseline.{scenario}" in m for m in rounds) else "baseline"
+    if name != own and all(own in m for m in rounds if name in m):
+        fraction[name] = median([m[name][0] / m[own][0] for m in rounds if name in m])
+    # Latencies and error counts of the round whose req/s is nearest the median.
+    _, reports, non2xx, errors, codes = min(per_round, key=lambda row: abs(row[0] - rps[name]))
     rows.append((name, reports, non2xx, errors, codes))
-if "mixed.browse" in rps and "mixed.buy" in rps:
-    rps["mixed"] = rps["mixed.browse"] + rps["mixed.buy"]
-    both = load("mixed.browse") + load("mixed.buy")
-    codes = {}
-    for r in both:
-        for k, v in r.get("statusCodeDistribution", {}).items():
-            codes[k] = codes.get(k, 0) + v
-    rows[rows.index(None)] = ("mixed", both, sum(v for k, v in codes.items() if not k.startswith("2")),
-                 sum(v for r in both for k, v in r.get("errorDistribution", {}).items() if k != CUT_OFF), codes)
-rows = [row for row in rows if row is not None]
-base = rps.get("baseline")
 ms = lambda v: "-" if v is None else f"{v * 1000:.2f}"
 header = f"{'scenario':<13} {'topology':<8} {'req/s':>9} {'of base':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'non-2xx':>8} {'errors':>7}"
+title = f"logging: {log}, rounds: {len(rounds)} (medians)"
+print(title)
 print(header)
-lines = [header]
+lines = [title, header]
 for name, reports, non2xx, errors, codes in rows:
-    frac = f"{rps[name] / base:.2f}" if base else "-"
-    line = (f"{name:<13} {topology if name != 'baseline' else 'hyper':<8} {rps[name]:>9.0f} {frac:>7} "
+    frac = f"{fraction[name]:.2f}" if name in fraction else "-"
+    where = "hyper" if name.startswith("baseline") else "nginx" if name.endswith("@nginx") else "node" if name.endswith("@direct") else topology
+    line = (f"{name:<13} {where:<8} {rps[name]:>9.0f} {frac:>7} "
             f"{ms(merged(reports, 50)):>8} {ms(merged(reports, 99)):>8} {ms(merged(reports, 99.9)):>9} "
             f"{non2xx:>8} {errors:>7}")
     print(line)
@@ -355,6 +497,18 @@ for name, reports, non2xx, errors, codes in rows:
 if "mixed" in rps:
     share = rps["mixed.buy"] / rps["mixed"] * 100
     note = f"mixed: buy is {share:.1f} % of the requests ({rps['mixed.buy']:.0f} orders/s)"
+    print(note)
+    lines.append(note)
+# nginx-vs-lb: the balancer against nginx, per scenario: the median of the per-round ratios
+# of req/s, and each one's added p50 over the same requests sent straight to node A.
+p50 = {name: merged(reports, 50) for name, reports, *_ in rows}
+for name in [n for n in names if f"{n}@nginx" in rps]:
+    pairs = [m[name][0] / m[f"{name}@nginx"][0] for m in rounds if name in m and f"{name}@nginx" in m]
+    note = f"{name}: lb/nginx {median(pairs):.2f}"
+    direct = p50.get(f"{name}@direct")
+    if direct is not None and p50.get(name) is not None and p50.get(f"{name}@nginx") is not None:
+        note += (f", added p50: lb {(p50[name] - direct) * 1000:.2f} ms, "
+                 f"nginx {(p50[name + '@nginx'] - direct) * 1000:.2f} ms")
     print(note)
     lines.append(note)
 for name, reports, non2xx, errors, codes in rows:
