@@ -194,15 +194,17 @@ case $TOPOLOGY in
     fi
     nginx_port=$(free_port)
     mkdir -p "$data/nginx"
+    # nginx resolves relative paths against its prefix: give it absolute ones.
+    nginx_out=$(cd "$out" && pwd)
     case $LOG in
       quiet) nginx_access="off" ;;
       # Buffered as the balancer's and the node's own: written at 64 KiB or after 100 ms.
-      *) nginx_access="$out/nginx-access.log combined buffer=64k flush=100ms" ;;
+      *) nginx_access="$nginx_out/nginx-access.log combined buffer=64k flush=100ms" ;;
     esac
-    cat >"$out/nginx.conf" <<NGINX
+    cat >"$nginx_out/nginx.conf" <<NGINX
 worker_processes 2;
 pid $data/nginx/nginx.pid;
-error_log $out/nginx.err warn;
+error_log $nginx_out/nginx.err warn;
 events { worker_connections 4096; }
 http {
   access_log $nginx_access;
@@ -231,9 +233,10 @@ http {
   }
 }
 NGINX
-    nginx -e "$out/nginx.err" -p "$data/nginx" -c "$out/nginx.conf" -g 'daemon off;' &
+    nginx -e "$nginx_out/nginx.err" -p "$data/nginx" -c "$nginx_out/nginx.conf" -g 'daemon off;' &
     pids+=($!)
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$nginx_port/health/" >/dev/null && break; sleep 0.1; done
+    curl -sf "http://127.0.0.1:$nginx_port/health/" >/dev/null || { echo "nginx did not start; see $out/nginx.err" >&2; exit 1; }
     # Inputs are made on node A (each node has its own demo passwords and shoppers).
     base="$node_a"
     credentials="$out/nodeA.out"
@@ -488,7 +491,7 @@ print(header)
 lines = [title, header]
 for name, reports, non2xx, errors, codes in rows:
     frac = f"{fraction[name]:.2f}" if name in fraction else "-"
-    where = "hyper" if name.startswith("baseline") else "nginx" if name.endswith("@nginx") else "node" if name.endswith("@direct") else topology
+    where = "hyper" if name.startswith("baseline") else "nginx" if name.endswith("@nginx") else "node" if name.endswith("@direct") else "lb" if topology == "nginx-vs-lb" else topology
     line = (f"{name:<13} {where:<8} {rps[name]:>9.0f} {frac:>7} "
             f"{ms(merged(reports, 50)):>8} {ms(merged(reports, 99)):>8} {ms(merged(reports, 99.9)):>9} "
             f"{non2xx:>8} {errors:>7}")

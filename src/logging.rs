@@ -7,6 +7,10 @@
 //! call and no wake-up. A writer thread writes the buffer out with one `write(2)` when it
 //! holds [`FLUSH_BYTES`], or [`FLUSH_INTERVAL`] after the last write, whichever comes first.
 //!
+//! The access line, one per request, skips tracing's dispatch and field visitor: the node
+//! formats it straight into the same buffer ([`write_access_line`]), after asking the
+//! filter as any event does.
+//!
 //! Measured on the cached-GET path (benches/load.sh), tracing-appender's non-blocking
 //! writer cost more than its formatting: a `Vec` per line, a channel send, and a wake-up of
 //! its writer thread for nearly every line under load (its queue runs empty between lines).
@@ -18,7 +22,8 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::net::IpAddr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +50,8 @@ pub fn init() -> std::io::Result<LogGuard> {
             .name("log writer".to_owned())
             .spawn(move || buffer.write_out(&mut std::io::stderr()))?
     };
+    // A second init (never in the binary) keeps the first buffer.
+    let _ = ACCESS_BUFFER.set(buffer.clone());
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -183,19 +190,79 @@ thread_local! {
 
 impl FormatTime for SecondCachedTime {
     fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let second = now.as_secs();
-        SECOND.with_borrow_mut(|(cached, text)| {
-            if *cached != second {
-                text.clear();
-                format_second(text, second)?;
-                *cached = second;
-            }
-            write!(w, "{text}.{:06}Z", now.subsec_micros())
-        })
+        write_timestamp(w)
     }
+}
+
+/// The current time as [`SecondCachedTime`] writes it.
+fn write_timestamp(w: &mut impl std::fmt::Write) -> std::fmt::Result {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let second = now.as_secs();
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            text.clear();
+            format_second(text, second)?;
+            *cached = second;
+        }
+        write!(w, "{text}.{:06}Z", now.subsec_micros())
+    })
+}
+
+/// What the access line says about one request.
+pub struct AccessLine<'a> {
+    pub node: u64,
+    pub client: Option<IpAddr>,
+    pub method: &'a str,
+    /// Path and query, as the client sent them.
+    pub path: &'a str,
+    pub status: u16,
+    pub latency_us: u64,
+}
+
+/// The buffer of the installed log, for [`write_access_line`].
+static ACCESS_BUFFER: OnceLock<Arc<LogBuffer>> = OnceLock::new();
+
+thread_local! {
+    /// Each thread's access line being formatted, its capacity kept from line to line.
+    static ACCESS_TEXT: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Writes one access line (target `soundwave::access`, at `level`), in the format of the
+/// other lines, straight into the log buffer. The caller has asked the filter
+/// (`tracing::enabled!`), so `RUST_LOG` decides as for any event; what this skips is
+/// tracing's dispatch and its field visitor, most of a line's cost on a cached read.
+/// Without [`init`] (in-process benches and tests) nothing is written.
+pub fn write_access_line(level: tracing::Level, line: &AccessLine<'_>) {
+    let Some(buffer) = ACCESS_BUFFER.get() else {
+        return;
+    };
+    ACCESS_TEXT.with_borrow_mut(|text| {
+        text.clear();
+        if format_access_line(text, level, line).is_ok() {
+            buffer.append(text.as_bytes());
+        }
+    });
+}
+
+fn format_access_line(
+    text: &mut String,
+    level: tracing::Level,
+    line: &AccessLine<'_>,
+) -> std::fmt::Result {
+    write_timestamp(text)?;
+    write!(text, " {level:>5} soundwave::access: node={}", line.node)?;
+    if let Some(client) = line.client {
+        write!(text, " client={client}")?;
+    }
+    // The path is quoted and escaped, as tracing writes strings: a client cannot forge a
+    // line or a field.
+    writeln!(
+        text,
+        " method={} path={:?} status={} latency_us={}",
+        line.method, line.path, line.status, line.latency_us
+    )
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of a Unix second, in UTC.
@@ -228,6 +295,28 @@ mod tests {
         text.clear();
         format_second(&mut text, 0).unwrap();
         assert_eq!(text, "1970-01-01T00:00:00");
+    }
+
+    #[test]
+    fn access_lines_read_as_the_other_lines() {
+        let mut text = String::new();
+        let line = AccessLine {
+            node: 2,
+            client: Some(IpAddr::from([10, 0, 0, 7])),
+            method: "GET",
+            path: "/api/products/?name=a\"b\n",
+            status: 200,
+            latency_us: 153,
+        };
+        format_access_line(&mut text, tracing::Level::INFO, &line).unwrap();
+        let (timestamp, rest) = text.split_once(' ').unwrap();
+        assert_eq!(timestamp.len(), "2026-12-03T16:04:04.528789Z".len());
+        assert!(timestamp.ends_with('Z'));
+        assert_eq!(
+            rest,
+            " INFO soundwave::access: node=2 client=10.0.0.7 method=GET \
+             path=\"/api/products/?name=a\\\"b\\n\" status=200 latency_us=153\n"
+        );
     }
 
     #[test]

@@ -177,16 +177,15 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     let elapsed = started.elapsed();
     crate::telemetry::record_http_request(route, &method, status.as_u16(), elapsed.as_secs_f64());
     if let Some((level, client, uri)) = access {
-        let client = client.map(tracing::field::display);
-        let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-        let latency_us = elapsed.as_micros() as u64;
-        let status = status.as_u16();
-        let node = state.node_id;
-        if level == tracing::Level::DEBUG {
-            tracing::debug!(target: "soundwave::access", node, client, %method, path, status, latency_us);
-        } else {
-            tracing::info!(target: "soundwave::access", node, client, %method, path, status, latency_us);
-        }
+        let line = crate::logging::AccessLine {
+            node: state.node_id,
+            client,
+            method: method.as_str(),
+            path: uri.path_and_query().map_or(uri.path(), |p| p.as_str()),
+            status: status.as_u16(),
+            latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        };
+        crate::logging::write_access_line(level, &line);
     }
     response
 }
