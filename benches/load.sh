@@ -34,7 +34,9 @@
 # SOUNDWAVE_BIN runs another build of soundwave (to compare two builds in turn).
 # Nodes, balancers and `up` run with their default logging (an access line per request at
 # info), as operators run them; LOG=quiet starts them with RUST_LOG=warn instead (no access
-# log), and LOG=<filter> with that RUST_LOG filter.
+# log), and LOG=<filter> with that RUST_LOG filter. LOG=compare (node topology, read
+# scenarios) starts a default node and a quiet one side by side and runs every scenario on
+# both in turn (NAME@quiet): the access log's cost, measured in one run.
 # The baseline (a bare hyper server answering every request with the bytes and headers of a
 # cached GET /api/products/1/) is always measured first, with the same oha settings, and
 # every scenario's req/s is also printed as a fraction of it. list20 has a baseline of its
@@ -67,6 +69,15 @@ for scenario in "${SCENARIOS[@]}"; do
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac
 done
+if [ "$LOG" = compare ]; then
+  [ "$TOPOLOGY" = node ] || { echo "LOG=compare needs TOPOLOGY=node" >&2; exit 2; }
+  for scenario in "${SCENARIOS[@]}"; do
+    case $scenario in
+      browse | detail | list20 | filtered) ;;
+      *) echo "LOG=compare runs the read scenarios: browse, detail, list20, filtered" >&2; exit 2 ;;
+    esac
+  done
+fi
 if [ "$TOPOLOGY" = nginx-vs-lb ]; then
   [ ${#SCENARIOS[@]} -gt 0 ] && [ "$*" != "" ] || SCENARIOS=(detail list20 browse)
   for scenario in "${SCENARIOS[@]}"; do
@@ -171,8 +182,16 @@ case $TOPOLOGY in
     echo "up: balancer $base in front of nodes on ports ${apis[*]}"
     ;;
   node)
-    start_node node --listen 127.0.0.1:0 --data-dir "$data/node" --demo
-    base=$(url_of node)
+    if [ "$LOG" = compare ]; then
+      LOG=default start_node node --listen 127.0.0.1:0 --data-dir "$data/node" --demo
+      LOG=quiet start_node quiet --listen 127.0.0.1:0 --data-dir "$data/quiet" --demo
+      base=$(url_of node)
+      targets=("" "@quiet")
+      target_bases=("$base" "$(url_of quiet)")
+    else
+      start_node node --listen 127.0.0.1:0 --data-dir "$data/node" --demo
+      base=$(url_of node)
+    fi
     credentials="$out/node.out"
     ;;
   nginx-vs-lb)
@@ -491,7 +510,7 @@ print(header)
 lines = [title, header]
 for name, reports, non2xx, errors, codes in rows:
     frac = f"{fraction[name]:.2f}" if name in fraction else "-"
-    where = "hyper" if name.startswith("baseline") else "nginx" if name.endswith("@nginx") else "node" if name.endswith("@direct") else "lb" if topology == "nginx-vs-lb" else topology
+    where = "hyper" if name.startswith("baseline") else "nginx" if name.endswith("@nginx") else "quiet" if name.endswith("@quiet") else "node" if name.endswith("@direct") else "lb" if topology == "nginx-vs-lb" else topology
     line = (f"{name:<13} {where:<8} {rps[name]:>9.0f} {frac:>7} "
             f"{ms(merged(reports, 50)):>8} {ms(merged(reports, 99)):>8} {ms(merged(reports, 99.9)):>9} "
             f"{non2xx:>8} {errors:>7}")
@@ -505,6 +524,11 @@ if "mixed" in rps:
 # nginx-vs-lb: the balancer against nginx, per scenario: the median of the per-round ratios
 # of req/s, and each one's added p50 over the same requests sent straight to node A.
 p50 = {name: merged(reports, 50) for name, reports, *_ in rows}
+for name in [n for n in names if f"{n}@quiet" in rps]:
+    pairs = [m[name][0] / m[f"{name}@quiet"][0] for m in rounds if name in m and f"{name}@quiet" in m]
+    note = f"{name}: default logging / access log off {median(pairs):.2f}"
+    print(note)
+    lines.append(note)
 for name in [n for n in names if f"{n}@nginx" in rps]:
     pairs = [m[name][0] / m[f"{name}@nginx"][0] for m in rounds if name in m and f"{name}@nginx" in m]
     note = f"{name}: lb/nginx {median(pairs):.2f}"
