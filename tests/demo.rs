@@ -162,35 +162,36 @@ fn a_busy_port_fails_before_the_store_or_the_credentials() {
 /// A data directory the node cannot use is named in the error.
 #[test]
 fn an_unusable_data_directory_is_named() {
+    // Starts a node on `data`, which must fail, and returns its stderr.
+    let failed_start = |data: &std::path::Path| {
+        let data_arg = data.display().to_string();
+        let run = run_to_exit(
+            &["node", "--listen", "127.0.0.1:0", "--data-dir", &data_arg],
+            &[],
+            START_TIMEOUT,
+        );
+        assert!(!run.status.success(), "exit status {:?}", run.status);
+        run.stderr
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     // A file where a directory should be: refused whoever runs the test (root too).
     let blocker = dir.path().join("not-a-directory");
     std::fs::write(&blocker, b"").expect("write file");
     let data = blocker.join("data");
-    let data_arg = data.display().to_string();
-    let run = run_to_exit(
-        &["node", "--listen", "127.0.0.1:0", "--data-dir", &data_arg],
-        &[],
-        START_TIMEOUT,
+    let stderr = failed_start(&data);
+    assert!(
+        stderr.contains(&data.display().to_string()),
+        "stderr: {stderr}"
     );
-    assert!(!run.status.success(), "exit status {:?}", run.status);
-    assert!(run.stderr.contains(&data_arg), "stderr: {}", run.stderr);
 
     // The store file itself unusable (here a directory): its path is named too.
     let data = dir.path().join("data");
     let store = data.join("soundwave.redb");
     std::fs::create_dir_all(&store).expect("create dir");
-    let data_arg = data.display().to_string();
-    let run = run_to_exit(
-        &["node", "--listen", "127.0.0.1:0", "--data-dir", &data_arg],
-        &[],
-        START_TIMEOUT,
-    );
-    assert!(!run.status.success(), "exit status {:?}", run.status);
+    let stderr = failed_start(&data);
     assert!(
-        run.stderr.contains(&store.display().to_string()),
-        "stderr: {}",
-        run.stderr
+        stderr.contains(&store.display().to_string()),
+        "stderr: {stderr}"
     );
 }
 

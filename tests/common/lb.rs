@@ -63,14 +63,9 @@ fn kill9(mut proc: Proc) {
     }
 }
 
-/// Spawns `cmd` (without any inherited `SOUNDWAVE_*` variable) and waits for a stdout line
-/// containing `ready`; panics with the stderr when the process exits or stays silent.
+/// Spawns `cmd` (from [`super::soundwave_command`]) and waits for a stdout line containing
+/// `ready`; panics with the stderr when the process exits or stays silent.
 fn spawn_until_ready(mut cmd: Command, ready: &str) -> Proc {
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SOUNDWAVE_") {
-            cmd.env_remove(&key);
-        }
-    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -134,7 +129,7 @@ impl Balancer {
         );
         let path = dir.path().join("lb.toml");
         std::fs::write(&path, config).expect("write lb config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_soundwave"));
+        let mut cmd = super::soundwave_command();
         cmd.arg("lb").arg("--config").arg(&path);
         cmd.env("RUST_LOG", "info");
         let proc = spawn_until_ready(cmd, "soundwave lb listening on http://");

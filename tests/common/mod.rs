@@ -183,7 +183,7 @@ impl Node {
 
     fn spawn(&mut self) {
         assert!(self.proc.is_none(), "spawn while a child is running");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_soundwave"));
+        let mut cmd = soundwave_command();
         cmd.arg("node")
             .arg("--listen")
             .arg(&self.opts.listen)
@@ -196,12 +196,6 @@ impl Node {
         }
         if self.opts.demo {
             cmd.arg("--demo");
-        }
-        // Hermetic: no SOUNDWAVE_* settings leak in from the environment running the tests.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("SOUNDWAVE_") {
-                cmd.env_remove(&k);
-            }
         }
         if let Some((u, p)) = &self.opts.admin {
             cmd.env("SOUNDWAVE_ADMIN_USERNAME", u)
@@ -688,6 +682,18 @@ where
     }
 }
 
+/// The `soundwave` binary under test, hermetic: no `SOUNDWAVE_*` setting leaks in from the
+/// environment running the tests.
+pub fn soundwave_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_soundwave"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SOUNDWAVE_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd
+}
+
 /// What a `soundwave` run that is expected to end printed, and how it ended.
 pub struct Finished {
     pub status: ExitStatus,
@@ -698,13 +704,8 @@ pub struct Finished {
 /// Runs `soundwave ARGS...` (no `SOUNDWAVE_*` settings from the environment, `env` added)
 /// to its end; kills it and panics if it is still running after `limit`.
 pub fn run_to_exit(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Finished {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_soundwave"));
+    let mut cmd = soundwave_command();
     cmd.args(args);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SOUNDWAVE_") {
-            cmd.env_remove(&k);
-        }
-    }
     for (k, v) in env {
         cmd.env(k, v);
     }
