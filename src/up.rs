@@ -222,13 +222,8 @@ pub fn run(config_path: &Path) -> Result<(), UpError> {
         }
         // A child that fails at start (a port in use, a bad config) is reported at once,
         // not after the whole start-up allowance.
-        if let Some((name, status)) = children
-            .iter_mut()
-            .find_map(|c| match c.process.try_wait() {
-                Ok(Some(status)) => Some((c.name.clone(), status)),
-                _ => None,
-            })
-        {
+        if let Some((dead, status)) = first_exited(&mut children) {
+            let name = children[dead].name.clone();
             terminate(&mut children);
             return Err(UpError::ExitedEarly { name, status });
         }
@@ -247,10 +242,7 @@ pub fn run(config_path: &Path) -> Result<(), UpError> {
         if stop.recv_timeout(Duration::from_millis(200)).is_ok() {
             break;
         }
-        if let Some(dead) = children
-            .iter_mut()
-            .position(|c| matches!(c.process.try_wait(), Ok(Some(_))))
-        {
+        if let Some((dead, _)) = first_exited(&mut children) {
             eprintln!("{} exited; stopping the others", children[dead].name);
             break;
         }
@@ -258,6 +250,17 @@ pub fn run(config_path: &Path) -> Result<(), UpError> {
     println!("stopping");
     terminate(&mut children);
     Ok(())
+}
+
+/// The first child that has exited, with its exit status.
+fn first_exited(children: &mut [ChildProcess]) -> Option<(usize, std::process::ExitStatus)> {
+    children
+        .iter_mut()
+        .enumerate()
+        .find_map(|(i, c)| match c.process.try_wait() {
+            Ok(Some(status)) => Some((i, status)),
+            _ => None,
+        })
 }
 
 /// A channel that receives once on SIGINT or SIGTERM.
