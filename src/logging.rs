@@ -265,6 +265,46 @@ fn format_access_line(
     )
 }
 
+/// The balancer's access line (target `soundwave::lb::access`, at info), formatted as
+/// [`write_access_line`] formats the node's, when the filter lets it through.
+pub fn write_lb_access_line(record: &lb::AccessRecord<'_>) {
+    if !tracing::enabled!(target: "soundwave::lb::access", tracing::Level::INFO) {
+        return;
+    }
+    let Some(buffer) = ACCESS_BUFFER.get() else {
+        return;
+    };
+    ACCESS_TEXT.with_borrow_mut(|text| {
+        text.clear();
+        if format_lb_access_line(text, record).is_ok() {
+            buffer.append(text.as_bytes());
+        }
+    });
+}
+
+fn format_lb_access_line(text: &mut String, record: &lb::AccessRecord<'_>) -> std::fmt::Result {
+    write_timestamp(text)?;
+    text.push_str("  INFO soundwave::lb::access:");
+    if let Some(client) = record.client {
+        write!(text, " client={client}")?;
+    }
+    write!(
+        text,
+        " method={} path={:?} status={} upstream={} attempts={} latency_us={}",
+        record.method,
+        record.path,
+        record.status,
+        record.upstream,
+        record.attempts,
+        record.latency_us
+    )?;
+    if let Some(error) = record.error {
+        write!(text, " error={:?}", error.to_string())?;
+    }
+    text.push('\n');
+    Ok(())
+}
+
 /// `YYYY-MM-DDTHH:MM:SS` of a Unix second, in UTC.
 fn format_second(out: &mut String, unix_second: u64) -> std::fmt::Result {
     let at = i64::try_from(unix_second)
@@ -317,6 +357,31 @@ mod tests {
             " INFO soundwave::access: node=2 client=10.0.0.7 method=GET \
              path=\"/api/products/?name=a\\\"b\\n\" status=200 latency_us=153\n"
         );
+    }
+
+    #[test]
+    fn balancer_access_lines_read_as_the_other_lines() {
+        let mut text = String::new();
+        let error = "refused \"here\"\nand more";
+        let record = lb::AccessRecord {
+            method: "POST",
+            path: "/api/orders/?x=1",
+            status: 502,
+            client: Some(IpAddr::from([10, 0, 0, 8])),
+            upstream: "127.0.0.1:8001",
+            attempts: 2,
+            latency_us: 90,
+            error: Some(&error),
+        };
+        format_lb_access_line(&mut text, &record).unwrap();
+        let (_, rest) = text.split_once(' ').unwrap();
+        let expected = format!(
+            " INFO soundwave::lb::access: client=10.0.0.8 method=POST path=\"/api/orders/?x=1\" \
+             status=502 upstream=127.0.0.1:8001 attempts=2 latency_us=90 error={:?}\n",
+            error
+        );
+        assert_eq!(rest, expected);
+        assert_eq!(text.lines().count(), 1, "one line whatever the error says");
     }
 
     #[test]

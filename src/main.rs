@@ -28,8 +28,12 @@ fn main() -> anyhow::Result<()> {
         Command::Lb(args) => {
             let config = args.resolve().context("loading the configuration")?;
             // Pingora builds its own runtimes: no tokio runtime around it.
-            lb::run(config, soundwave::telemetry::prometheus())
-                .context("running the load balancer")?;
+            lb::run(
+                config,
+                soundwave::telemetry::prometheus(),
+                soundwave::logging::write_lb_access_line,
+            )
+            .context("running the load balancer")?;
         }
     }
     Ok(())

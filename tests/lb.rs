@@ -438,7 +438,7 @@ async fn failed_connects_are_retried_once_for_any_method_in_flight_failures_only
     wait_for("the access log line of the GET", WAIT, || async {
         lb.stderr_lines()
             .iter()
-            .any(|l| l.contains("path=/drop-get") && l.contains("attempts=2"))
+            .any(|l| l.contains("path=\"/drop-get\"") && l.contains("attempts=2"))
             .then_some(())
     })
     .await;

@@ -24,7 +24,7 @@
 //!   connect, read and idle, a limit on header size (431); SIGTERM drains in-flight requests
 //!   for `grace_period_secs`.
 //! - **Visibility**: `GET /_lb/status` (JSON), Prometheus metrics on `metrics_listen`, one
-//!   `soundwave::lb::access` tracing line per request.
+//!   access line per request, through the [`AccessLog`] the caller passes to [`run`].
 //!
 //! [`selection::Consistent`]: pingora_load_balancing::selection::Consistent
 
@@ -52,7 +52,7 @@ mod proxy;
 mod upstream;
 
 pub use config::LbConfig;
-pub use proxy::{MAX_ATTEMPTS, RESERVED_PREFIXES, client_ip, is_internal};
+pub use proxy::{AccessLog, AccessRecord, MAX_ATTEMPTS, RESERVED_PREFIXES, client_ip, is_internal};
 pub use upstream::Role;
 
 /// Everything that can stop the balancer from starting.
@@ -157,8 +157,13 @@ impl BackgroundService for Announcer {
 /// Runs the balancer until SIGTERM (drains in-flight requests for `grace_period_secs`) or
 /// SIGINT (stops at once). Pingora builds its own runtimes: call this from a plain thread,
 /// not from inside an async runtime. `metrics_handle` renders the process's Prometheus
-/// recorder, where the balancer records its metrics.
-pub fn run(config: LbConfig, metrics_handle: PrometheusHandle) -> Result<(), LbError> {
+/// recorder, where the balancer records its metrics; `access_log` writes the line of each
+/// finished request.
+pub fn run(
+    config: LbConfig,
+    metrics_handle: PrometheusHandle,
+    access_log: AccessLog,
+) -> Result<(), LbError> {
     config.validate()?;
     check_bindable("listen", config.listen)?;
     if let Some(addr) = config.metrics_listen {
@@ -189,6 +194,7 @@ pub fn run(config: LbConfig, metrics_handle: PrometheusHandle) -> Result<(), LbE
         upstreams: upstreams.clone(),
         config: config.clone(),
         max_ring_steps: RING_POINTS_PER_UPSTREAM * largest_tier + 1,
+        access_log,
     };
     let mut proxy_service = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::Method;
+use http::{HeaderValue, Method};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -37,7 +37,29 @@ pub struct Balancer {
     pub config: Arc<LbConfig>,
     /// Bound on ring steps of one selection (every point of the largest ring).
     pub max_ring_steps: usize,
+    pub access_log: AccessLog,
 }
+
+/// One finished request, as the access log line tells it.
+pub struct AccessRecord<'a> {
+    pub method: &'a str,
+    /// Path and query, as the client sent them.
+    pub path: &'a str,
+    /// 0: no response was written (the client went away).
+    pub status: u16,
+    pub client: Option<IpAddr>,
+    /// Label of the upstream that answered; `-` when the balancer answered itself.
+    pub upstream: &'a str,
+    pub attempts: u8,
+    pub latency_us: u64,
+    /// Why the request failed, when it did.
+    pub error: Option<&'a dyn std::fmt::Display>,
+}
+
+/// Where the access line of each request goes. `soundwave lb` passes a writer that asks
+/// the log filter (target `soundwave::lb::access`, level info) and formats the line
+/// straight into the process's buffered log, as the node's access line is written.
+pub type AccessLog = fn(&AccessRecord<'_>);
 
 /// What one request learns on its way through the balancer.
 pub struct RequestCtx {
@@ -154,6 +176,13 @@ pub fn client_ip(peer: IpAddr, trusted: &[IpAddr], req: &RequestHeader) -> IpAdd
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
     real.or_else(|| forwarded.first().copied()).unwrap_or(peer)
+}
+
+/// An IP address as a header value, without copying it again.
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    // An address's text is always a valid header value.
+    HeaderValue::from_maybe_shared(Bytes::from(ip.to_string()))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// Bytes of the request line and headers, as they came.
@@ -350,8 +379,15 @@ impl ProxyHttp for Balancer {
         let Some(peer) = ctx.peer else {
             return Ok(());
         };
+        // One allocation for the common case: the client is the peer, no earlier proxies.
+        let peer_value = ip_header_value(peer);
         let client = ctx.client.unwrap_or(peer);
-        upstream_request.insert_header("X-Real-IP", client.to_string())?;
+        let real_ip = if client == peer {
+            peer_value.clone()
+        } else {
+            ip_header_value(client)
+        };
+        upstream_request.insert_header("X-Real-IP", real_ip)?;
         let earlier: Vec<&str> = session
             .req_header()
             .headers
@@ -361,21 +397,20 @@ impl ProxyHttp for Balancer {
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .collect();
-        let forwarded_for = if earlier.is_empty() {
-            peer.to_string()
+        if earlier.is_empty() {
+            upstream_request.insert_header("X-Forwarded-For", peer_value)?;
         } else {
-            format!("{}, {peer}", earlier.join(", "))
-        };
-        upstream_request.insert_header("X-Forwarded-For", forwarded_for)?;
-        let proto = session
-            .req_header()
-            .headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| ctx.peer_trusted && matches!(*v, "http" | "https"))
-            .unwrap_or("http")
-            .to_owned();
-        upstream_request.insert_header("X-Forwarded-Proto", proto)?;
+            let forwarded_for = format!("{}, {peer}", earlier.join(", "));
+            upstream_request.insert_header("X-Forwarded-For", forwarded_for)?;
+        }
+        let trusted_https = ctx.peer_trusted
+            && session
+                .req_header()
+                .headers
+                .get("x-forwarded-proto")
+                .is_some_and(|v| v.as_bytes() == b"https");
+        let proto = if trusted_https { "https" } else { "http" };
+        upstream_request.insert_header("X-Forwarded-Proto", HeaderValue::from_static(proto))?;
         Ok(())
     }
 
@@ -485,18 +520,19 @@ impl ProxyHttp for Balancer {
         let elapsed = ctx.started.elapsed();
         metrics::request(upstream, status, elapsed.as_secs_f64());
         let req = session.req_header();
-        // Field values are only computed when the line is enabled.
-        tracing::info!(
-            target: "soundwave::lb::access",
-            method = %req.method,
-            path = %req.uri.path(),
+        (self.access_log)(&AccessRecord {
+            method: req.method.as_str(),
+            path: req
+                .uri
+                .path_and_query()
+                .map_or(req.uri.path(), |p| p.as_str()),
             status,
-            client = %ctx.client.map(|ip| ip.to_string()).unwrap_or_default(),
+            client: ctx.client,
             upstream,
-            attempts = ctx.attempts,
-            latency_us = elapsed.as_micros() as u64,
-            error = e.map(|e| e.to_string()),
-        );
+            attempts: ctx.attempts,
+            latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            error: e.map(|e| e as &dyn std::fmt::Display),
+        });
     }
 }
 
