@@ -191,7 +191,12 @@ pub async fn verify_password(password: String, hash: Option<String>) -> ApiResul
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum ThrottleKey {
+    /// One username from one client IP: the tight limit, so an attacker elsewhere cannot
+    /// lock the owner out (OWASP's advice).
+    Pair(String, IpAddr),
+    /// One username from anywhere: a looser limit against guesses spread over many IPs.
     Username(String),
+    /// One client IP, whatever the usernames: against spraying one password over many.
     Ip(IpAddr),
 }
 
@@ -199,82 +204,149 @@ enum ThrottleKey {
 struct FailureWindow {
     started: Instant,
     failures: u32,
+    /// Attempts admitted whose password check has not finished: they count against the
+    /// limit, so concurrent guesses cannot all get past it.
+    in_flight: u32,
 }
 
-/// Counts failed logins per username and per client IP in fixed windows; past the limit
-/// further attempts are refused (429) until the window ends.
+/// The three limits of [`LoginThrottle`], failed logins per window.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    pub per_username_and_ip: u32,
+    pub per_username: u32,
+    pub per_ip: u32,
+    pub window: Duration,
+}
+
+/// Counts failed logins per username and client IP, per username and per client IP, in
+/// fixed windows. An attempt is admitted, and counted as in flight, before its password is
+/// checked, atomically under one lock; past any limit it is refused (429) until the window
+/// ends.
 pub struct LoginThrottle {
-    max_per_username: u32,
-    max_per_ip: u32,
-    window: Duration,
+    limits: LoginLimits,
     windows: Mutex<HashMap<ThrottleKey, FailureWindow>>,
 }
 
 /// Windows kept before expired ones are swept.
 const THROTTLE_SWEEP_AT: usize = 100_000;
 
+/// An admitted login attempt. Say how it ended with [`LoginAttempt::finish`]; dropped
+/// unfinished (the request was cancelled), it only leaves the in-flight count.
+pub struct LoginAttempt<'a> {
+    throttle: &'a LoginThrottle,
+    keys: Option<[ThrottleKey; 3]>,
+}
+
+impl LoginAttempt<'_> {
+    /// A failure counts against every limit; a success forgets this username's failures
+    /// from this IP (not those from elsewhere, which may be an attack in progress).
+    pub fn finish(mut self, succeeded: bool) {
+        if let Some(keys) = self.keys.take() {
+            self.throttle.settle(keys, Some(succeeded));
+        }
+    }
+}
+
+impl Drop for LoginAttempt<'_> {
+    fn drop(&mut self) {
+        if let Some(keys) = self.keys.take() {
+            self.throttle.settle(keys, None);
+        }
+    }
+}
+
 impl LoginThrottle {
-    pub fn new(max_per_username: u32, max_per_ip: u32, window: Duration) -> Self {
+    pub fn new(limits: LoginLimits) -> Self {
         LoginThrottle {
-            max_per_username,
-            max_per_ip,
-            window,
+            limits,
             windows: Mutex::new(HashMap::new()),
         }
     }
 
-    fn keys(ip: IpAddr, username: &str) -> [(ThrottleKey, bool); 2] {
+    fn keys(ip: IpAddr, username: &str) -> [ThrottleKey; 3] {
         [
-            (ThrottleKey::Username(username.to_owned()), true),
-            (ThrottleKey::Ip(ip), false),
+            ThrottleKey::Pair(username.to_owned(), ip),
+            ThrottleKey::Username(username.to_owned()),
+            ThrottleKey::Ip(ip),
         ]
     }
 
-    /// `Err(seconds to wait)` when this IP or username is locked out.
-    pub fn check(&self, ip: IpAddr, username: &str) -> Result<(), u64> {
-        let now = Instant::now();
-        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, is_username) in Self::keys(ip, username) {
-            let limit = if is_username {
-                self.max_per_username
-            } else {
-                self.max_per_ip
-            };
-            if let Some(window) = windows.get(&key) {
-                let elapsed = now.duration_since(window.started);
-                if elapsed < self.window && window.failures >= limit {
-                    return Err((self.window - elapsed).as_secs().max(1));
-                }
-            }
+    fn limit(&self, key: &ThrottleKey) -> u32 {
+        match key {
+            ThrottleKey::Pair(..) => self.limits.per_username_and_ip,
+            ThrottleKey::Username(_) => self.limits.per_username,
+            ThrottleKey::Ip(_) => self.limits.per_ip,
         }
-        Ok(())
     }
 
-    pub fn record_failure(&self, ip: IpAddr, username: &str) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ThrottleKey, FailureWindow>> {
+        self.windows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits one attempt for `username` from `ip`, or `Err(seconds to wait)` when a limit
+    /// is reached, counting the attempts still being checked.
+    pub fn begin(&self, ip: IpAddr, username: &str) -> Result<LoginAttempt<'_>, u64> {
         let now = Instant::now();
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let window_length = self.limits.window;
+        let keys = Self::keys(ip, username);
+        let mut windows = self.lock();
         if windows.len() >= THROTTLE_SWEEP_AT {
-            windows.retain(|_, w| now.duration_since(w.started) < self.window);
+            windows.retain(|_, w| w.in_flight > 0 || now.duration_since(w.started) < window_length);
         }
-        for (key, _) in Self::keys(ip, username) {
-            let window = windows.entry(key).or_insert(FailureWindow {
+        for key in &keys {
+            let Some(window) = windows.get(key) else {
+                continue;
+            };
+            let elapsed = now.duration_since(window.started);
+            let failures = if elapsed < window_length {
+                window.failures
+            } else {
+                0
+            };
+            if failures + window.in_flight >= self.limit(key) {
+                let wait = if failures >= self.limit(key) {
+                    window_length.saturating_sub(elapsed).as_secs()
+                } else {
+                    0
+                };
+                return Err(wait.max(1));
+            }
+        }
+        for key in &keys {
+            let window = windows.entry(key.clone()).or_insert(FailureWindow {
                 started: now,
                 failures: 0,
+                in_flight: 0,
             });
-            if now.duration_since(window.started) >= self.window {
-                *window = FailureWindow {
-                    started: now,
-                    failures: 0,
-                };
-            }
-            window.failures += 1;
+            window.in_flight += 1;
         }
+        Ok(LoginAttempt {
+            throttle: self,
+            keys: Some(keys),
+        })
     }
 
-    /// A successful login forgets the username's failures.
-    pub fn record_success(&self, username: &str) {
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        windows.remove(&ThrottleKey::Username(username.to_owned()));
+    fn settle(&self, keys: [ThrottleKey; 3], succeeded: Option<bool>) {
+        let now = Instant::now();
+        let mut windows = self.lock();
+        for key in keys {
+            let Some(window) = windows.get_mut(&key) else {
+                continue;
+            };
+            window.in_flight = window.in_flight.saturating_sub(1);
+            if now.duration_since(window.started) >= self.limits.window {
+                window.started = now;
+                window.failures = 0;
+            }
+            match succeeded {
+                Some(false) => window.failures += 1,
+                Some(true) if matches!(key, ThrottleKey::Pair(..)) => window.failures = 0,
+                _ => {}
+            }
+            if window.failures == 0 && window.in_flight == 0 {
+                windows.remove(&key);
+            }
+        }
     }
 }
 
@@ -381,16 +453,83 @@ mod tests {
         assert!(!verify_password_blocking("wrong horse", &hash));
     }
 
+    fn limits(per_pair: u32, per_username: u32, per_ip: u32) -> LoginLimits {
+        LoginLimits {
+            per_username_and_ip: per_pair,
+            per_username,
+            per_ip,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    fn fail(throttle: &LoginThrottle, ip: IpAddr, username: &str) {
+        throttle
+            .begin(ip, username)
+            .expect("admitted")
+            .finish(false);
+    }
+
     #[test]
-    fn the_throttle_locks_a_username_after_too_many_failures() {
-        let throttle = LoginThrottle::new(2, 100, Duration::from_secs(60));
+    fn the_throttle_locks_a_username_from_one_ip_after_too_many_failures() {
+        let throttle = LoginThrottle::new(limits(2, 100, 100));
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
-        assert!(throttle.check(ip, "bob").is_ok());
-        throttle.record_failure(ip, "bob");
-        throttle.record_failure(ip, "bob");
-        assert!(throttle.check(ip, "bob").is_err());
-        assert!(throttle.check(ip, "alice").is_ok());
-        throttle.record_success("bob");
-        assert!(throttle.check(ip, "bob").is_ok());
+        let elsewhere: IpAddr = "127.0.0.10".parse().unwrap();
+        fail(&throttle, ip, "bob");
+        fail(&throttle, ip, "bob");
+        assert!(throttle.begin(ip, "bob").is_err());
+        assert!(
+            throttle.begin(ip, "alice").is_ok(),
+            "other usernames are not locked"
+        );
+        let owner = throttle
+            .begin(elsewhere, "bob")
+            .expect("the owner elsewhere gets in");
+        owner.finish(true);
+    }
+
+    #[test]
+    fn a_success_forgets_the_failures_from_its_ip_only() {
+        let throttle = LoginThrottle::new(limits(2, 3, 100));
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let attacker: IpAddr = "127.0.0.66".parse().unwrap();
+        fail(&throttle, ip, "bob");
+        throttle.begin(ip, "bob").unwrap().finish(true);
+        fail(&throttle, ip, "bob");
+        assert!(
+            throttle.begin(ip, "bob").is_ok(),
+            "the pair count restarted"
+        );
+        fail(&throttle, attacker, "bob");
+        assert!(
+            throttle.begin(ip, "bob").is_err(),
+            "three failures for bob from anywhere reach the per-username limit"
+        );
+    }
+
+    #[test]
+    fn attempts_in_flight_count_against_the_limit() {
+        let throttle = LoginThrottle::new(limits(5, 100, 100));
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let admitted: Vec<_> = (0..30)
+            .filter_map(|_| throttle.begin(ip, "bob").ok())
+            .collect();
+        assert_eq!(admitted.len(), 5, "only the limit is admitted at once");
+        drop(admitted);
+        assert!(
+            throttle.begin(ip, "bob").is_ok(),
+            "cancelled attempts are not failures"
+        );
+        assert!(throttle.lock().len() <= 3);
+    }
+
+    #[test]
+    fn the_ip_limit_spans_usernames() {
+        let throttle = LoginThrottle::new(limits(5, 100, 3));
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        for name in ["a", "b", "c"] {
+            fail(&throttle, ip, name);
+        }
+        assert!(throttle.begin(ip, "d").is_err());
+        assert!(throttle.begin("127.0.0.8".parse().unwrap(), "d").is_ok());
     }
 }

@@ -134,8 +134,10 @@ pub struct AuthConfig {
     pub jwt_secret: String,
     pub access_token_lifetime_secs: u64,
     pub refresh_token_lifetime_secs: u64,
-    /// Failed logins for one username within the window before 429.
+    /// Failed logins for one username from one client IP within the window before 429.
     pub login_max_failures: u32,
+    /// Failed logins for one username from all client IPs within the window before 429.
+    pub login_max_failures_per_username: u32,
     /// Failed logins from one client IP within the window before 429.
     pub login_max_failures_per_ip: u32,
     pub login_failure_window_secs: u64,
@@ -151,6 +153,7 @@ impl Default for AuthConfig {
             access_token_lifetime_secs: 300,
             refresh_token_lifetime_secs: 86_400,
             login_max_failures: 5,
+            login_max_failures_per_username: 20,
             login_max_failures_per_ip: 50,
             login_failure_window_secs: 300,
             admin_username: String::new(),

@@ -13,7 +13,7 @@ use store::{
     Command, CommandOutcome, CommandSubmitter, LocalWriter, Store, StoreError, StoreReader,
 };
 
-use crate::auth::{self, LoginThrottle, TokenService};
+use crate::auth::{self, LoginLimits, LoginThrottle, TokenService};
 use crate::cache::ResponseCache;
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
@@ -139,11 +139,12 @@ pub async fn build_state(
             Duration::from_secs(config.auth.access_token_lifetime_secs),
             Duration::from_secs(config.auth.refresh_token_lifetime_secs),
         ),
-        throttle: LoginThrottle::new(
-            config.auth.login_max_failures,
-            config.auth.login_max_failures_per_ip,
-            Duration::from_secs(config.auth.login_failure_window_secs),
-        ),
+        throttle: LoginThrottle::new(LoginLimits {
+            per_username_and_ip: config.auth.login_max_failures,
+            per_username: config.auth.login_max_failures_per_username,
+            per_ip: config.auth.login_max_failures_per_ip,
+            window: Duration::from_secs(config.auth.login_failure_window_secs),
+        }),
         limits: Limits {
             max_body_bytes: config.node.max_body_bytes,
             page_size: config.node.page_size,

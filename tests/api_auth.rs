@@ -605,3 +605,88 @@ async fn login_throttle_per_ip() {
     r.expect_detail(429);
     r.header_required("retry-after");
 }
+
+/// Concurrent guesses cannot get past the limit: each is admitted, and counted, before its
+/// password is checked. 30 at once for one username with a limit of 5: at most 5 checked,
+/// whether the right password is among them or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_check_at_most_the_limit() {
+    let node = Node::builder()
+        .config("[auth]\nlogin_max_failures = 5\nlogin_failure_window_secs = 300\n")
+        .start();
+    let victim = node.new_user("concurrent").await;
+    let client = reqwest::Client::new();
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let password = if i == 29 {
+            victim.password.clone()
+        } else {
+            format!("guess-{i}")
+        };
+        let request = client
+            .post(node.url("/api/token/"))
+            .json(&json!({"username": victim.username, "password": password}));
+        guesses.spawn(async move {
+            request
+                .send()
+                .await
+                .expect("POST /api/token/")
+                .status()
+                .as_u16()
+        });
+    }
+    let statuses = guesses.join_all().await;
+    let checked = statuses.iter().filter(|s| matches!(s, 200 | 401)).count();
+    let refused = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(checked <= 5, "{checked} passwords checked: {statuses:?}");
+    assert_eq!(checked + refused, 30, "only 200, 401 and 429: {statuses:?}");
+}
+
+/// An attacker failing from one IP locks that IP out of the username, not the owner, who
+/// logs in from elsewhere; guesses spread over many IPs meet the per-username limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attacker_elsewhere_does_not_lock_the_owner_out() {
+    let node = Node::builder()
+        .config(
+            "[auth]\nlogin_max_failures = 3\nlogin_max_failures_per_username = 6\n\
+             login_max_failures_per_ip = 100\n",
+        )
+        .start();
+    let victim = node.new_user("owner").await;
+    let ips = lb::client_ips(4);
+    let attempt = |ip, password: String| {
+        let request = lb::client_from(ip)
+            .post(node.url("/api/token/"))
+            .json(&json!({"username": victim.username, "password": password}));
+        async move {
+            request
+                .send()
+                .await
+                .expect("POST /api/token/")
+                .status()
+                .as_u16()
+        }
+    };
+    for i in 0..3 {
+        assert_eq!(attempt(ips[0], format!("guess-{i}")).await, 401);
+    }
+    assert_eq!(
+        attempt(ips[0], "guess-3".into()).await,
+        429,
+        "the attacker's IP is locked"
+    );
+    assert_eq!(
+        attempt(ips[1], victim.password.clone()).await,
+        200,
+        "the owner, elsewhere, gets in"
+    );
+    // Three more failures from two other IPs: six for the username in all.
+    for (i, ip) in [ips[2], ips[2], ips[3]].into_iter().enumerate() {
+        assert_eq!(attempt(ip, format!("spread-{i}")).await, 401);
+    }
+    assert_eq!(
+        attempt(ips[1], victim.password.clone()).await,
+        429,
+        "the per-username limit holds whatever the IP"
+    );
+}

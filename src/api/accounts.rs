@@ -140,19 +140,22 @@ pub async fn obtain_token(
         return Err(ApiError::BadRequest("Missing username or password.".into()));
     };
     let ip = state.client_ip(peer, &headers);
-    if let Err(retry_after_secs) = state.throttle.check(ip, &username) {
-        return Err(ApiError::TooManyRequests { retry_after_secs });
-    }
+    // Admitted before the password is checked, and counted while it is: concurrent guesses
+    // cannot get past the limit.
+    let attempt = state
+        .throttle
+        .begin(ip, &username)
+        .map_err(|retry_after_secs| ApiError::TooManyRequests { retry_after_secs })?;
     let user = state.read()?.user_by_username(&username)?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let verified = auth::verify_password(password, hash).await?;
     match user {
         Some(user) if verified => {
-            state.throttle.record_success(&username);
+            attempt.finish(true);
             token_pair_response(&state, user.id)
         }
         _ => {
-            state.throttle.record_failure(ip, &username);
+            attempt.finish(false);
             metrics::counter!("soundwave_failed_logins_total").increment(1);
             Err(ApiError::BadCredentials)
         }
