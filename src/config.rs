@@ -106,6 +106,14 @@ pub struct NodeConfig {
     pub page_size: usize,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed (the balancer).
     pub trusted_proxies: Vec<IpAddr>,
+    /// How long a client may take to send a request's headers, and a keep-alive connection
+    /// may stay idle, before the node closes it.
+    pub header_timeout_secs: u64,
+    /// Open client connections at most; more get 503 at once. Keep it below the process's
+    /// descriptor limit (`ulimit -n`), less what the store and the cluster use.
+    pub max_connections: usize,
+    /// Open connections from one client IP at most (trusted proxies are not bounded).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for NodeConfig {
@@ -123,6 +131,9 @@ impl Default for NodeConfig {
             request_timeout_secs: 30,
             page_size: 1000,
             trusted_proxies: Vec::new(),
+            header_timeout_secs: 30,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -185,6 +196,14 @@ impl Config {
         }
         if self.node.demo_orders > 0 && self.node.demo_products == 0 {
             return invalid("node.demo_orders needs node.demo_products of at least 1");
+        }
+        if self.node.header_timeout_secs == 0 {
+            return invalid("node.header_timeout_secs must be at least 1");
+        }
+        if self.node.max_connections == 0 || self.node.max_connections_per_ip == 0 {
+            return invalid(
+                "node.max_connections and node.max_connections_per_ip must be at least 1",
+            );
         }
         if self.node.max_body_bytes < 1024 {
             return invalid("node.max_body_bytes must be at least 1024");

@@ -277,7 +277,14 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     };
     // In-flight requests end within the request timeout; a little more for the last bytes.
     let drain = Duration::from_secs(config.node.request_timeout_secs.saturating_add(5));
-    crate::server::serve(listener, app, stop, drain).await;
+    let limits = crate::server::ConnectionLimits::new(
+        Duration::from_secs(config.node.header_timeout_secs),
+        config.node.max_connections,
+        config.node.max_connections_per_ip,
+        config.node.trusted_proxies.clone(),
+        &state.node_header,
+    );
+    crate::server::serve(listener, app, limits, stop, drain).await;
     // Raft's tasks hold the store: stop them, so that it is closed cleanly (else the next
     // start repairs the whole file). Applies and the commit point are written without a
     // flush (the log is flushed): flush them, so that a restarted node has its state at once.

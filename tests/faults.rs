@@ -1,0 +1,178 @@
+//! Faults and abuse a node must survive (issue 15): idle, trickling and too many
+//! connections. Real processes, bounded in time.
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// A raw TCP connection to `addr` from the source address `from`.
+fn connect_from(from: IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    socket
+        .bind(&SocketAddr::new(from, 0).into())
+        .expect("bind the source address");
+    socket.connect(&addr.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    stream
+}
+
+/// Sends one GET on `stream` and reads the response up to the end of its (short) body.
+fn get_on(stream: &mut TcpStream, path: &str) -> String {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("send a request");
+    read_response(stream)
+}
+
+/// Reads what the server sends until it closes or pauses (responses here are small).
+fn read_response(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&out);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok());
+                    if length.is_some_and(|n| body.len() >= n) {
+                        break;
+                    }
+                }
+            }
+            Err(error) => panic!(
+                "reading a response: {error}; so far {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Past the per-IP limit a connection gets a JSON 503 with `Connection: close` at once;
+/// other IPs are served meanwhile, and a freed slot is taken again.
+#[test]
+fn connections_are_bounded_per_client_ip() {
+    let node = Node::builder()
+        .config("[node]\nmax_connections_per_ip = 3\n")
+        .start();
+    let addr = lb::node_addr(&node);
+    let [crowd, other] = lb::client_ips(2)[..] else {
+        unreachable!()
+    };
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect_from(crowd, addr)).collect();
+    // The held connections are admitted: each is served.
+    for stream in &mut held {
+        assert!(get_on(stream, "/health/").starts_with("HTTP/1.1 200"));
+    }
+    let mut refused = connect_from(crowd, addr);
+    let response = read_response(&mut refused);
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    let lower = response.to_ascii_lowercase();
+    assert!(lower.contains("connection: close"), "{response}");
+    assert!(lower.contains("x-soundwave-node: 1"), "{response}");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    let detail: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert!(detail["detail"].as_str().is_some(), "{body}");
+
+    let mut elsewhere = connect_from(other, addr);
+    assert!(get_on(&mut elsewhere, "/health/").starts_with("HTTP/1.1 200"));
+
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = connect_from(crowd, addr);
+        let response = get_on(&mut again, "/health/");
+        if response.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed slot was never reused: {response}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A client trickling its headers a byte at a time, and one idling on a keep-alive
+/// connection, are both cut after the header timeout, while others are served.
+#[test]
+fn trickling_and_idle_connections_are_cut() {
+    let node = Node::builder()
+        .config("[node]\nheader_timeout_secs = 2\n")
+        .start();
+    let addr = lb::node_addr(&node);
+    let ip = lb::client_ips(1)[0];
+
+    let mut idle = connect_from(ip, addr);
+    assert!(get_on(&mut idle, "/health/").starts_with("HTTP/1.1 200"));
+    let mut trickling = connect_from(ip, addr);
+    let started = Instant::now();
+    let request = b"GET /health/ HTTP/1.1\r\nHost: test\r\nX-Slow: ";
+    let mut cut_after = None;
+    for i in 0.. {
+        let byte = [request.get(i).copied().unwrap_or(b'a')];
+        if trickling.write_all(&byte).is_err() {
+            cut_after = Some(started.elapsed());
+            break;
+        }
+        // Whatever the server sends (its 408, or nothing) ends the trickle once it closed.
+        trickling
+            .set_read_timeout(Some(Duration::from_millis(250)))
+            .expect("a read timeout");
+        let mut buf = [0u8; 512];
+        match trickling.read(&mut buf) {
+            Ok(_) => {
+                cut_after = Some(started.elapsed());
+                break;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                cut_after = Some(started.elapsed());
+                break;
+            }
+        }
+        // Others are served meanwhile.
+        if i % 4 == 0 {
+            let mut other = connect_from(ip, addr);
+            assert!(get_on(&mut other, "/health/").starts_with("HTTP/1.1 200"));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the trickling client was never cut"
+        );
+    }
+    let cut_after = cut_after.expect("cut");
+    assert!(
+        cut_after >= Duration::from_secs(1),
+        "cut after {cut_after:?}: before the timeout"
+    );
+    // The idle keep-alive connection was closed too: the server's end reads as closed.
+    idle.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a read timeout");
+    let mut buf = [0u8; 64];
+    let read = idle.read(&mut buf);
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "the idle connection is still open: {read:?}"
+    );
+}
