@@ -15,12 +15,16 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -64,7 +68,10 @@ pub async fn serve(
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), RouterService::new(&app, peer));
+            .serve_connection(
+                TokioIo::new(stream),
+                RouterService::new(&app, peer, &limits.node_header),
+            );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -99,6 +106,7 @@ pub struct ConnectionLimits {
     open: Mutex<OpenConnections>,
     /// The whole response a refused connection gets.
     refusal: bytes::Bytes,
+    node_header: http::HeaderValue,
 }
 
 #[derive(Default)]
@@ -133,6 +141,7 @@ impl ConnectionLimits {
             exempt,
             open: Mutex::new(OpenConnections::default()),
             refusal: refusal.into(),
+            node_header: node_header.clone(),
         }
     }
 
@@ -202,18 +211,21 @@ async fn accept_failed(error: &io::Error) {
     }
 }
 
-/// The router as one connection's hyper service: each request gets the connection's peer.
+/// The router as one connection's hyper service: each request gets the connection's peer,
+/// and a request whose handler panics gets a JSON 500 instead of a dropped connection.
 #[derive(Clone)]
 struct RouterService {
     app: Router,
     peer: ConnectInfo<SocketAddr>,
+    node_header: http::HeaderValue,
 }
 
 impl RouterService {
-    fn new(app: &Router, peer: SocketAddr) -> Self {
+    fn new(app: &Router, peer: SocketAddr, node_header: &http::HeaderValue) -> Self {
         RouterService {
             app: app.clone(),
             peer: ConnectInfo(peer),
+            node_header: node_header.clone(),
         }
     }
 }
@@ -221,11 +233,137 @@ impl RouterService {
 impl hyper::service::Service<http::Request<Incoming>> for RouterService {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = tower::util::Oneshot<Router, http::Request<Body>>;
+    type Future = CatchPanic<tower::util::Oneshot<Router, http::Request<Body>>>;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(self.peer);
-        self.app.clone().oneshot(request)
+        CatchPanic {
+            inner: self.app.clone().oneshot(request),
+            node_header: Some(self.node_header.clone()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's future that answers 500 when it panics (logged at error and counted in
+    /// `soundwave_panics_total`); the connection stays usable.
+    pub struct CatchPanic<F> {
+        #[pin]
+        inner: F,
+        node_header: Option<http::HeaderValue>,
+    }
+}
+
+impl<F> Future for CatchPanic<F>
+where
+    F: Future<Output = Result<axum::response::Response, std::convert::Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let inner = this.inner;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %message, "a request handler panicked");
+                metrics::counter!("soundwave_panics_total").increment(1);
+                let mut response =
+                    crate::error::ApiError::Internal("a request handler panicked".into())
+                        .into_response();
+                if let Some(node) = this.node_header.take() {
+                    response.headers_mut().insert("x-soundwave-node", node);
+                }
+                Poll::Ready(Ok(response))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::AsyncReadExt;
+
+    /// Reads one response with a `content-length` body from `stream`.
+    async fn read_response(stream: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .expect("a content-length");
+                if body.len() >= length {
+                    return text;
+                }
+            }
+        }
+    }
+
+    async fn boom() -> &'static str {
+        panic!("deliberately, for the test")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_json_500_and_the_connection_stays_usable() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/boom", get(boom))
+            .route("/ok", get(|| async { "fine" }));
+        let limits = ConnectionLimits::new(
+            Duration::from_secs(30),
+            10,
+            10,
+            Vec::new(),
+            &http::HeaderValue::from(7u64),
+        );
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            app,
+            limits,
+            async move {
+                let _ = stop_rx.await;
+            },
+            Duration::from_secs(1),
+        ));
+
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let response = read_response(&mut stream).await;
+        assert!(response.starts_with("HTTP/1.1 500"), "{response}");
+        assert!(response.contains("x-soundwave-node: 7"), "{response}");
+        let body = response.split_once("\r\n\r\n").unwrap().1;
+        let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert!(json["detail"].is_string(), "{body}");
+
+        stream
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let response = read_response(&mut stream).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("fine"), "{response}");
+
+        let _ = stop_tx.send(());
+        server.await.unwrap();
     }
 }

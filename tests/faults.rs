@@ -1,5 +1,5 @@
 //! Faults and abuse a node must survive (issue 15): idle, trickling and too many
-//! connections. Real processes, bounded in time.
+//! connections, a damaged store file, a panicking request. Real processes, bounded in time.
 mod common;
 use common::*;
 
@@ -174,5 +174,47 @@ fn trickling_and_idle_connections_are_cut() {
     assert!(
         matches!(read, Ok(0)) || read.is_err(),
         "the idle connection is still open: {read:?}"
+    );
+}
+
+/// A store file damaged on disk is refused at start, with a message naming the file and
+/// what to do; a store file truncated to nothing is not taken for a new, empty shop.
+#[test]
+fn a_damaged_or_emptied_store_is_refused_at_start() {
+    let mut node = Node::builder().demo().start();
+    node.terminate();
+    let store_file = node.data_dir().join("soundwave.redb");
+    let mut bytes = std::fs::read(&store_file).expect("read the store file");
+    let (start, end) = (bytes.len() / 4, bytes.len() * 3 / 4);
+    for (i, byte) in bytes[start..end].iter_mut().enumerate() {
+        *byte = (i.wrapping_mul(2_654_435_761) >> 7) as u8;
+    }
+    let data_arg = node.data_dir().display().to_string();
+    let start_on_it = || {
+        let run = run_to_exit(
+            &["node", "--listen", "127.0.0.1:0", "--data-dir", &data_arg],
+            &[],
+            START_TIMEOUT,
+        );
+        assert!(!run.status.success(), "it started: {}", run.stdout);
+        assert!(!run.stdout.contains("listening on"), "{}", run.stdout);
+        run.stderr
+    };
+    std::fs::write(&store_file, &bytes).expect("damage the store file");
+    let stderr = start_on_it();
+    assert!(stderr.contains("is damaged"), "{stderr}");
+    assert!(
+        stderr.contains(&store_file.display().to_string()),
+        "{stderr}"
+    );
+    assert!(stderr.contains("restore it from a backup"), "{stderr}");
+
+    std::fs::write(&store_file, b"").expect("truncate the store file");
+    let stderr = start_on_it();
+    assert!(stderr.contains("the file is empty"), "{stderr}");
+    assert_eq!(
+        std::fs::metadata(&store_file).map(|m| m.len()).ok(),
+        Some(0),
+        "the empty file is left as found"
     );
 }

@@ -78,22 +78,65 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let path = path.as_ref().to_path_buf();
         let shown = path.display().to_string();
+        let damaged = |reason: String| StoreError::Damaged {
+            path: shown.clone(),
+            reason,
+        };
+        // An empty file is not a new store: something truncated it (a new store is created
+        // where there is no file at all).
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            return Err(damaged("the file is empty (0 bytes)".into()));
+        }
         let warned = std::sync::atomic::AtomicBool::new(false);
-        let db = Database::builder()
-            .set_cache_size(page_cache_bytes)
-            .set_repair_callback(move |_| {
-                if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        let repair_path = shown.clone();
+        // redb may panic on damaged pages instead of returning an error: a panic here is a
+        // damaged file, not a crash of the node.
+        let opened = std::panic::catch_unwind(|| {
+            let mut db = Database::builder()
+                .set_cache_size(page_cache_bytes)
+                .set_repair_callback(move |_| {
+                    if !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(
+                            path = %repair_path,
+                            "{REPAIR_WARNING}; repairing it (this reads the whole file)"
+                        );
+                    }
+                })
+                .create(&path)?;
+            // Every page's checksum, once at start: a file damaged on disk is refused here
+            // rather than found by a request (or written into) later.
+            let intact = db.check_integrity()?;
+            Ok::<_, redb::DatabaseError>((db, intact))
+        });
+        let db = match opened {
+            Ok(Ok((db, intact))) => {
+                if !intact {
                     tracing::warn!(
                         path = %shown,
-                        "{REPAIR_WARNING}; repairing it (this reads the whole file)"
+                        "the store failed its integrity check and redb repaired it; the last \
+                         commits may be gone (a cluster member catches up from the leader)"
                     );
                 }
-            })
-            .create(&path)
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
+                db
+            }
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)))) => {
+                return Err(damaged(reason));
+            }
+            Ok(Err(source)) => {
+                return Err(StoreError::Open {
+                    path: shown,
+                    source,
+                });
+            }
+            Err(panic) => {
+                let reason = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "redb could not read it".to_owned());
+                return Err(damaged(reason));
+            }
+        };
         let mut store = Store {
             db,
             path,
@@ -599,6 +642,68 @@ mod tests {
             Store::open(&path),
             Err(StoreError::SchemaMismatch { found, .. }) if found == SCHEMA_VERSION + 1
         ));
+    }
+
+    #[test]
+    fn an_empty_store_file_is_refused_not_taken_for_a_new_shop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        std::fs::write(&path, b"").unwrap();
+        match Store::open(&path) {
+            Err(error @ StoreError::Damaged { .. }) => {
+                let message = error.to_string();
+                assert!(message.contains(&path.display().to_string()), "{message}");
+                assert!(message.contains("restore"), "{message}");
+            }
+            Err(other) => panic!("expected Damaged, got {other}"),
+            Ok(_) => panic!("an empty file opened as a new store"),
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left as found");
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap();
+        assert!(Store::open(&path).is_err());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            vec![0x5a; 64 * 1024],
+            "left as found"
+        );
+    }
+
+    /// Bytes overwritten inside the file (as a bad disk or a stray write would): the store
+    /// is refused at open, naming the file, instead of a request finding it later.
+    #[test]
+    fn a_store_damaged_on_disk_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let mut commands = vec![category("gear")];
+            commands.extend((0..3000).map(|i| product(&format!("amp {i}"), 5, 1000 + i, 1)));
+            let mut changes = ChangeSet::default();
+            store.apply_batch(&commands, &mut changes).unwrap();
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let (start, end) = (bytes.len() / 4, bytes.len() * 3 / 4);
+        let mut noise = 0x9e37_79b9_u32;
+        for byte in &mut bytes[start..end] {
+            noise ^= noise << 13;
+            noise ^= noise >> 17;
+            noise ^= noise << 5;
+            *byte = noise as u8;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        match Store::open(&path) {
+            Err(error @ StoreError::Damaged { .. }) => {
+                assert!(error.to_string().contains(&path.display().to_string()));
+            }
+            Err(other) => panic!("expected Damaged, got {other}"),
+            Ok(_) => panic!("a damaged store opened"),
+        }
     }
 
     #[test]

@@ -10,6 +10,11 @@ pub enum StoreError {
         path: String,
         source: redb::DatabaseError,
     },
+    #[error(
+        "the store {path} is damaged ({reason}); refusing to start on it: restore it from a \
+         backup, or, in a cluster, move it away and let the node rejoin from a snapshot"
+    )]
+    Damaged { path: String, reason: String },
     #[error("record encoding error: {0}")]
     Encoding(String),
     #[error("cannot {action} the snapshot file {path}: {source}")]
