@@ -2,6 +2,10 @@
 //! config's `[cluster]` and the balancer as child processes of this same executable, loads
 //! the demo catalog on first start, prints the URL and the demo credentials, and stops them
 //! all cleanly (SIGTERM, then a bounded wait) on Ctrl-C or SIGTERM.
+//!
+//! Once up, a child that exits is reported with its status and started again after a
+//! back-off (1 s, doubling to 30 s while it keeps failing); the others keep running, so the
+//! replicated topology can be seen surviving the loss of a node.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -40,10 +44,35 @@ pub enum UpError {
 const READY_WITHIN: Duration = Duration::from_secs(120);
 /// How long children may take to stop after SIGTERM before they are killed.
 const STOP_WITHIN: Duration = Duration::from_secs(15);
+/// The first wait before a child that exited is started again.
+const FIRST_RESTART_DELAY: Duration = Duration::from_secs(1);
+/// The longest wait between restarts of a child that keeps exiting.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+/// A child that ran this long before exiting is restarted after the first delay again.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// How to start one child, again when it exits.
+struct ChildSpec {
+    name: String,
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+}
 
 struct ChildProcess {
     name: String,
     process: Child,
+}
+
+/// A child of the running topology: its process, or the time it is to be started again.
+struct Supervised {
+    spec: ChildSpec,
+    state: ChildState,
+    restart_delay: Duration,
+}
+
+enum ChildState {
+    Running { child: ChildProcess, since: Instant },
+    Restarting { at: Instant },
 }
 
 /// A line a child printed on stdout, with who printed it.
@@ -53,12 +82,11 @@ struct Line {
 }
 
 fn spawn(
-    name: String,
-    args: &[String],
-    env: &[(&str, String)],
+    spec: &ChildSpec,
     index: usize,
     lines: &mpsc::Sender<Line>,
 ) -> Result<ChildProcess, UpError> {
+    let (name, args, env) = (spec.name.clone(), &spec.args, &spec.env);
     let executable = std::env::current_exe().map_err(|source| UpError::Spawn {
         what: name.clone(),
         source,
@@ -146,7 +174,7 @@ fn terminate(children: &mut [ChildProcess]) {
     }
 }
 
-/// Runs the topology until Ctrl-C or SIGTERM (or until a child dies).
+/// Runs the topology until Ctrl-C or SIGTERM, restarting children that exit once it is up.
 pub fn run(config_path: &Path) -> Result<(), UpError> {
     let config = Config::load(Some(config_path))?;
     if config.cluster.nodes.is_empty() {
@@ -156,8 +184,7 @@ pub fn run(config_path: &Path) -> Result<(), UpError> {
     let config_arg = config_path.display().to_string();
     let (lines, incoming) = mpsc::channel();
     let lowest = config.cluster.nodes.iter().map(|m| m.id).min();
-    let mut children = Vec::new();
-    let env = [("SOUNDWAVE_CLUSTER_SECRET", secret)];
+    let mut specs = Vec::new();
     for member in &config.cluster.nodes {
         let mut args = vec![
             "node".to_owned(),
@@ -166,28 +193,26 @@ pub fn run(config_path: &Path) -> Result<(), UpError> {
             "--node-id".to_owned(),
             member.id.to_string(),
         ];
-        // The demo catalog is loaded once, through the log, by one node.
+        // The demo catalog is loaded once, through the log, by one node (a restart finds
+        // the catalog there and adds nothing).
         if Some(member.id) == lowest {
             args.push("--demo".to_owned());
         }
-        let index = children.len();
-        children.push(spawn(
-            format!("node{}", member.id),
-            &args,
-            &env,
-            index,
-            &lines,
-        )?);
+        specs.push(ChildSpec {
+            name: format!("node{}", member.id),
+            args,
+            env: vec![("SOUNDWAVE_CLUSTER_SECRET", secret.clone())],
+        });
     }
-    let balancer = children.len();
-    children.push(spawn(
-        "lb".to_owned(),
-        &["lb".to_owned(), "--config".to_owned(), config_arg],
-        &[],
-        balancer,
-        &lines,
-    )?);
-    drop(lines);
+    specs.push(ChildSpec {
+        name: "lb".to_owned(),
+        args: vec!["lb".to_owned(), "--config".to_owned(), config_arg],
+        env: Vec::new(),
+    });
+    let mut children = Vec::new();
+    for (index, spec) in specs.iter().enumerate() {
+        children.push(spawn(spec, index, &lines)?);
+    }
 
     let stop = stop_signal();
     let deadline = Instant::now() + READY_WITHIN;
@@ -238,18 +263,77 @@ pub fn run(config_path: &Path) -> Result<(), UpError> {
     }
     println!("Press Ctrl-C to stop.");
 
-    loop {
-        if stop.recv_timeout(Duration::from_millis(200)).is_ok() {
-            break;
+    let now = Instant::now();
+    let mut supervised: Vec<Supervised> = specs
+        .into_iter()
+        .zip(children)
+        .map(|(spec, child)| Supervised {
+            spec,
+            state: ChildState::Running { child, since: now },
+            restart_delay: FIRST_RESTART_DELAY,
+        })
+        .collect();
+    while stop.recv_timeout(Duration::from_millis(200)).is_err() {
+        for (index, entry) in supervised.iter_mut().enumerate() {
+            entry.supervise(index, &lines);
         }
-        if let Some((dead, _)) = first_exited(&mut children) {
-            eprintln!("{} exited; stopping the others", children[dead].name);
-            break;
-        }
+        // Lines of restarted children are printed by their reader threads; drop the copies.
+        while incoming.try_recv().is_ok() {}
     }
     println!("stopping");
-    terminate(&mut children);
+    let mut running: Vec<ChildProcess> = supervised
+        .into_iter()
+        .filter_map(|entry| match entry.state {
+            ChildState::Running { child, .. } => Some(child),
+            ChildState::Restarting { .. } => None,
+        })
+        .collect();
+    terminate(&mut running);
     Ok(())
+}
+
+impl Supervised {
+    /// Notices an exit (reported with its status, a restart scheduled) and restarts a child
+    /// whose time has come.
+    fn supervise(&mut self, index: usize, lines: &mpsc::Sender<Line>) {
+        let now = Instant::now();
+        match &mut self.state {
+            ChildState::Running { child, since } => {
+                let Ok(Some(status)) = child.process.try_wait() else {
+                    return;
+                };
+                if now.duration_since(*since) >= STABLE_AFTER {
+                    self.restart_delay = FIRST_RESTART_DELAY;
+                }
+                eprintln!(
+                    "{} exited ({status}); the others keep running; restarting it in {} s",
+                    self.spec.name,
+                    self.restart_delay.as_secs()
+                );
+                self.state = ChildState::Restarting {
+                    at: now + self.restart_delay,
+                };
+                self.restart_delay = (self.restart_delay * 2).min(MAX_RESTART_DELAY);
+            }
+            ChildState::Restarting { at } if now >= *at => match spawn(&self.spec, index, lines) {
+                Ok(child) => {
+                    eprintln!("{} restarted", self.spec.name);
+                    self.state = ChildState::Running { child, since: now };
+                }
+                Err(error) => {
+                    eprintln!(
+                        "{error}; trying again in {} s",
+                        self.restart_delay.as_secs()
+                    );
+                    self.state = ChildState::Restarting {
+                        at: now + self.restart_delay,
+                    };
+                    self.restart_delay = (self.restart_delay * 2).min(MAX_RESTART_DELAY);
+                }
+            },
+            ChildState::Restarting { .. } => {}
+        }
+    }
 }
 
 /// The first child that has exited, with its exit status.

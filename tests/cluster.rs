@@ -351,9 +351,10 @@ async fn a_frozen_node_does_not_stop_the_others_and_rejoins() {
 }
 
 /// `soundwave up` starts three nodes and the balancer from one config, loads the demo
-/// catalog once, serves through the balancer, and stops everything on SIGTERM.
+/// catalog once, serves through the balancer; a node killed with -9 is reported and
+/// restarted while the others keep serving; SIGTERM stops everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn up_runs_the_whole_topology_and_stops_it_cleanly() {
+async fn up_runs_the_whole_topology_restarts_a_dead_node_and_stops_cleanly() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
@@ -389,9 +390,19 @@ async fn up_runs_the_whole_topology_and_stops_it_cleanly() {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn soundwave up");
+    let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let stderr = up.stderr.take().expect("stderr");
+        let stderr_lines = stderr_lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                stderr_lines.lock().unwrap().push(line);
+            }
+        });
+    }
     let stdout = up.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -431,6 +442,50 @@ async fn up_runs_the_whole_topology_and_stops_it_cleanly() {
     );
     assert!(response.headers().contains_key("x-soundwave-node"));
 
+    // kill -9 node 2: up reports it and starts it again; the balancer serves throughout.
+    let node2 = child_with_arg(up.id(), "2").expect("node 2 is a child of up");
+    let killed = Command::new("kill")
+        .args(["-KILL", &node2.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let client = reqwest::Client::new();
+    let back_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let through_lb = client
+            .get(format!("http://127.0.0.1:{lb}/api/products/?limit=1"))
+            .send()
+            .await
+            .expect("the balancer answers while node 2 is down");
+        assert_eq!(through_lb.status(), 200);
+        let restarted = stderr_lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("node2 restarted"));
+        let healthy = client
+            .get(format!("http://127.0.0.1:{}/health/", apis[1]))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if restarted && healthy {
+            break;
+        }
+        assert!(
+            Instant::now() < back_by,
+            "node 2 did not come back: {:#?}",
+            stderr_lines.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reported = stderr_lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.starts_with("node2 exited (signal: 9") && l.contains("restarting it"));
+    assert!(reported, "{:#?}", stderr_lines.lock().unwrap());
+    assert_ne!(child_with_arg(up.id(), "2"), Some(node2), "a new process");
+
     let sent = Command::new("kill")
         .args(["-TERM", &up.id().to_string()])
         .status()
@@ -451,6 +506,25 @@ async fn up_runs_the_whole_topology_and_stops_it_cleanly() {
             "port {port} is still served after soundwave up stopped"
         );
     }
+}
+
+/// The pid of a child of `parent` started with `--node-id ID`.
+fn child_with_arg(parent: u32, id: &str) -> Option<u32> {
+    let wanted = format!("--node-id\0{id}\0");
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the parenthesised command name: state, then the parent pid.
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (ppid == parent && String::from_utf8_lossy(&cmdline).contains(&wanted)).then_some(pid)
+    })
 }
 
 /// A node of `soundwave up` that cannot start (its port is taken) is reported at once by
