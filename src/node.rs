@@ -224,6 +224,46 @@ async fn ensure_admin(state: &AppState, config: &Config) -> Result<(), NodeError
     Ok(())
 }
 
+/// Makes the data directory private to the node's user: created (or fixed, with a
+/// warning) as mode 0700, with every file in it 0600. The store holds the token signing
+/// secret and password hashes; a world-readable file would let any local user forge staff
+/// tokens. The process's umask is set to 0077 first, so files made later (snapshots, the
+/// store when new) are private from the start.
+fn private_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    // SAFETY: umask only sets the process's file creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let make_private = |path: &std::path::Path, mode: u32| -> std::io::Result<()> {
+        let current = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if current & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{current:o}"),
+                "readable by other users; making it private (mode {mode:o})"
+            );
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    };
+    make_private(dir, 0o700)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_file() {
+            make_private(&entry.path(), 0o600)?;
+        } else if kind.is_dir() {
+            make_private(&entry.path(), 0o700)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs the node until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), NodeError> {
     // Listen first: a busy port fails at once, before the store is touched, the demo
@@ -237,7 +277,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         })?;
     let addr = listener.local_addr().map_err(NodeError::Serve)?;
     let data_dir = &config.node.data_dir;
-    std::fs::create_dir_all(data_dir).map_err(|source| NodeError::DataDir {
+    private_data_dir(data_dir).map_err(|source| NodeError::DataDir {
         path: data_dir.display().to_string(),
         source,
     })?;
