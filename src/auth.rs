@@ -160,18 +160,88 @@ fn verify_password_blocking(password: &str, hash: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Hashes a password with argon2id on the blocking pool.
-pub async fn hash_password(password: String) -> ApiResult<String> {
-    tokio::task::spawn_blocking(move || hash_password_blocking(&password))
-        .await
-        .map_err(|e| ApiError::Internal(format!("password hashing task failed: {e}")))?
+/// Bounds password work: argon2id takes 19 MiB and a core for tens of milliseconds per
+/// hash or check, so a flood of sign-ups or logins must not run them all at once (the
+/// blocking pool alone would allow 512, about 9.5 GiB). At most [`HashingGate::running`]
+/// run, one per core; [`HashingGate::queued`] more wait; beyond that the request gets 503
+/// with `Retry-After` at once.
+struct HashingGate {
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Running and waiting, together.
+    admitted: Arc<std::sync::atomic::AtomicUsize>,
+    max_admitted: usize,
 }
 
-/// Checks a password on the blocking pool. With no hash (unknown user) it still spends the
-/// time of one verification, so response times do not reveal which usernames exist.
+impl HashingGate {
+    fn running() -> usize {
+        std::thread::available_parallelism().map_or(2, usize::from)
+    }
+
+    fn queued() -> usize {
+        4 * Self::running()
+    }
+
+    fn get() -> &'static HashingGate {
+        static GATE: OnceLock<HashingGate> = OnceLock::new();
+        GATE.get_or_init(|| HashingGate {
+            permits: Arc::new(tokio::sync::Semaphore::new(Self::running())),
+            admitted: Arc::default(),
+            max_admitted: Self::running() + Self::queued(),
+        })
+    }
+}
+
+/// Leaves the gate's count when dropped: when the work is done, or its wait is cancelled.
+struct Admitted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Runs password work on the blocking pool through the [`HashingGate`]. The permit moves
+/// into the blocking task: a cancelled request does not free it before the work ends.
+async fn password_work<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> ApiResult<T> {
+    let gate = HashingGate::get();
+    let before = gate
+        .admitted
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let admitted = Admitted(gate.admitted.clone());
+    if before >= gate.max_admitted {
+        metrics::counter!("soundwave_password_work_refused_total").increment(1);
+        return Err(ApiError::Unavailable(
+            "The server is busy checking passwords; try again shortly.".into(),
+        ));
+    }
+    let permit = gate
+        .permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::Internal(format!("password gate closed: {e}")))?;
+    tokio::task::spawn_blocking(move || {
+        let result = work();
+        drop((permit, admitted));
+        result
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("password task failed: {e}")))
+}
+
+/// Hashes a password with argon2id on the blocking pool (bounded by the [`HashingGate`]).
+pub async fn hash_password(password: String) -> ApiResult<String> {
+    password_work(move || hash_password_blocking(&password)).await?
+}
+
+/// Checks a password on the blocking pool (bounded by the [`HashingGate`]). With no hash
+/// (unknown user) it still spends the time of one verification, so response times do not
+/// reveal which usernames exist.
 pub async fn verify_password(password: String, hash: Option<String>) -> ApiResult<bool> {
     static DECOY: OnceLock<String> = OnceLock::new();
-    tokio::task::spawn_blocking(move || match hash {
+    password_work(move || match hash {
         Some(hash) => Ok(verify_password_blocking(&password, &hash)),
         None => {
             let decoy = match DECOY.get() {
@@ -185,8 +255,7 @@ pub async fn verify_password(password: String, hash: Option<String>) -> ApiResul
             Ok(false)
         }
     })
-    .await
-    .map_err(|e| ApiError::Internal(format!("password check task failed: {e}")))?
+    .await?
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

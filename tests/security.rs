@@ -43,3 +43,82 @@ async fn the_data_directory_and_its_files_are_private() {
         "it names the file: {stderr}"
     );
 }
+
+/// Peak resident memory of a process, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// Fires `n` requests at once; their statuses, and whether each 503 said when to retry.
+async fn flood(
+    node: &Node,
+    n: usize,
+    body: impl Fn(usize) -> serde_json::Value,
+    path: &str,
+) -> Vec<(u16, bool)> {
+    let client = reqwest::Client::new();
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let request = client.post(node.url(path)).json(&body(i));
+        requests.spawn(async move {
+            let response = request.send().await.expect("a response");
+            (
+                response.status().as_u16(),
+                response.headers().contains_key("retry-after"),
+            )
+        });
+    }
+    requests.join_all().await
+}
+
+/// 100 sign-ups and 100 logins of unknown users at once: argon2id's 19 MiB each must not
+/// all be spent together (that was about 1.3 and 1.8 GiB). Password work is bounded; the
+/// requests beyond the bound get 503 with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_floods_keep_memory_bounded() {
+    let node = Node::builder()
+        .config(
+            "[auth]\nlogin_max_failures_per_ip = 1000\nlogin_max_failures_per_username = 1000\n",
+        )
+        .start();
+    let pid = node.pid().expect("pid");
+    let before = peak_rss_kib(pid);
+    let run = unique_name("flood");
+    let signups = flood(
+        &node,
+        100,
+        |i| json!({"username": format!("{run}-{i}"), "password": "a-long-enough-password"}),
+        "/api/users/",
+    )
+    .await;
+    let logins = flood(
+        &node,
+        100,
+        |i| json!({"username": format!("{run}-ghost-{i}"), "password": "wrong-password-here"}),
+        "/api/token/",
+    )
+    .await;
+    let grown_mib = peak_rss_kib(pid).saturating_sub(before) / 1024;
+    eprintln!("peak RSS grew by {grown_mib} MiB over 100 sign-ups and 100 logins at once");
+    for (status, retry_after) in &signups {
+        assert!(matches!(status, 201 | 503), "sign-up answered {status}");
+        assert!(*status != 503 || *retry_after, "a 503 without Retry-After");
+    }
+    for (status, retry_after) in &logins {
+        assert!(matches!(status, 401 | 503), "login answered {status}");
+        assert!(*status != 503 || *retry_after, "a 503 without Retry-After");
+    }
+    assert!(
+        signups.iter().any(|(s, _)| *s == 201),
+        "some sign-ups went through"
+    );
+    assert!(
+        grown_mib < 400,
+        "peak RSS grew by {grown_mib} MiB: password work is not bounded"
+    );
+}

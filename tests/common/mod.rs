@@ -526,7 +526,7 @@ impl Node {
 
     /// Log in; panics unless 200. Returns (access, refresh).
     pub async fn login(&self, username: &str, password: &str) -> (String, String) {
-        let r = self.token_resp(username, password).await;
+        let r = until_not_busy(|| self.token_resp(username, password)).await;
         let b = r.expect(200);
         (
             b["access"]
@@ -552,13 +552,8 @@ impl Node {
 
     /// `POST /api/users/`; panics unless 201. Returns the user JSON.
     pub async fn signup(&self, username: &str, password: &str) -> Value {
-        let r = self
-            .post(
-                "/api/users/",
-                None,
-                &json!({"username": username, "password": password}),
-            )
-            .await;
+        let body = json!({"username": username, "password": password});
+        let r = until_not_busy(|| self.post("/api/users/", None, &body)).await;
         r.expect(201).clone()
     }
 
@@ -825,6 +820,28 @@ pub fn unique_name(prefix: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Responses and assertions
 // ---------------------------------------------------------------------------------------------
+
+/// Sends again, as a polite client does, while the node answers 503 because its password
+/// work is at its bound (many sign-ups or logins at once); gives up after 60 s.
+pub async fn until_not_busy<F, Fut>(send: F) -> Resp
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Resp>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut attempt: u64 = 0;
+    loop {
+        let r = send().await;
+        let busy = r.status == 503 && r.text.contains("busy checking passwords");
+        if !busy || Instant::now() > deadline {
+            return r;
+        }
+        attempt += 1;
+        // Spread the retries, so the waiting clients do not all come back at once.
+        let pause = 20 + (attempt * 37 + u64::from(std::process::id())) % 150;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+}
 
 /// A fully read response.
 #[derive(Debug, Clone)]
