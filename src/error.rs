@@ -183,6 +183,9 @@ impl From<Rejection> for ApiError {
                 conflict("This Idempotency-Key was already used with a different request.")
             }
             Rejection::RefreshTokenUsed => ApiError::InvalidToken,
+            Rejection::WouldPromote => {
+                conflict("An account that is not staff already has this username.")
+            }
         }
     }
 }

@@ -197,21 +197,33 @@ async fn jwt_secret(
     }
 }
 
-/// Makes sure the configured admin exists, is staff and has the configured password.
+/// Makes sure the configured admin exists, is staff and has the configured password. An
+/// existing account that is not staff is never promoted: whoever signed up under that name
+/// first would get a staff session. A changed password ends the admin's earlier sessions
+/// (their refresh tokens are refused from then on).
 async fn ensure_admin(state: &AppState, config: &Config) -> Result<(), NodeError> {
     let username = &config.auth.admin_username;
     let password = &config.auth.admin_password;
     if username.is_empty() {
         return Ok(());
     }
-    if let Some(user) = state.read()?.user_by_username(username)?
-        && user.is_staff
-        && auth::verify_password(password.clone(), Some(user.password_hash)).await?
-    {
-        return Ok(());
+    let refuse_promotion = || {
+        NodeError::Startup(format!(
+            "the admin username {username:?} (SOUNDWAVE_ADMIN_USERNAME) belongs to an \
+             existing account that is not staff; refusing to make it staff: choose another \
+             admin username"
+        ))
+    };
+    if let Some(user) = state.read()?.user_by_username(username)? {
+        if !user.is_staff {
+            return Err(refuse_promotion());
+        }
+        if auth::verify_password(password.clone(), Some(user.password_hash)).await? {
+            return Ok(());
+        }
     }
     let password_hash = auth::hash_password(password.clone()).await?;
-    submit_at_startup(
+    let ensured = submit_at_startup(
         state.writer.as_ref(),
         Command::EnsureAdmin {
             username: username.clone(),
@@ -219,7 +231,14 @@ async fn ensure_admin(state: &AppState, config: &Config) -> Result<(), NodeError
             at: auth::unix_micros(),
         },
     )
-    .await?;
+    .await;
+    match ensured {
+        // Signed up under that name between the check above and the command's turn.
+        Err(ApiError::Conflict { .. }) => return Err(refuse_promotion()),
+        other => {
+            other?;
+        }
+    }
     tracing::info!(%username, "admin user ensured");
     Ok(())
 }

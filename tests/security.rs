@@ -5,6 +5,7 @@ use common::*;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
@@ -121,4 +122,60 @@ async fn password_floods_keep_memory_bounded() {
         grown_mib < 400,
         "peak RSS grew by {grown_mib} MiB: password work is not bounded"
     );
+}
+
+/// A shopper signs up as `boss`; the operator later names `boss` as the admin. The node
+/// refuses to start rather than hand the shopper's account, and its tokens, staff rights.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_bootstrap_never_promotes_a_squatted_username() {
+    let mut node = Node::builder().no_admin().start();
+    let squatter = unique_name("boss");
+    node.signup(&squatter, "squatter-password-1").await;
+    node.terminate();
+    let data_arg = node.data_dir().display().to_string();
+    let run = run_to_exit(
+        &["node", "--listen", "127.0.0.1:0", "--data-dir", &data_arg],
+        &[
+            ("SOUNDWAVE_ADMIN_USERNAME", squatter.as_str()),
+            ("SOUNDWAVE_ADMIN_PASSWORD", "operator-password-1"),
+        ],
+        START_TIMEOUT,
+    );
+    assert!(!run.status.success(), "the node started: {}", run.stdout);
+    assert!(
+        run.stderr.contains("refusing to make it staff") && run.stderr.contains(&squatter),
+        "{}",
+        run.stderr
+    );
+    // The account is still a shopper's.
+    node.set_admin(None);
+    node.restart();
+    let (access, _) = node.login(&squatter, "squatter-password-1").await;
+    let me = node.get("/api/users/me/", Some(&access)).await;
+    assert_eq!(me.expect(200)["is_staff"], false);
+}
+
+/// The operator changes the admin's password (through the environment): the admin's
+/// refresh tokens from before are refused; a login with the new password works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_admin_password_ends_the_earlier_sessions() {
+    let admin = unique_name("chief");
+    let mut node = Node::builder().no_admin().start();
+    node.set_admin(Some((&admin, "first-password-1")));
+    node.restart();
+    let (_, refresh) = node.login(&admin, "first-password-1").await;
+    // A token issued in the second of the change would survive it: step past it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    node.set_admin(Some((&admin, "second-password-2")));
+    node.restart();
+    node.post("/api/token/refresh/", None, &json!({ "refresh": refresh }))
+        .await
+        .expect_bad_token();
+    node.token_resp(&admin, "first-password-1")
+        .await
+        .expect(401);
+    let (_, fresh) = node.login(&admin, "second-password-2").await;
+    node.post("/api/token/refresh/", None, &json!({ "refresh": fresh }))
+        .await
+        .expect(200);
 }

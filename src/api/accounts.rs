@@ -174,6 +174,11 @@ pub async fn refresh_token(
     if state.principal(claims.user_id)?.is_none() {
         return Err(ApiError::InvalidToken);
     }
+    // A password or staff change since the token was issued ended its session.
+    let changed = state.read()?.credentials_changed_at(claims.user_id)?;
+    if changed.is_some_and(|second| claims.iat < second) {
+        return Err(ApiError::InvalidToken);
+    }
     // Rotation: the old refresh token is used up, through the log like every write, so a
     // replay is refused on every node.
     state

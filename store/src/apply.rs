@@ -90,6 +90,7 @@ pub(crate) struct WriteTables<'txn> {
     idempotency: Table<'txn, (u64, &'static str), &'static [u8]>,
     used_refresh: Table<'txn, &'static str, i64>,
     used_refresh_by_expiry: Table<'txn, (i64, &'static str), ()>,
+    credentials_changed: Table<'txn, u64, i64>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -112,6 +113,7 @@ impl<'txn> WriteTables<'txn> {
             idempotency: txn.open_table(IDEMPOTENCY)?,
             used_refresh: txn.open_table(USED_REFRESH)?,
             used_refresh_by_expiry: txn.open_table(USED_REFRESH_BY_EXPIRY)?,
+            credentials_changed: txn.open_table(CREDENTIALS_CHANGED)?,
         })
     }
 
@@ -472,10 +474,18 @@ fn ensure_admin(
             let Some(mut user) = t.user(id)? else {
                 return Ok(Err(Rejection::NotFound));
             };
-            user.is_staff = true;
-            user.password_hash = password_hash.to_owned();
-            t.put_user(&user)?;
-            changes.users.insert(id);
+            // Someone may have signed up under the admin's name first: never hand them
+            // staff rights (and their old tokens a staff session).
+            if !user.is_staff {
+                return Ok(Err(Rejection::WouldPromote));
+            }
+            if user.password_hash != password_hash {
+                user.password_hash = password_hash.to_owned();
+                t.put_user(&user)?;
+                // Sessions begun with the old password end with it.
+                t.credentials_changed.insert(id, at.div_euclid(1_000_000))?;
+                changes.users.insert(id);
+            }
             Ok(Ok(CommandOutcome::User(user)))
         }
         None => create_user(
@@ -1634,21 +1644,38 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn ensure_admin_creates_or_promotes() {
+    fn ensure_admin_creates_or_updates_staff_but_never_promotes() {
         let s = shop();
-        let ensure = |username: &str, hash: &str| Command::EnsureAdmin {
+        let ensure = |username: &str, hash: &str, at: Timestamp| Command::EnsureAdmin {
             username: username.into(),
             password_hash: hash.into(),
-            at: 7,
+            at,
         };
-        let Ok(CommandOutcome::User(bob)) = s.apply(ensure("bob", "new-hash")) else {
-            panic!("bob promoted");
+        // bob signed up as a shopper: his account is not made staff.
+        let before = s.digest();
+        assert_eq!(
+            s.apply(ensure("bob", "new-hash", 7)),
+            Err(Rejection::WouldPromote)
+        );
+        assert_eq!(s.digest(), before, "nothing changed");
+
+        // carol is staff: her password is replaced and her earlier sessions end.
+        let Ok(CommandOutcome::User(carol)) = s.apply(ensure("carol", "new-hash", 9_500_000))
+        else {
+            panic!("carol updated");
         };
-        assert_eq!(bob.id, BOB);
-        assert!(bob.is_staff);
-        assert_eq!(bob.password_hash, "new-hash");
-        assert_eq!(bob.email, "bob@example.com");
-        let Ok(CommandOutcome::User(root)) = s.apply(ensure("root", "h")) else {
+        assert_eq!(carol.id, CAROL);
+        assert_eq!(carol.password_hash, "new-hash");
+        let reader = s.store.read().unwrap();
+        assert_eq!(reader.credentials_changed_at(CAROL).unwrap(), Some(9));
+        assert_eq!(reader.credentials_changed_at(BOB).unwrap(), None);
+        drop(reader);
+        // The same password again changes nothing.
+        let unchanged = s.digest();
+        assert!(s.apply(ensure("carol", "new-hash", 20_000_000)).is_ok());
+        assert_eq!(s.digest(), unchanged);
+
+        let Ok(CommandOutcome::User(root)) = s.apply(ensure("root", "h", 7)) else {
             panic!("root created");
         };
         assert_eq!((root.id, root.is_staff, root.date_joined), (4, true, 7));

@@ -169,4 +169,6 @@ pub enum Rejection {
     IdempotencyMismatch,
     #[error("the refresh token was already used")]
     RefreshTokenUsed,
+    #[error("an account that is not staff has this username; it is not made staff")]
+    WouldPromote,
 }

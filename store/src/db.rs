@@ -514,6 +514,13 @@ impl StoreReader {
         Ok(meta.get(META_JWT_SECRET)?.map(|v| v.value().to_vec()))
     }
 
+    /// The unix second of the user's last password or staff change, if any: tokens issued
+    /// before it belong to an ended session.
+    pub fn credentials_changed_at(&self, user: Id) -> Result<Option<i64>, StoreError> {
+        let table = self.txn.open_table(CREDENTIALS_CHANGED)?;
+        Ok(table.get(user)?.map(|v| v.value()))
+    }
+
     pub fn refresh_token_used(&self, jti: &str) -> Result<bool, StoreError> {
         let table = self.txn.open_table(USED_REFRESH)?;
         Ok(table.get(jti)?.is_some())
@@ -762,8 +769,8 @@ mod tests {
         assert_eq!(reader.jwt_secret().unwrap(), None);
         assert_eq!(reader.orders(None, 0, 10).unwrap().total, 0);
         assert_eq!(reader.order_items(Some(1), 0, 10).unwrap().total, 0);
-        // 17 application tables, 2 of applied request ids, the raft log and raft state.
-        assert_eq!(reader.txn.list_tables().unwrap().count(), 21);
+        // 18 application tables, 2 of applied request ids, the raft log and raft state.
+        assert_eq!(reader.txn.list_tables().unwrap().count(), 22);
         // Two fresh stores are equal.
         assert_eq!(reader.digest().unwrap(), TestStore::new().digest());
     }

@@ -48,6 +48,11 @@ pub(crate) const USED_REFRESH: TableDefinition<&str, i64> = TableDefinition::new
 pub(crate) const USED_REFRESH_BY_EXPIRY: TableDefinition<(i64, &str), ()> =
     TableDefinition::new("used_refresh_by_expiry");
 
+/// user id → unix second of the user's last password or staff change: refresh tokens
+/// issued before it are refused.
+pub(crate) const CREDENTIALS_CHANGED: TableDefinition<u64, i64> =
+    TableDefinition::new("credentials_changed");
+
 pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
 pub(crate) const META_JWT_SECRET: &str = "jwt_secret";
 

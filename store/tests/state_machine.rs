@@ -707,7 +707,10 @@ impl Model {
             Command::EnsureAdmin { username, .. } => {
                 let existing = self.users.iter_mut().find(|(_, u)| u.username == *username);
                 if let Some((&id, user)) = existing {
-                    user.is_staff = true;
+                    // An account that is not staff is never promoted.
+                    if !user.is_staff {
+                        return Err(Some(Rejection::WouldPromote));
+                    }
                     return Ok(Expected::Record(id));
                 }
                 let id = next(&mut self.ids.user);

@@ -389,6 +389,11 @@ impl Node {
         status
     }
 
+    /// The admin user (`SOUNDWAVE_ADMIN_*`) of the next start; `None`: no admin settings.
+    pub fn set_admin(&mut self, admin: Option<(&str, &str)>) {
+        self.opts.admin = admin.map(|(u, p)| (u.to_string(), p.to_string()));
+    }
+
     /// Start the node again on the same data dir and listen address (a fresh ephemeral port
     /// unless `listen` fixed one). Kills it first if still running.
     pub fn restart(&mut self) {

@@ -67,6 +67,7 @@ macro_rules! for_each_state_table {
         $visit!(IDEMPOTENCY);
         $visit!(USED_REFRESH);
         $visit!(USED_REFRESH_BY_EXPIRY);
+        $visit!(CREDENTIALS_CHANGED);
         $visit!(APPLIED_REQUESTS);
         $visit!(APPLIED_REQUESTS_BY_INDEX);
     };
