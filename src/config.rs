@@ -130,7 +130,8 @@ impl Default for NodeConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout_secs: 30,
             page_size: 1000,
-            trusted_proxies: Vec::new(),
+            // The balancer on the same machine, as config.toml says.
+            trusted_proxies: vec![IpAddr::from([127, 0, 0, 1])],
             header_timeout_secs: 30,
             max_connections: 10_000,
             max_connections_per_ip: 256,
@@ -242,6 +243,23 @@ mod tests {
         assert_eq!(config.node.page_size, 1000);
         let ids: Vec<u64> = config.cluster.nodes.iter().map(|m| m.id).collect();
         assert_eq!(ids, [1, 2, 3], "the ready local topology has three nodes");
+    }
+
+    /// config.toml documents the defaults: a setting left out means what the file says.
+    /// Only the topology (the three cluster members) is the file's own.
+    #[test]
+    fn the_shipped_config_says_exactly_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let mut shipped = Config::load(Some(&path)).expect("config.toml parses");
+        let defaults = Config::default();
+        shipped.cluster.nodes.clone_from(&defaults.cluster.nodes);
+        assert_eq!(format!("{:#?}", shipped.node), format!("{:#?}", defaults.node));
+        assert_eq!(format!("{:#?}", shipped.auth), format!("{:#?}", defaults.auth));
+        assert_eq!(format!("{:#?}", shipped.lb), format!("{:#?}", defaults.lb));
+        assert_eq!(
+            format!("{:#?}", shipped.cluster),
+            format!("{:#?}", defaults.cluster)
+        );
     }
 
     #[test]
