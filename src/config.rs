@@ -253,8 +253,14 @@ mod tests {
         let mut shipped = Config::load(Some(&path)).expect("config.toml parses");
         let defaults = Config::default();
         shipped.cluster.nodes.clone_from(&defaults.cluster.nodes);
-        assert_eq!(format!("{:#?}", shipped.node), format!("{:#?}", defaults.node));
-        assert_eq!(format!("{:#?}", shipped.auth), format!("{:#?}", defaults.auth));
+        assert_eq!(
+            format!("{:#?}", shipped.node),
+            format!("{:#?}", defaults.node)
+        );
+        assert_eq!(
+            format!("{:#?}", shipped.auth),
+            format!("{:#?}", defaults.auth)
+        );
         assert_eq!(format!("{:#?}", shipped.lb), format!("{:#?}", defaults.lb));
         assert_eq!(
             format!("{:#?}", shipped.cluster),

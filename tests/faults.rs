@@ -218,3 +218,57 @@ fn a_damaged_or_emptied_store_is_refused_at_start() {
         "the empty file is left as found"
     );
 }
+
+/// A leader cut off from both followers (here: they are frozen with SIGSTOP) still
+/// believes it leads, but cannot commit: its `/health/` turns 503 with the reason, so the
+/// balancer takes it out, and comes back once a quorum answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_a_quorum_reports_not_ok() {
+    let mut cluster = cluster::TestCluster::start(3, "");
+    let leader = cluster.leader().await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let health = |i: usize| {
+        let node = &cluster.nodes[i];
+        async move { node.get("/health/", None).await }
+    };
+    assert_eq!(health(leader).await.status, 200);
+    for &i in &followers {
+        cluster.signal(i, "STOP");
+    }
+    let cut_off = Instant::now();
+    let unhealthy = wait_for(
+        "the cut-off leader to report not ok",
+        Duration::from_secs(15),
+        || async {
+            let r = health(leader).await;
+            (r.status == 503).then_some(r)
+        },
+    )
+    .await;
+    eprintln!(
+        "the cut-off leader reported 503 after {:?}: {}",
+        cut_off.elapsed(),
+        unhealthy.text
+    );
+    assert!(
+        unhealthy.json["cluster"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("quorum")),
+        "{}",
+        unhealthy.text
+    );
+    for &i in &followers {
+        cluster.signal(i, "CONT");
+    }
+    let leader_again = cluster.leader().await;
+    let health = |i: usize| {
+        let node = &cluster.nodes[i];
+        async move { node.get("/health/", None).await }
+    };
+    wait_for(
+        "a healthy leader again",
+        Duration::from_secs(15),
+        || async { (health(leader_again).await.status == 200).then_some(()) },
+    )
+    .await;
+}

@@ -73,13 +73,18 @@ fn check_cache(state: &AppState) -> (bool, Value) {
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     let (database_ok, database) = check_database(&state);
     let (cache_ok, cache) = check_cache(&state);
-    // A node that has known no leader for longer than an election timeout cannot take
-    // writes: it answers 503 so the balancer drains it.
+    // A node that has known no leader for longer than an election timeout, or a leader
+    // that no quorum acknowledges (cut off from its followers), cannot take writes: it
+    // answers 503 so the balancer drains it.
     let (cluster_ok, cluster) = match &state.cluster {
         Some(cluster) => {
             let mut status = cluster.status();
-            let ok = cluster.has_leader();
+            let quorum = cluster.leads_a_quorum().await;
+            let ok = cluster.has_leader() && quorum;
             status["status"] = json!(if ok { "ok" } else { "error" });
+            if !quorum {
+                status["reason"] = json!("the leader is not acknowledged by a quorum");
+            }
             (ok, status)
         }
         None => (true, json!({ "status": "ok", "role": "single" })),

@@ -600,6 +600,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// For the leader: whether a quorum acknowledges it now (one heartbeat round, bounded
+    /// by an election timeout). A leader cut off from its followers still believes it
+    /// leads, but cannot commit a write. Other roles: true (see [`Cluster::has_leader`]).
+    pub async fn leads_a_quorum(&self) -> bool {
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return true;
+        }
+        matches!(
+            tokio::time::timeout(self.election_timeout, self.raft.ensure_linearizable()).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// Whether a leader was known within the last election timeout.
     pub fn has_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader.is_some()
