@@ -65,6 +65,9 @@ pub struct NodeArgs {
     /// Shared secret of the cluster's peer network.
     #[arg(long, env = "SOUNDWAVE_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Bearer token `GET /metrics` requires (default: none; loopback peers only).
+    #[arg(long, env = "SOUNDWAVE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Staff user to make sure exists at start (with --admin-password).
     #[arg(long, env = "SOUNDWAVE_ADMIN_USERNAME")]
     pub admin_username: Option<String>,
@@ -106,6 +109,9 @@ impl NodeArgs {
         }
         if let Some(secret) = &self.cluster_secret {
             config.cluster.secret = secret.clone();
+        }
+        if let Some(token) = &self.metrics_token {
+            config.node.metrics_token = token.clone();
         }
         if let Some(username) = &self.admin_username {
             config.auth.admin_username = username.clone();

@@ -109,6 +109,9 @@ pub struct NodeConfig {
     /// How long a client may take to send a request's headers, and a keep-alive connection
     /// may stay idle, before the node closes it.
     pub header_timeout_secs: u64,
+    /// Bearer token that `GET /metrics` requires; empty: only loopback peers (the machine's
+    /// own scraper) may read it. The balancer never forwards `/metrics`.
+    pub metrics_token: String,
     /// Open client connections at most; more get 503 at once. Keep it below the process's
     /// descriptor limit (`ulimit -n`), less what the store and the cluster use.
     pub max_connections: usize,
@@ -133,6 +136,7 @@ impl Default for NodeConfig {
             // The balancer on the same machine, as config.toml says.
             trusted_proxies: vec![IpAddr::from([127, 0, 0, 1])],
             header_timeout_secs: 30,
+            metrics_token: String::new(),
             max_connections: 10_000,
             max_connections_per_ip: 256,
         }

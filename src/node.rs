@@ -42,6 +42,8 @@ pub struct AppState {
     pub limits: Limits,
     pub metrics: PrometheusHandle,
     pub trusted_proxies: Vec<IpAddr>,
+    /// Bearer token of `GET /metrics`; empty: only loopback peers may read it.
+    pub metrics_token: String,
     /// The replicated log, when the node runs one (always, from `soundwave node`).
     pub cluster: Option<Arc<Cluster>>,
 }
@@ -152,6 +154,7 @@ pub async fn build_state(
         },
         metrics: crate::telemetry::prometheus(),
         trusted_proxies: config.node.trusted_proxies.clone(),
+        metrics_token: config.node.metrics_token.clone(),
         cluster,
     }))
 }

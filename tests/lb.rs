@@ -244,7 +244,7 @@ async fn forwarding_headers_internal_paths_limits_and_sigterm_drain() {
     let lb_addr = local(free_port());
     let mut lb = Balancer::start(
         lb_addr,
-        None,
+        Some(local(free_port())),
         &format!(
             "primaries = [\"{}\"]\nbackups = []\ntrusted_proxies = [\"127.0.0.9\"]\n{}",
             echo.addr,
@@ -298,6 +298,10 @@ async fn forwarding_headers_internal_paths_limits_and_sigterm_drain() {
         "/%5Finternal/x",
         "//_cluster/x",
         "/_lb/nothing",
+        "/_lb/status",
+        "/metrics",
+        "/Metrics/",
+        "/%6detrics",
     ] {
         let (status, body) = get_json(&client, &lb.url(path), &[]).await;
         assert_eq!(
@@ -315,19 +319,24 @@ async fn forwarding_headers_internal_paths_limits_and_sigterm_drain() {
     }
     let forwarded: Vec<String> = echo.seen().into_iter().map(|s| s.path).collect();
     assert!(
-        forwarded
-            .iter()
-            .all(|p| !p.contains("internal") && !p.contains("cluster") && !p.contains("_lb")),
+        forwarded.iter().all(|p| !p.contains("internal")
+            && !p.contains("cluster")
+            && !p.contains("_lb")
+            && !p.to_ascii_lowercase().contains("etrics")),
         "forwarded: {forwarded:?}"
     );
 
-    // The status endpoint is the balancer's own, and read-only.
-    let (status, body) = get_json(&client, &lb.url("/_lb/status/"), &[]).await;
+    // The status endpoint is the balancer's own, on the operator listener, and read-only.
+    let operator = lb.metrics.expect("an operator listener");
+    let status_url = format!("http://{operator}/_lb/status/");
+    let (status, body) = get_json(&client, &status_url, &[]).await;
     assert_eq!(status, 200);
     assert_eq!(body["upstreams"][0]["address"], echo.addr.to_string());
     assert_eq!(body["upstreams"][0]["role"], "primary");
-    let resp = client.delete(lb.url("/_lb/status")).send().await.unwrap();
+    let resp = client.delete(&status_url).send().await.unwrap();
     assert_eq!(resp.status(), 405);
+    let detail: Value = resp.json().await.expect("a JSON 405");
+    assert!(detail["detail"].is_string());
 
     // Oversized headers: 431 with a JSON body.
     let big = "x".repeat(40 * 1024);
@@ -364,7 +373,7 @@ async fn failed_connects_are_retried_once_for_any_method_in_flight_failures_only
     let dead = local(free_port());
     let lb = Balancer::start(
         local(free_port()),
-        None,
+        Some(local(free_port())),
         &format!(
             "primaries = [\"{}\", \"{}\", \"{dead}\"]\nbackups = []\n{}",
             a.addr,

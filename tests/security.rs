@@ -179,3 +179,29 @@ async fn a_changed_admin_password_ends_the_earlier_sessions() {
         .await
         .expect(200);
 }
+
+/// `/metrics` is an operator endpoint: with a token configured it needs the token, from
+/// anywhere (and the balancer never forwards it, see tests/lb.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_metrics_need_the_operator_token() {
+    let open = Node::start();
+    assert_eq!(
+        open.get("/metrics", None).await.status,
+        200,
+        "loopback, no token set"
+    );
+
+    let node = Node::builder()
+        .config("[node]\nmetrics_token = \"scrape-token-123\"\n")
+        .start();
+    node.get("/metrics", None).await.expect_detail(403);
+    node.get("/metrics", Some("scrape-token-12"))
+        .await
+        .expect_detail(403);
+    node.get("/metrics", Some("scrape-token-1234"))
+        .await
+        .expect_detail(403);
+    let r = node.get("/metrics", Some("scrape-token-123")).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text.contains("soundwave_"), "{}", r.text);
+}

@@ -43,7 +43,7 @@ pub struct LbConfig {
     pub max_header_bytes: usize,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` / `X-Forwarded-Proto` are believed.
     pub trusted_proxies: Vec<IpAddr>,
-    /// Address of the Prometheus endpoint (`GET /metrics`); empty: no endpoint.
+    /// Address of the operator listener (`GET /metrics`, `GET /_lb/status`); empty: none.
     #[serde(deserialize_with = "optional_addr")]
     pub metrics_listen: Option<SocketAddr>,
     /// Worker threads of the proxy; 0: one per core.

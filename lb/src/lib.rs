@@ -20,10 +20,12 @@
 //! - **Forwarding headers** (`X-Real-IP`, `X-Forwarded-For` appended, `X-Forwarded-Proto`;
 //!   `Host` kept) with the client IP taken from the TCP peer unless the peer is a trusted
 //!   proxy.
-//! - **Safety**: paths under [`RESERVED_PREFIXES`] are never forwarded (404), timeouts for
+//! - **Safety**: paths under [`RESERVED_PREFIXES`] and the operator endpoints
+//!   ([`OPERATOR_PREFIXES`]) are never forwarded (404), timeouts for
 //!   connect, read and idle, a limit on header size (431); SIGTERM drains in-flight requests
 //!   for `grace_period_secs`.
-//! - **Visibility**: `GET /_lb/status` (JSON), Prometheus metrics on `metrics_listen`, one
+//! - **Visibility**: on the operator listener `metrics_listen` only, `GET /_lb/status`
+//!   (JSON) and Prometheus `GET /metrics`; one
 //!   access line per request, through the [`AccessLog`] the caller passes to [`run`].
 //!
 //! [`selection::Consistent`]: pingora_load_balancing::selection::Consistent
@@ -52,7 +54,10 @@ mod proxy;
 mod upstream;
 
 pub use config::LbConfig;
-pub use proxy::{AccessLog, AccessRecord, MAX_ATTEMPTS, RESERVED_PREFIXES, client_ip, is_internal};
+pub use proxy::{
+    AccessLog, AccessRecord, MAX_ATTEMPTS, OPERATOR_PREFIXES, RESERVED_PREFIXES, client_ip,
+    is_internal,
+};
 pub use upstream::Role;
 
 /// Everything that can stop the balancer from starting.
@@ -196,6 +201,7 @@ pub fn run(
         max_ring_steps: RING_POINTS_PER_UPSTREAM * largest_tier + 1,
         access_log,
     };
+    let operator_view = balancer.clone();
     let mut proxy_service = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         balancer,
@@ -211,6 +217,7 @@ pub fn run(
             "lb metrics".to_owned(),
             metrics::MetricsApp {
                 handle: metrics_handle,
+                balancer: operator_view,
             },
         );
         service.threads = Some(1);

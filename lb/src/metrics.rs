@@ -85,22 +85,38 @@ pub fn upstream_up(upstream: &str, role: &'static str, up: bool) {
     });
 }
 
-/// `GET /metrics` in the Prometheus text format; anything else is a JSON 404.
+/// The operator listener: `GET /metrics` in the Prometheus text format and
+/// `GET /_lb/status` (JSON); anything else is a JSON 404 (405 for another method).
 pub struct MetricsApp {
     pub handle: PrometheusHandle,
+    pub balancer: crate::proxy::Balancer,
 }
 
 #[async_trait]
 impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
-        let path = session.req_header().uri.path();
-        let (status, content_type, body) = if path == "/metrics" || path == "/metrics/" {
+        let req = session.req_header();
+        let path = req.uri.path();
+        let readable = req.method == http::Method::GET || req.method == http::Method::HEAD;
+        let known = matches!(
+            path,
+            "/metrics" | "/metrics/" | "/_lb/status" | "/_lb/status/"
+        );
+        let (status, content_type, body) = if known && !readable {
+            let detail = format!(
+                "{{\"detail\":\"Method \\\"{}\\\" not allowed.\"}}",
+                req.method
+            );
+            (405, "application/json", detail.into_bytes())
+        } else if path.starts_with("/metrics") && known {
             self.handle.run_upkeep();
             (
                 200,
                 "text/plain; version=0.0.4",
                 self.handle.render().into_bytes(),
             )
+        } else if known {
+            (200, "application/json", self.balancer.status().to_vec())
         } else {
             (
                 404,

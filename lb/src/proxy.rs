@@ -26,10 +26,13 @@ pub const MAX_ATTEMPTS: u8 = 2;
 
 /// Path prefixes that belong to the cluster itself and are never forwarded.
 pub const RESERVED_PREFIXES: [&str; 2] = ["_internal", "_cluster"];
-/// The balancer's own prefix; `/_lb/status` is answered here, the rest is 404.
-pub const LB_PREFIX: &str = "_lb";
+/// Operator endpoints (the balancer's `/_lb/status`, a node's `/metrics`): never forwarded
+/// and never answered on the public port (404). The balancer's are served on its
+/// operator listener (`metrics_listen`) instead.
+pub const OPERATOR_PREFIXES: [&str; 2] = ["_lb", "metrics"];
 
 /// The balancer: two pingora load balancers (primaries, backups) over one upstream table.
+#[derive(Clone)]
 pub struct Balancer {
     pub primaries: Arc<LoadBalancer<Consistent>>,
     pub backups: Arc<LoadBalancer<Consistent>>,
@@ -143,14 +146,22 @@ pub fn first_segment(path: &str) -> Option<String> {
 /// Could this path be one the balancer answers itself? A cheap test that lets ordinary paths
 /// through without decoding them.
 fn maybe_local(path: &str) -> bool {
-    path.trim_start_matches('/').starts_with('_')
+    let trimmed = path.trim_start_matches('/');
+    trimmed.starts_with('_')
+        || trimmed
+            .as_bytes()
+            .get(..OPERATOR_PREFIXES[1].len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(OPERATOR_PREFIXES[1].as_bytes()))
         || path.contains(['%', '\\'])
         || path.contains("/.")
 }
 
-/// Is this path under a reserved internal prefix?
+/// Is this path one the balancer never forwards: under a reserved internal prefix, or an
+/// operator endpoint?
 pub fn is_internal(path: &str) -> bool {
-    first_segment(path).is_some_and(|s| RESERVED_PREFIXES.contains(&s.as_str()))
+    first_segment(path).is_some_and(|s| {
+        RESERVED_PREFIXES.contains(&s.as_str()) || OPERATOR_PREFIXES.contains(&s.as_str())
+    })
 }
 
 /// The client's address: the TCP peer, unless the peer is a trusted proxy; then the last
@@ -220,7 +231,8 @@ impl Balancer {
         }
     }
 
-    fn status(&self) -> Bytes {
+    /// `GET /_lb/status` of the operator listener: each upstream and the serving tier.
+    pub(crate) fn status(&self) -> Bytes {
         let mut status = self
             .upstreams
             .status(|u| self.active_healthy(u.role, &u.backend));
@@ -252,24 +264,10 @@ impl Balancer {
             (431, json_detail("Request header fields too large."))
         } else if !maybe_local(req.uri.path()) {
             return Ok(false);
+        } else if is_internal(req.uri.path()) {
+            (404, json_detail("Not found."))
         } else {
-            let path = req.uri.path();
-            let first = first_segment(path);
-            match first.as_deref() {
-                Some(LB_PREFIX) => {
-                    let is_status = path.trim_end_matches('/') == "/_lb/status";
-                    if !is_status {
-                        (404, json_detail("Not found."))
-                    } else if req.method == Method::GET || req.method == Method::HEAD {
-                        (200, self.status())
-                    } else {
-                        let detail = format!("Method \"{}\" not allowed.", req.method);
-                        (405, json_detail(&detail))
-                    }
-                }
-                Some(s) if RESERVED_PREFIXES.contains(&s) => (404, json_detail("Not found.")),
-                _ => return Ok(false),
-            }
+            return Ok(false);
         };
         ctx.local_status = Some(status);
         respond_json(session, status, body).await?;
@@ -553,6 +551,13 @@ mod tests {
             "/%5Finternal/x",
             "/%5finternal/x",
             "/_INTERNAL/x",
+            "/metrics",
+            "/metrics/",
+            "/METRICS",
+            "/%6Detrics",
+            "/api/../metrics",
+            "/_lb/status",
+            "/_LB/status/",
         ] {
             assert!(is_internal(path), "{path} should be internal");
         }
@@ -562,6 +567,8 @@ mod tests {
             "/health/",
             "/api/_internal/",
             "/_internals",
+            "/metricsboard",
+            "/api/metrics/",
         ] {
             assert!(!is_internal(path), "{path} should be forwarded");
         }
@@ -573,6 +580,7 @@ mod tests {
             "//_cluster",
             "/%5Finternal/",
             "/a/../_lb/status",
+            "/Metrics",
         ] {
             assert!(maybe_local(path), "{path} must be checked");
         }

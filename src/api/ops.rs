@@ -1,9 +1,10 @@
 //! Operability endpoints: `/health/` with timed checks, `/metrics` in Prometheus format.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
@@ -104,7 +105,34 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     send_json(status, json_bytes(&body))
 }
 
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// Whether this request may read `/metrics`: with the configured bearer token, or from a
+/// loopback peer when no token is configured.
+fn may_read_metrics(state: &AppState, peer: SocketAddr, headers: &http::HeaderMap) -> bool {
+    if state.metrics_token.is_empty() {
+        return peer.ip().is_loopback();
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compared in full whatever the first difference, so timing tells nothing.
+    given.len() == state.metrics_token.len()
+        && given
+            .bytes()
+            .zip(state.metrics_token.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+pub async fn metrics(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: http::HeaderMap,
+) -> Response {
+    if !may_read_metrics(&state, peer, &headers) {
+        return crate::error::ApiError::Forbidden.into_response();
+    }
     let (entries, weight) = state.cache.usage();
     metrics::gauge!("soundwave_store_file_bytes").set(state.store.file_size() as f64);
     metrics::gauge!("soundwave_cache_entries").set(entries as f64);

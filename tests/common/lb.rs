@@ -145,9 +145,10 @@ impl Balancer {
         format!("http://{}{path}", self.addr)
     }
 
-    /// `GET /_lb/status` as JSON.
+    /// `GET /_lb/status` (on the operator listener) as JSON.
     pub async fn status(&self) -> Value {
-        let resp = reqwest::get(self.url("/_lb/status"))
+        let addr = self.metrics.expect("an operator listener (metrics_listen)");
+        let resp = reqwest::get(format!("http://{addr}/_lb/status"))
             .await
             .expect("GET /_lb/status");
         assert_eq!(resp.status(), 200, "GET /_lb/status");
