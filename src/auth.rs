@@ -62,6 +62,8 @@ impl TokenService {
     pub fn new(secret: &[u8], access_lifetime: Duration, refresh_lifetime: Duration) -> Self {
         let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.leeway = 0;
+        // A token with `nbf` is refused before that time (we never set it; a forger might).
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "iat"]);
         TokenService {
             encoding: EncodingKey::from_secret(secret),

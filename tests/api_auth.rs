@@ -73,12 +73,12 @@ async fn signup_creates_a_non_staff_user_without_leaking_the_password() {
         .post(
             "/api/users/",
             None,
-            &json!({"username": unique_name("bob"), "password": "12345678"}),
+            &json!({"username": unique_name("bob"), "password": "long-enough-pw"}),
         )
         .await;
     r.expect(201);
     assert_eq!(r.json["is_staff"], false);
-    assert_no_password(&r.json, "12345678");
+    assert_no_password(&r.json, "long-enough-pw");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +177,7 @@ async fn duplicate_username_conflicts() {
     node.post(
         "/api/users/",
         None,
-        &json!({"username": ADMIN_USERNAME, "password": "take-over-admin"}),
+        &json!({"username": ADMIN_USERNAME, "password": "take-over-attempt"}),
     )
     .await
     .expect_detail(409);
@@ -508,6 +508,14 @@ async fn only_hs256_with_the_node_secret_is_accepted() {
     node.get("/api/users/me/", Some(&t))
         .await
         .expect_bad_token();
+
+    // A correctly signed token that is not valid yet (`nbf` in the future).
+    let mut early = payload.clone();
+    early["nbf"] = json!(now_secs() + 3600);
+    let t = jwt_sign_hmac("HS256", &early, SECRET.as_bytes());
+    node.get("/api/users/me/", Some(&t))
+        .await
+        .expect_bad_token();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -689,4 +697,36 @@ async fn an_attacker_elsewhere_does_not_lock_the_owner_out() {
         429,
         "the per-username limit holds whatever the IP"
     );
+}
+
+/// Passwords an attacker tries first are refused at sign-up, with a field error that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_passwords_are_refused_at_signup() {
+    let node = Node::start();
+    let name = unique_name("weakling");
+    for password in [
+        "password",
+        "Password1",
+        "12345678",
+        "98765432100",
+        name.as_str(),
+    ] {
+        let r = node
+            .post(
+                "/api/users/",
+                None,
+                &json!({"username": name, "password": password}),
+            )
+            .await;
+        r.expect_field_error("password");
+    }
+    let suffixed = format!("{name}-2026");
+    node.post(
+        "/api/users/",
+        None,
+        &json!({"username": name, "password": suffixed}),
+    )
+    .await
+    .expect_field_error("password");
+    node.signup(&name, "tambourine-quietly-7").await;
 }

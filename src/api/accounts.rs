@@ -63,6 +63,11 @@ pub async fn sign_up(State(state): State<Arc<AppState>>, body: JsonObject) -> Ap
         );
     }
     let password = fields.raw_text("password", PASSWORD_MIN_CHARS, PASSWORD_MAX_CHARS);
+    if let (Some(password), Some(username)) = (&password, &username)
+        && let Some(problem) = weak_password(password, username)
+    {
+        fields.error("password", problem);
+    }
     let email = fields
         .text("email", false, true, EMAIL_MAX_CHARS)
         .unwrap_or_default();
@@ -191,9 +196,106 @@ pub async fn refresh_token(
     token_pair_response(&state, claims.user_id)
 }
 
+/// Passwords guessed first (lists of leaked passwords, the shop's own name), at least
+/// [`PASSWORD_MIN_CHARS`] long; compared lowercased.
+const COMMON_PASSWORDS: &[&str] = &[
+    "password",
+    "password1",
+    "password12",
+    "password123",
+    "passw0rd",
+    "p@ssw0rd",
+    "12345678",
+    "123456789",
+    "1234567890",
+    "87654321",
+    "11111111",
+    "00000000",
+    "88888888",
+    "12341234",
+    "qwertyui",
+    "qwerty12",
+    "qwerty123",
+    "qwertyuiop",
+    "1q2w3e4r",
+    "1qaz2wsx",
+    "q1w2e3r4",
+    "zaq12wsx",
+    "asdfghjk",
+    "iloveyou",
+    "sunshine",
+    "princess",
+    "football",
+    "baseball",
+    "welcome1",
+    "abc12345",
+    "abcd1234",
+    "letmein1",
+    "trustno1",
+    "admin123",
+    "administrator",
+    "superman",
+    "starwars",
+    "whatever",
+    "changeme",
+    "computer",
+    "internet",
+    "michelle",
+    "jennifer",
+    "dragon12",
+    "monkey12",
+    "master12",
+    "soundwave",
+    "soundwave1",
+    "musician",
+    "guitar12",
+    "metallica",
+    "rockandroll",
+];
+
+/// Why a password is too weak, Django's way: too common, entirely numeric, or too close to
+/// the username.
+fn weak_password(password: &str, username: &str) -> Option<&'static str> {
+    let lower = password.to_lowercase();
+    let name = username.to_lowercase();
+    if COMMON_PASSWORDS.contains(&lower.as_str()) {
+        Some("This password is too common.")
+    } else if password.chars().all(|c| c.is_ascii_digit()) {
+        Some("This password is entirely numeric.")
+    } else if lower == name
+        || (name.chars().count() >= 4 && lower.contains(&name))
+        || (lower.chars().count() >= 4 && name.contains(&lower))
+    {
+        Some("The password is too similar to the username.")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weak_passwords_are_named() {
+        assert_eq!(
+            weak_password("Password1", "ann"),
+            Some("This password is too common.")
+        );
+        assert_eq!(
+            weak_password("20261204", "ann"),
+            Some("This password is entirely numeric.")
+        );
+        assert_eq!(
+            weak_password("drummer-boy", "Drummer"),
+            Some("The password is too similar to the username.")
+        );
+        assert_eq!(
+            weak_password("alexandra", "alexandra"),
+            Some("The password is too similar to the username.")
+        );
+        assert_eq!(weak_password("s3cret-Passw0rd", "drummer"), None);
+    }
 
     #[test]
     fn usernames_allow_letters_digits_and_django_punctuation() {
