@@ -257,6 +257,15 @@ async fn a_leader_without_a_quorum_reports_not_ok() {
         "{}",
         unhealthy.text
     );
+    // A strong read cannot be confirmed meanwhile: a 503 that names no member or address.
+    let strong = cluster.nodes[leader]
+        .get("/api/products/?consistency=strong", None)
+        .await;
+    assert_eq!(strong.status, 503, "{}", strong.text);
+    assert!(strong.json["detail"].is_string(), "{}", strong.text);
+    for secret in ["127.0.0.1", "members", "Node", "QuorumNotEnough"] {
+        assert!(!strong.text.contains(secret), "{secret} in {}", strong.text);
+    }
     for &i in &followers {
         cluster.signal(i, "CONT");
     }

@@ -574,7 +574,13 @@ impl Cluster {
     /// Waits until this node has applied everything committed when the call began, as the
     /// leader confirms (openraft's read index). Local reads after it are linearizable.
     pub async fn linearizable_barrier(&self) -> Result<(), StoreError> {
-        let unavailable = |e: String| StoreError::Unavailable(e);
+        // The cause (raft's error: members, peer addresses) goes to the log, not to clients.
+        let unavailable = |cause: String| {
+            tracing::warn!(%cause, "a strong read could not be confirmed");
+            StoreError::Unavailable(
+                "The cluster cannot confirm a consistent read right now; retry.".into(),
+            )
+        };
         let index = match self.read_index_here().await {
             Ok(index) => index,
             Err(ProposeError::NotLeader {
