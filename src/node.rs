@@ -103,6 +103,11 @@ pub enum NodeError {
     },
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error(
+        "the replicated log stopped ({0}); check the disk and the store, then start the node \
+         again (under `soundwave up` it is restarted)"
+    )]
+    Fault(String),
 }
 
 impl From<ApiError> for NodeError {
@@ -286,7 +291,12 @@ fn private_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs the node until SIGINT or SIGTERM.
+/// How long a node whose replicated log failed keeps answering (503 on `/health/` and on
+/// writes) before it stops, so that balancers drain it first.
+const FAULT_DRAIN: Duration = Duration::from_secs(2);
+
+/// Runs the node until SIGINT or SIGTERM, or until its replicated log fails (then it
+/// returns [`NodeError::Fault`], for a supervisor to restart it).
 pub async fn run(config: Config) -> Result<(), NodeError> {
     // Listen first: a busy port fails at once, before the store is touched, the demo
     // catalog seeded or any credentials printed. Connections wait in the backlog until the
@@ -333,9 +343,22 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     );
     let _ = std::io::stdout().flush();
 
-    let stop = async {
-        stop_requested().await;
-        tracing::info!("shutting down: finishing in-flight requests");
+    let fault = state.cluster.clone();
+    let stop = async move {
+        let faulted = async {
+            match &fault {
+                Some(cluster) => {
+                    cluster.faulted().await;
+                    // Long enough for the balancer's probes to see the 503 and drain.
+                    tokio::time::sleep(FAULT_DRAIN).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop_requested() => tracing::info!("shutting down: finishing in-flight requests"),
+            () = faulted => tracing::error!("stopping after the replicated log's failure"),
+        }
     };
     // In-flight requests end within the request timeout; a little more for the last bytes.
     let drain = Duration::from_secs(config.node.request_timeout_secs.saturating_add(5));
@@ -357,6 +380,9 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
     if let Ok(Err(error)) = flushed {
         tracing::warn!(%error, "could not flush the store at shutdown");
+    }
+    if let Some(fault) = state.cluster.as_ref().and_then(|c| c.fault()) {
+        return Err(NodeError::Fault(fault));
     }
     tracing::info!("stopped");
     Ok(())

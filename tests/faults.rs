@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 
+use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -280,4 +281,127 @@ async fn a_leader_without_a_quorum_reports_not_ok() {
         || async { (health(leader_again).await.status == 200).then_some(()) },
     )
     .await;
+}
+
+/// Unmounts the test's filesystem when dropped, whatever happened.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A small tmpfs of its own, or `None` (with the reason printed) where the test may not
+/// mount one (not root, or a container without the privilege).
+fn small_filesystem(dir: &std::path::Path, size: &str) -> Option<Mounted> {
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (the test needs root; CI runs as root)");
+        return None;
+    }
+    Some(Mounted(dir.to_path_buf()))
+}
+
+/// The disk fills up under a node: writes fail fast and clearly, `/health/` says why, the
+/// node stops by itself (for its supervisor to restart), and once space is freed it starts
+/// again with every acknowledged write and takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_writes_honestly_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(_mounted) = small_filesystem(dir.path(), "24m") else {
+        return;
+    };
+    let mut node = Node::builder().data_dir(&dir.path().join("data")).start();
+    let admin = node.admin_token().await;
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let name = format!("before-{i}");
+        node.create_category(&admin, &name).await;
+        acknowledged.push(name);
+    }
+
+    // Fill the filesystem.
+    let filler = dir.path().join("filler");
+    {
+        let mut file = std::fs::File::create(&filler).expect("create the filler");
+        let chunk = vec![0x42u8; 256 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+    }
+
+    // Writes until the node refuses them: every one is answered (201 or a JSON 503) or
+    // the node has stopped; none waits out the write timeout.
+    let mut refused = None;
+    for i in 0..200 {
+        let name = format!("during-{i}");
+        let started = Instant::now();
+        let r = node
+            .post("/api/categories/", Some(&admin), &json!({ "name": name }))
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "a write waited {:?} on a full disk: {}",
+            started.elapsed(),
+            r.text
+        );
+        match r.status {
+            201 => acknowledged.push(name),
+            503 => {
+                refused = Some(r);
+                break;
+            }
+            other => panic!("a write on a full disk answered {other}: {}", r.text),
+        }
+    }
+    let refused = refused.expect("the full disk never refused a write");
+    assert!(refused.json["detail"].is_string(), "{}", refused.text);
+    eprintln!("refused: {}", refused.text);
+    let health = node.get("/health/", None).await;
+    if health.status != 0 {
+        assert_eq!(health.status, 503, "{}", health.text);
+        assert!(
+            health.text.contains("replicated log stopped"),
+            "{}",
+            health.text
+        );
+    }
+
+    // It stops by itself, saying why.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the node kept running on a full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        node.stderr_text().contains("the replicated log stopped"),
+        "{}",
+        node.stderr_text()
+    );
+
+    // Space is back: the node starts with every acknowledged write and takes new ones.
+    std::fs::remove_file(&filler).expect("free the space");
+    node.restart();
+    let admin = node.admin_token().await;
+    let listed = node.get("/api/categories/?limit=1000", None).await;
+    let names: Vec<&str> = listed.expect(200).as_array().map_or(Vec::new(), |a| {
+        a.iter().filter_map(|c| c["name"].as_str()).collect()
+    });
+    for name in &acknowledged {
+        assert!(
+            names.contains(&name.as_str()),
+            "{name} was acknowledged and is lost: {names:?}"
+        );
+    }
+    node.create_category(&admin, "after").await;
 }

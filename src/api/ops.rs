@@ -80,10 +80,13 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     let (cluster_ok, cluster) = match &state.cluster {
         Some(cluster) => {
             let mut status = cluster.status();
-            let quorum = cluster.leads_a_quorum().await;
+            let fault = cluster.fault();
+            let quorum = fault.is_none() && cluster.leads_a_quorum().await;
             let ok = cluster.has_leader() && quorum;
             status["status"] = json!(if ok { "ok" } else { "error" });
-            if !quorum {
+            if let Some(fault) = fault {
+                status["reason"] = json!(format!("the replicated log stopped: {fault}"));
+            } else if !quorum {
                 status["reason"] = json!("the leader is not acknowledged by a quorum");
             }
             (ok, status)

@@ -178,6 +178,12 @@ pub struct Cluster {
     write_timeout: Duration,
     election_timeout: Duration,
     leader_seen: Mutex<Instant>,
+    /// Set by [`Cluster::shutdown`]: raft stopping from then on is no fault.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Why raft stopped by itself (a storage error, such as a full disk): the node can no
+    /// longer take writes and must be restarted.
+    fault: Mutex<Option<String>>,
+    fault_seen: tokio::sync::Notify,
     /// Where raft, the peer network and the proposer run (see `ClusterRuntime`).
     runtime: ClusterRuntime,
 }
@@ -311,6 +317,9 @@ impl Cluster {
             write_timeout: Duration::from_millis(settings.write_timeout_ms),
             election_timeout: Duration::from_millis(settings.election_timeout_ms * 2),
             leader_seen: Mutex::new(Instant::now()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            fault: Mutex::new(None),
+            fault_seen: tokio::sync::Notify::new(),
             runtime,
         });
 
@@ -392,6 +401,7 @@ impl Cluster {
     /// Stops raft, then the cluster's runtime with every task on it (they hold the store),
     /// waiting at most a few seconds.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft did not stop cleanly");
         }
@@ -406,16 +416,62 @@ impl Cluster {
         }
     }
 
-    /// Remembers when a leader was last known, for health.
+    /// Remembers when a leader was last known, for health; notices raft stopping by itself.
     async fn watch_leader(self: Arc<Self>) {
         let mut metrics = self.raft.metrics();
         loop {
-            if metrics.borrow().current_leader.is_some() {
+            let (leader_known, stopped) = {
+                let now = metrics.borrow();
+                let stopped = match &now.running_state {
+                    Err(fatal) => Some(fatal.to_string()),
+                    Ok(()) => {
+                        (now.state == ServerState::Shutdown).then(|| "raft stopped".to_owned())
+                    }
+                };
+                (now.current_leader.is_some(), stopped)
+            };
+            if leader_known {
                 *self.leader_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             }
-            if metrics.changed().await.is_err() {
+            if let Some(reason) = stopped
+                && !self.stopping.load(Ordering::SeqCst)
+            {
+                self.record_fault(reason);
                 return;
             }
+            if metrics.changed().await.is_err() {
+                // Raft's core is gone: by our shutdown, or by a fatal error of its own.
+                if !self.stopping.load(Ordering::SeqCst) {
+                    self.record_fault("raft's core stopped".to_owned());
+                }
+                return;
+            }
+        }
+    }
+
+    fn record_fault(&self, reason: String) {
+        tracing::error!(
+            %reason,
+            "the replicated log stopped (a storage error: is the disk full?); this node takes \
+             no more writes and stops, to be restarted once the cause is fixed"
+        );
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.fault_seen.notify_waiters();
+    }
+
+    /// Why raft stopped by itself, if it did: the node cannot take writes any more.
+    pub fn fault(&self) -> Option<String> {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Resolves once raft has stopped by itself, with the reason.
+    pub async fn faulted(&self) -> String {
+        loop {
+            let notified = self.fault_seen.notified();
+            if let Some(reason) = self.fault() {
+                return reason;
+            }
+            notified.await;
         }
     }
 
@@ -524,6 +580,12 @@ impl Cluster {
             };
             match attempt {
                 Ok(()) => return,
+                // Raft stopped by itself: no retry can succeed here; the callers learn it now.
+                Err(_) if self.fault().is_some() => {
+                    self.waiters
+                        .forget(proposal.commands.iter().map(|(id, _)| *id));
+                    return;
+                }
                 Err(error) if Instant::now() >= deadline => {
                     tracing::warn!(%error, commands = proposal.commands.len(), "proposal failed");
                     self.waiters
@@ -682,6 +744,15 @@ impl Cluster {
 impl CommandSubmitter for Cluster {
     fn submit(&self, command: Command) -> SubmitFuture<'_> {
         Box::pin(async move {
+            let faulted = || {
+                StoreError::Unavailable(
+                    "This node stopped taking writes after a storage error; it is restarting."
+                        .into(),
+                )
+            };
+            if self.fault().is_some() {
+                return Err(faulted());
+            }
             let sequence = self.next_request.fetch_add(1, Ordering::Relaxed);
             let id = RequestId((u128::from(self.nonce) << 64) | u128::from(sequence));
             let applied = self.waiters.register(id);
@@ -691,6 +762,7 @@ impl CommandSubmitter for Cluster {
             }
             match tokio::time::timeout(self.write_timeout, applied).await {
                 Ok(Ok(result)) => Ok(result),
+                Ok(Err(_)) if self.fault().is_some() => Err(faulted()),
                 Ok(Err(_)) => Err(StoreError::Unavailable(
                     "No leader could take the write in time; retry.".into(),
                 )),

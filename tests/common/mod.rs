@@ -48,6 +48,7 @@ pub struct NodeBuilder {
     env: Vec<(String, String)>,
     demo: bool,
     admin: Option<(String, String)>,
+    data_dir: Option<PathBuf>,
 }
 
 impl Default for NodeBuilder {
@@ -59,6 +60,7 @@ impl Default for NodeBuilder {
             env: Vec::new(),
             demo: false,
             admin: Some((ADMIN_USERNAME.to_string(), ADMIN_PASSWORD.to_string())),
+            data_dir: None,
         }
     }
 }
@@ -88,6 +90,11 @@ impl NodeBuilder {
         self.demo = true;
         self
     }
+    /// A data directory of the test's own (e.g. on a small filesystem) instead of a fresh one.
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
     /// Do not create the test admin user through `SOUNDWAVE_ADMIN_*`.
     pub fn no_admin(mut self) -> Self {
         self.admin = None;
@@ -99,7 +106,10 @@ impl NodeBuilder {
             .prefix("soundwave-test-")
             .tempdir()
             .expect("create temp dir");
-        let data_dir = dir.path().join("data");
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
         std::fs::create_dir_all(&data_dir).expect("create data dir");
         let config_path = if self.config.trim().is_empty() {
             None
