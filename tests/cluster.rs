@@ -319,10 +319,36 @@ async fn a_frozen_node_does_not_stop_the_others_and_rejoins() {
     let product = cluster.nodes[leader]
         .create_product(&admin, "Ice Record", 50, "5.00", category)
         .await;
-    // Freeze the leader: the other two elect another and go on.
+    // Freeze the leader: the other two elect another and go on. How long until each of
+    // them takes a write again is printed (the figures of the faults note; not asserted).
     cluster.signal(leader, "STOP");
+    let frozen_at = Instant::now();
     let alive = others(leader, 3);
-    let mut placed = 0;
+    let back_after = |i: usize| {
+        let node = &cluster.nodes[i];
+        let admin = admin.clone();
+        async move {
+            loop {
+                let response = node.order(&admin, &[(product, 1)]).await;
+                match response.status {
+                    201 => return frozen_at.elapsed(),
+                    503 => tokio::time::sleep(Duration::from_millis(20)).await,
+                    other => panic!("unexpected {other}: {}", response.text),
+                }
+                assert!(
+                    frozen_at.elapsed() < Duration::from_secs(30),
+                    "writes never came back"
+                );
+            }
+        }
+    };
+    let (first, second) = tokio::join!(back_after(alive[0]), back_after(alive[1]));
+    eprintln!(
+        "leader frozen: writes back on node {} after {first:?}, on node {} after {second:?}",
+        alive[0] + 1,
+        alive[1] + 1
+    );
+    let mut placed = 2;
     for attempt in 0..40 {
         let node = &cluster.nodes[alive[attempt % 2]];
         let response = node.order(&admin, &[(product, 1)]).await;

@@ -47,6 +47,8 @@ const MAX_ENTRIES_PER_APPEND: u64 = 32;
 const QUEUE_DEPTH: usize = 16_384;
 /// Pause between attempts while there is no leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// The shortest wait for the leader's answer to one forwarded proposal.
+const MIN_FORWARD_ATTEMPT: Duration = Duration::from_millis(500);
 /// How long the cluster's runtime is given to stop its tasks at shutdown.
 const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the snapshot policy is checked.
@@ -567,14 +569,16 @@ impl Cluster {
                 Err(ProposeError::NotLeader {
                     leader: Some(leader),
                 }) if leader != self.node_id => {
+                    // One attempt waits about two election timeouts, not the whole write
+                    // timeout: a leader that froze or was cut off is replaced within that,
+                    // and the next attempt goes to its successor (the same request ids, so
+                    // a proposal the old leader did take is not applied twice).
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    self.call_leader::<_, ()>(
-                        leader,
-                        "/_cluster/propose",
-                        &proposal,
-                        remaining.max(Duration::from_millis(100)),
-                    )
-                    .await
+                    let attempt = remaining
+                        .min((self.election_timeout * 2).max(MIN_FORWARD_ATTEMPT))
+                        .max(Duration::from_millis(100));
+                    self.call_leader::<_, ()>(leader, "/_cluster/propose", &proposal, attempt)
+                        .await
                 }
                 other => other,
             };
