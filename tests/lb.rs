@@ -302,6 +302,11 @@ async fn forwarding_headers_internal_paths_limits_and_sigterm_drain() {
         "/metrics",
         "/Metrics/",
         "/%6detrics",
+        "/;/_cluster/ping",
+        "/%252F_cluster/ping",
+        "/_cluster%3B/ping",
+        "/_cluster%00/ping",
+        "/_cluster%09/ping",
     ] {
         let (status, body) = get_json(&client, &lb.url(path), &[]).await;
         assert_eq!(

@@ -126,12 +126,29 @@ fn percent_decode(path: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The first segment of a path after percent-decoding, dropping empty and `.` segments and
-/// resolving `..`, lowercased: what an upstream router could possibly see as the prefix.
+/// Percent-decodes until nothing changes (at most a few rounds): `%252F` is `/` to a
+/// server that decodes twice.
+fn percent_decode_fully(path: &str) -> String {
+    let mut decoded = path.to_owned();
+    for _ in 0..4 {
+        let next = percent_decode(&decoded);
+        if next == decoded {
+            break;
+        }
+        decoded = next;
+    }
+    decoded
+}
+
+/// The first segment of a path after percent-decoding (repeatedly), splitting at `/`, `\`
+/// and `;` (path parameters), trimming whitespace and control bytes, dropping empty and
+/// `.` segments and resolving `..`, lowercased: what an upstream router could possibly see
+/// as the prefix.
 pub fn first_segment(path: &str) -> Option<String> {
-    let decoded = percent_decode(path);
+    let decoded = percent_decode_fully(path);
     let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split(['/', '\\']) {
+    for segment in decoded.split(['/', '\\', ';']) {
+        let segment = segment.trim_matches(|c: char| c.is_whitespace() || c.is_control());
         match segment {
             "" | "." => {}
             ".." => {
@@ -152,8 +169,9 @@ fn maybe_local(path: &str) -> bool {
             .as_bytes()
             .get(..OPERATOR_PREFIXES[1].len())
             .is_some_and(|start| start.eq_ignore_ascii_case(OPERATOR_PREFIXES[1].as_bytes()))
-        || path.contains(['%', '\\'])
+        || path.contains(['%', '\\', ';'])
         || path.contains("/.")
+        || path.bytes().any(|b| b.is_ascii_control() || b == b' ')
 }
 
 /// Is this path one the balancer never forwards: under a reserved internal prefix, or an
@@ -558,6 +576,15 @@ mod tests {
             "/api/../metrics",
             "/_lb/status",
             "/_LB/status/",
+            "/;/_cluster/ping",
+            "/%252F_cluster/ping",
+            "/%25252F_cluster/ping",
+            "/_cluster%3B/ping",
+            "/_cluster;x=1/ping",
+            "/_cluster%00/ping",
+            "/%00_cluster/ping",
+            "/_cluster%09/ping",
+            "/%20_internal/x",
         ] {
             assert!(is_internal(path), "{path} should be internal");
         }
@@ -581,6 +608,7 @@ mod tests {
             "/%5Finternal/",
             "/a/../_lb/status",
             "/Metrics",
+            "/;/_cluster/ping",
         ] {
             assert!(maybe_local(path), "{path} must be checked");
         }
