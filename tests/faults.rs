@@ -405,3 +405,33 @@ async fn a_full_disk_stops_writes_honestly_and_nothing_acknowledged_is_lost() {
     }
     node.create_category(&admin, "after").await;
 }
+
+/// An error answered before the request's body was read (here 401 for a POST with a body)
+/// says `Connection: close` and is JSON, and then the connection is closed: a client or a
+/// balancer never reuses a connection the node is about to drop.
+#[test]
+fn an_early_error_to_a_request_with_a_body_announces_the_close() {
+    let node = Node::start();
+    let addr = lb::node_addr(&node);
+    let mut stream = connect_from(lb::client_ips(1)[0], addr);
+    let body = "{\"reason\": \"".to_owned() + &"x".repeat(64 * 1024) + "\"}";
+    write!(
+        stream,
+        "POST /api/orders/1/cancel/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .expect("send the head");
+    let _ = stream.write_all(body.as_bytes());
+    let response = read_response(&mut stream);
+    assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+    let lower = response.to_ascii_lowercase();
+    assert!(lower.contains("connection: close"), "{response}");
+    assert!(
+        lower.contains("content-type: application/json"),
+        "{response}"
+    );
+    let mut rest = Vec::new();
+    let closed = stream.read_to_end(&mut rest);
+    assert!(closed.is_ok(), "the node kept the connection open: {closed:?}");
+}

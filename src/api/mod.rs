@@ -130,6 +130,13 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         let client = peer.map(|ConnectInfo(peer)| state.client_ip(*peer, request.headers()));
         (level, client, request.uri().clone())
     });
+    // An error may be answered before the request's body is read; hyper then closes the
+    // connection. Say so in the response, so a client or balancer does not reuse it.
+    let carries_body = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || request.headers().contains_key(header::TRANSFER_ENCODING);
     let strong = wants_strong_read(&request);
     let local_read = !strong && (method == http::Method::GET || method == http::Method::HEAD);
     let mut response = if local_read {
@@ -153,6 +160,11 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
 
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {
+        if carries_body {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let has_body_type = response.headers().contains_key(header::CONTENT_TYPE);
         if !has_body_type {
             let detail = if status == StatusCode::METHOD_NOT_ALLOWED {
