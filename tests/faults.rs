@@ -433,5 +433,26 @@ fn an_early_error_to_a_request_with_a_body_announces_the_close() {
     );
     let mut rest = Vec::new();
     let closed = stream.read_to_end(&mut rest);
-    assert!(closed.is_ok(), "the node kept the connection open: {closed:?}");
+    assert!(
+        closed.is_ok(),
+        "the node kept the connection open: {closed:?}"
+    );
+
+    // An error after the body was read (a field error) keeps the connection.
+    let mut stream = connect_from(lb::client_ips(1)[0], addr);
+    let body = r#"{"username": "", "password": "x"}"#;
+    write!(
+        stream,
+        "POST /api/users/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let response = read_response(&mut stream);
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(
+        !response.to_ascii_lowercase().contains("connection: close"),
+        "{response}"
+    );
+    assert!(get_on(&mut stream, "/health/").starts_with("HTTP/1.1 200"));
 }

@@ -10,6 +10,7 @@ mod pages;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -137,6 +138,11 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         .get(header::CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes() != b"0")
         || request.headers().contains_key(header::TRANSFER_ENCODING);
+    let body_read = carries_body.then(|| Arc::new(AtomicBool::new(false)));
+    let request = match &body_read {
+        Some(read) => request.map(|body| Body::new(EndTracked::new(body, read.clone()))),
+        None => request,
+    };
     let strong = wants_strong_read(&request);
     let local_read = !strong && (method == http::Method::GET || method == http::Method::HEAD);
     let mut response = if local_read {
@@ -160,7 +166,7 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
 
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {
-        if carries_body {
+        if body_read.is_some_and(|read| !read.load(Ordering::Acquire)) {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -200,6 +206,50 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         crate::logging::write_access_line(level, &line);
     }
     response
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that records when it was read to its end.
+    struct EndTracked {
+        #[pin]
+        inner: Body,
+        read: Arc<AtomicBool>,
+    }
+}
+
+impl EndTracked {
+    fn new(inner: Body, read: Arc<AtomicBool>) -> Self {
+        EndTracked { inner, read }
+    }
+}
+
+impl http_body::Body for EndTracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) {
+            this.read.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.read.store(true, Ordering::Release);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A route as metrics name it: the same series with and without the trailing slash.
