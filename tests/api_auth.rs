@@ -173,6 +173,14 @@ async fn duplicate_username_conflicts() {
     node.token_resp(&name, "second-password")
         .await
         .expect_detail_eq(401, MSG_BAD_LOGIN);
+    // Nor in another case.
+    node.post(
+        "/api/users/",
+        None,
+        &json!({"username": name.to_uppercase(), "password": "third-password"}),
+    )
+    .await
+    .expect_detail(409);
     // The env admin cannot be re-registered either.
     node.post(
         "/api/users/",

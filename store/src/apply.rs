@@ -82,6 +82,7 @@ pub(crate) struct WriteTables<'txn> {
     products_by_name: Table<'txn, (&'static str, u64), ()>,
     users: Table<'txn, u64, &'static [u8]>,
     usernames: Table<'txn, &'static str, u64>,
+    username_keys: Table<'txn, &'static str, u64>,
     order_items: Table<'txn, u64, &'static [u8]>,
     order_items_by_user: Table<'txn, (u64, u64), ()>,
     cart_lines_by_product: Table<'txn, (u64, u64), ()>,
@@ -105,6 +106,7 @@ impl<'txn> WriteTables<'txn> {
             products_by_name: txn.open_table(PRODUCTS_BY_NAME)?,
             users: txn.open_table(USERS)?,
             usernames: txn.open_table(USERNAMES)?,
+            username_keys: txn.open_table(USERNAME_KEYS)?,
             order_items: txn.open_table(ORDER_ITEMS)?,
             order_items_by_user: txn.open_table(ORDER_ITEMS_BY_USER)?,
             cart_lines_by_product: txn.open_table(CART_LINES_BY_PRODUCT)?,
@@ -440,7 +442,10 @@ fn create_user(
     new: &NewUser,
     changes: &mut ChangeSet,
 ) -> Result<Applied, StoreError> {
-    if t.usernames.get(new.username.as_str())?.is_some() {
+    let key = new.username.to_lowercase();
+    if t.usernames.get(new.username.as_str())?.is_some()
+        || t.username_keys.get(key.as_str())?.is_some()
+    {
         return Ok(Err(Rejection::Duplicate {
             what: "user",
             field: "username",
@@ -457,6 +462,7 @@ fn create_user(
     };
     t.put_user(&user)?;
     t.usernames.insert(user.username.as_str(), user.id)?;
+    t.username_keys.insert(key.as_str(), user.id)?;
     changes.users.insert(user.id);
     Ok(Ok(CommandOutcome::User(user)))
 }

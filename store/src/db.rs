@@ -63,6 +63,29 @@ pub struct Store {
     catalog: RwLock<Arc<CatalogIndex>>,
 }
 
+/// A store written before usernames were unique whatever their case has no username keys:
+/// derive them from the usernames (the first of two that differ only in case keeps the key).
+/// The same state gives the same keys on every node.
+fn backfill_username_keys(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut keys = txn.open_table(USERNAME_KEYS)?;
+    if !keys.is_empty()? {
+        return Ok(());
+    }
+    let names = txn.open_table(USERNAMES)?;
+    let mut by_id: Vec<(u64, String)> = Vec::new();
+    for row in names.iter()? {
+        let (name, id) = row?;
+        by_id.push((id.value(), name.value().to_lowercase()));
+    }
+    by_id.sort();
+    for (id, key) in by_id {
+        if keys.get(key.as_str())?.is_none() {
+            keys.insert(key.as_str(), id)?;
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the store file, refusing a file of another schema version, with
     /// redb's page cache at [`DEFAULT_PAGE_CACHE_BYTES`].
@@ -191,6 +214,7 @@ impl Store {
         }
         // Creating every table up front lets readers open them without special cases.
         WriteTables::open(&txn)?;
+        backfill_username_keys(&txn)?;
         txn.open_table(APPLIED_REQUESTS)?;
         txn.open_table(APPLIED_REQUESTS_BY_INDEX)?;
         txn.open_table(RAFT_LOG)?;
@@ -651,6 +675,46 @@ mod tests {
         ));
     }
 
+    /// Usernames are unique whatever their case, in a new store and in one written before
+    /// the username keys existed (they are derived at open).
+    #[test]
+    fn usernames_are_unique_whatever_their_case_also_in_older_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let mut changes = ChangeSet::default();
+            let results = store
+                .apply_batch(
+                    &[user("Shopper", false), user("shopper", false)],
+                    &mut changes,
+                )
+                .unwrap();
+            assert!(results[0].is_ok());
+            assert_eq!(
+                results[1],
+                Err(Rejection::Duplicate {
+                    what: "user",
+                    field: "username"
+                })
+            );
+            // As an older store: no username keys.
+            let txn = store.db.begin_write().unwrap();
+            txn.delete_table(USERNAME_KEYS).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let mut changes = ChangeSet::default();
+        let results = store
+            .apply_batch(
+                &[user("SHOPPER", false), user("other", false)],
+                &mut changes,
+            )
+            .unwrap();
+        assert!(results[0].is_err(), "the derived keys know Shopper");
+        assert!(results[1].is_ok());
+    }
+
     #[test]
     fn an_empty_store_file_is_refused_not_taken_for_a_new_shop() {
         let dir = tempfile::tempdir().unwrap();
@@ -769,8 +833,8 @@ mod tests {
         assert_eq!(reader.jwt_secret().unwrap(), None);
         assert_eq!(reader.orders(None, 0, 10).unwrap().total, 0);
         assert_eq!(reader.order_items(Some(1), 0, 10).unwrap().total, 0);
-        // 18 application tables, 2 of applied request ids, the raft log and raft state.
-        assert_eq!(reader.txn.list_tables().unwrap().count(), 22);
+        // 19 application tables, 2 of applied request ids, the raft log and raft state.
+        assert_eq!(reader.txn.list_tables().unwrap().count(), 23);
         // Two fresh stores are equal.
         assert_eq!(reader.digest().unwrap(), TestStore::new().digest());
     }

@@ -27,6 +27,9 @@ pub(crate) const PRODUCTS_BY_NAME: TableDefinition<(&str, u64), ()> =
 
 pub(crate) const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
 pub(crate) const USERNAMES: TableDefinition<&str, u64> = TableDefinition::new("usernames");
+/// lowercased username → user id: usernames are unique whatever their case (as category
+/// names are), while a login names the account exactly.
+pub(crate) const USERNAME_KEYS: TableDefinition<&str, u64> = TableDefinition::new("username_keys");
 
 pub(crate) const ORDER_ITEMS: TableDefinition<u64, &[u8]> = TableDefinition::new("order_items");
 /// (user, item) for every order item.

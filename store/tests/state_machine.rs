@@ -229,13 +229,17 @@ fn command(with_stock: bool) -> BoxedStrategy<Command> {
         ),
         (
             1,
-            prop::sample::select(&["alice", "dave"][..])
+            // Case variants: usernames are unique whatever their case.
+            prop::sample::select(&["alice", "dave", "Dave", "ALICE"][..])
                 .prop_map(|name| new_user(name, false))
                 .boxed(),
         ),
         (
             1,
-            (prop::sample::select(&["bob", "root"][..]), at.clone())
+            (
+                prop::sample::select(&["bob", "root", "Root"][..]),
+                at.clone(),
+            )
                 .prop_map(|(username, at)| Command::EnsureAdmin {
                     username: username.into(),
                     password_hash: "admin-hash".into(),
@@ -688,7 +692,8 @@ impl Model {
                 Ok(Expected::Done)
             }
             Command::CreateUser(new) => {
-                if self.users.values().any(|u| u.username == new.username) {
+                let taken = |u: &MUser| u.username.to_lowercase() == new.username.to_lowercase();
+                if self.users.values().any(taken) {
                     return Err(Some(Rejection::Duplicate {
                         what: "user",
                         field: "username",
@@ -712,6 +717,17 @@ impl Model {
                         return Err(Some(Rejection::WouldPromote));
                     }
                     return Ok(Expected::Record(id));
+                }
+                let folded = username.to_lowercase();
+                if self
+                    .users
+                    .values()
+                    .any(|u| u.username.to_lowercase() == folded)
+                {
+                    return Err(Some(Rejection::Duplicate {
+                        what: "user",
+                        field: "username",
+                    }));
                 }
                 let id = next(&mut self.ids.user);
                 self.users.insert(

@@ -59,6 +59,7 @@ macro_rules! for_each_state_table {
         $visit!(PRODUCTS_BY_NAME);
         $visit!(USERS);
         $visit!(USERNAMES);
+        $visit!(USERNAME_KEYS);
         $visit!(ORDER_ITEMS);
         $visit!(ORDER_ITEMS_BY_USER);
         $visit!(CART_LINES_BY_PRODUCT);
