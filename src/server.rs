@@ -69,7 +69,7 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .serve_connection(
-                TokioIo::new(stream),
+                TokioIo::new(ParseErrorsAsJson::new(stream, &limits.node_header)),
                 RouterService::new(&app, peer, &limits.node_header),
             );
         let connection = graceful.watch(connection);
@@ -89,6 +89,146 @@ pub async fn serve(
             "requests still in flight after {}s: closing their connections",
             drain.as_secs()
         );
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The connection's stream, with hyper's own answers to requests it cannot parse (a
+    /// bodiless `400`, `414` or `431` written before any handler runs, so without the
+    /// API's JSON body or `X-Soundwave-Node`) replaced by the API's JSON error. Every other
+    /// byte passes through unchanged; checking costs a prefix comparison per response.
+    struct ParseErrorsAsJson<S> {
+        #[pin]
+        inner: S,
+        node_header: http::HeaderValue,
+        // The replacement being written, how much of it went out, and the length of
+        // hyper's bytes it stands for.
+        pending: Option<(Vec<u8>, usize, usize)>,
+    }
+}
+
+impl<S> ParseErrorsAsJson<S> {
+    fn new(inner: S, node_header: &http::HeaderValue) -> Self {
+        ParseErrorsAsJson {
+            inner,
+            node_header: node_header.clone(),
+            pending: None,
+        }
+    }
+}
+
+/// The JSON answer for one of hyper's parse-error heads, if `head` is one.
+fn json_parse_error(head: &[u8], node_header: &http::HeaderValue) -> Option<Vec<u8>> {
+    let (status, reason, detail) = if head.starts_with(b"HTTP/1.1 431 ") {
+        (
+            431,
+            "Request Header Fields Too Large",
+            "Request header fields too large.",
+        )
+    } else if head.starts_with(b"HTTP/1.1 414 ") {
+        (414, "URI Too Long", "Request URI too long.")
+    } else if head.starts_with(b"HTTP/1.1 400 ") {
+        (400, "Bad Request", "Malformed request.")
+    } else {
+        return None;
+    };
+    // Ours carry a body and the node header; hyper's have neither.
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    if !text.contains("\r\ncontent-length: 0\r\n") || text.contains("x-soundwave-node") {
+        return None;
+    }
+    let body = format!("{{\"detail\":\"{detail}\"}}");
+    let mut response = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\nx-soundwave-node: ",
+        body.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(node_header.as_bytes());
+    response.extend_from_slice(b"\r\n\r\n");
+    response.extend_from_slice(body.as_bytes());
+    Some(response)
+}
+
+impl<S: tokio::io::AsyncRead> tokio::io::AsyncRead for ParseErrorsAsJson<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite> ParseErrorsAsJson<S> {
+    /// Writes out the pending replacement; `Ready(Ok(n))` with the length it stands for.
+    fn poll_pending(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut this = self.project();
+        while let Some((bytes, written, stands_for)) = this.pending.as_mut() {
+            if *written == bytes.len() {
+                let n = *stands_for;
+                *this.pending = None;
+                return Poll::Ready(Ok(n));
+            }
+            match this.inner.as_mut().poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(0))
+    }
+}
+
+impl<S: tokio::io::AsyncWrite> tokio::io::AsyncWrite for ParseErrorsAsJson<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.pending.is_none()
+            && buf.starts_with(b"HTTP/1.1 4")
+            && let Some(replacement) = json_parse_error(buf, &self.node_header)
+        {
+            *self.as_mut().project().pending = Some((replacement, 0, buf.len()));
+        }
+        if self.pending.is_some() {
+            return self.poll_pending(cx);
+        }
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.pending.is_none()
+            && let Some(first) = bufs.iter().find(|b| !b.is_empty())
+            && first.starts_with(b"HTTP/1.1 4")
+            && let Some(replacement) = json_parse_error(first, &self.node_header)
+        {
+            // A parse-error answer has no body: the head is all hyper writes.
+            let total = bufs.iter().map(|b| b.len()).sum();
+            *self.as_mut().project().pending = Some((replacement, 0, total));
+        }
+        if self.pending.is_some() {
+            return self.poll_pending(cx);
+        }
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
     }
 }
 

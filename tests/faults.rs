@@ -456,3 +456,48 @@ fn an_early_error_to_a_request_with_a_body_announces_the_close() {
     );
     assert!(get_on(&mut stream, "/health/").starts_with("HTTP/1.1 200"));
 }
+
+/// Requests hyper cannot parse (headers too large, a URI too long, garbage) get the API's
+/// JSON error with `X-Soundwave-Node` and `Connection: close`, not a bodiless answer.
+#[test]
+fn unparsable_requests_get_json_errors() {
+    let node = Node::start();
+    let addr = lb::node_addr(&node);
+    let ip = lb::client_ips(1)[0];
+    let huge_header = format!(
+        "GET /api/products/ HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(500_000)
+    );
+    let long_uri = format!(
+        "GET /api/products/?q={} HTTP/1.1\r\nHost: t\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let cases = [
+        (huge_header.as_str(), "431"),
+        (long_uri.as_str(), "414"),
+        ("GARBAGE\r\n\r\n", "400"),
+    ];
+    for (request, status) in cases {
+        let mut stream = connect_from(ip, addr);
+        let _ = stream.write_all(request.as_bytes());
+        let response = read_response(&mut stream);
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{response}"
+        );
+        let lower = response.to_ascii_lowercase();
+        assert!(
+            lower.contains("content-type: application/json"),
+            "{response}"
+        );
+        assert!(lower.contains("connection: close"), "{response}");
+        assert!(lower.contains("x-soundwave-node: 1"), "{response}");
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert!(json["detail"].is_string(), "{body}");
+    }
+    // Ordinary answers pass through untouched.
+    let mut stream = connect_from(ip, addr);
+    let response = get_on(&mut stream, "/api/products/999999/");
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+}
