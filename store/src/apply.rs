@@ -19,6 +19,9 @@ use crate::tables::*;
 
 /// Largest quantity on one order line.
 pub const MAX_LINE_QUANTITY: u32 = 1000;
+/// Lines one user's cart may hold (against storage abuse; an order takes at most
+/// [`MAX_ORDER_LINES`] of them at once).
+pub const MAX_CART_LINES: u64 = 100;
 /// Most lines in one order.
 pub const MAX_ORDER_LINES: usize = 100;
 /// Used refresh tokens forgotten per consume, once expired.
@@ -86,6 +89,7 @@ pub(crate) struct WriteTables<'txn> {
     order_items: Table<'txn, u64, &'static [u8]>,
     order_items_by_user: Table<'txn, (u64, u64), ()>,
     cart_lines_by_product: Table<'txn, (u64, u64), ()>,
+    cart_line_counts: Table<'txn, u64, u64>,
     orders: Table<'txn, u64, &'static [u8]>,
     orders_by_user: Table<'txn, (u64, u64), ()>,
     idempotency: Table<'txn, (u64, &'static str), &'static [u8]>,
@@ -110,6 +114,7 @@ impl<'txn> WriteTables<'txn> {
             order_items: txn.open_table(ORDER_ITEMS)?,
             order_items_by_user: txn.open_table(ORDER_ITEMS_BY_USER)?,
             cart_lines_by_product: txn.open_table(CART_LINES_BY_PRODUCT)?,
+            cart_line_counts: txn.open_table(CART_LINE_COUNTS)?,
             orders: txn.open_table(ORDERS)?,
             orders_by_user: txn.open_table(ORDERS_BY_USER)?,
             idempotency: txn.open_table(IDEMPOTENCY)?,
@@ -117,6 +122,26 @@ impl<'txn> WriteTables<'txn> {
             used_refresh_by_expiry: txn.open_table(USED_REFRESH_BY_EXPIRY)?,
             credentials_changed: txn.open_table(CREDENTIALS_CHANGED)?,
         })
+    }
+
+    fn cart_lines(&self, user: Id) -> Result<u64, StoreError> {
+        Ok(self.cart_line_counts.get(user)?.map_or(0, |v| v.value()))
+    }
+
+    /// One line more (`added`) or less in `user`'s cart.
+    fn count_cart_line(&mut self, user: Id, added: bool) -> Result<(), StoreError> {
+        let lines = self.cart_lines(user)?;
+        let lines = if added {
+            lines + 1
+        } else {
+            lines.saturating_sub(1)
+        };
+        if lines == 0 {
+            self.cart_line_counts.remove(user)?;
+        } else {
+            self.cart_line_counts.insert(user, lines)?;
+        }
+        Ok(())
     }
 
     fn next_id(&mut self, counter: &'static str) -> Result<Id, StoreError> {
@@ -418,6 +443,7 @@ fn delete_product(
         if let Some(item) = t.order_item(item_id)? {
             t.order_items.remove(item_id)?;
             t.order_items_by_user.remove((item.user, item_id))?;
+            t.count_cart_line(item.user, false)?;
             changes.users.insert(item.user);
         }
         t.cart_lines_by_product.remove((id, item_id))?;
@@ -526,6 +552,14 @@ fn add_order_item(
     if t.product_on_sale(product)?.is_none() {
         return Ok(Err(does_not_exist("product", product)));
     }
+    if t.cart_lines(user)? >= MAX_CART_LINES {
+        return Ok(Err(Rejection::Invalid {
+            field: "product",
+            message: format!(
+                "The cart is full ({MAX_CART_LINES} lines): order or remove some lines first."
+            ),
+        }));
+    }
     let item = OrderItem {
         id: t.next_id("order_item")?,
         product,
@@ -539,6 +573,7 @@ fn add_order_item(
     t.put_order_item(&item)?;
     t.order_items_by_user.insert((user, item.id), ())?;
     t.cart_lines_by_product.insert((product, item.id), ())?;
+    t.count_cart_line(user, true)?;
     changes.users.insert(user);
     Ok(Ok(CommandOutcome::OrderItem(item)))
 }
@@ -594,6 +629,7 @@ fn delete_order_item(
     t.order_items.remove(id)?;
     t.order_items_by_user.remove((item.user, id))?;
     t.cart_lines_by_product.remove((item.product, id))?;
+    t.count_cart_line(item.user, false)?;
     changes.users.insert(item.user);
     Ok(Ok(CommandOutcome::Done))
 }
@@ -780,6 +816,7 @@ fn place_order(
         let item = match line.cart_item {
             Some(mut item) => {
                 t.cart_lines_by_product.remove((item.product, item.id))?;
+                t.count_cart_line(item.user, false)?;
                 item.order = Some(order_id);
                 item.unit_price = Some(line.product.price);
                 item.product_name = Some(line.product.name.clone());
@@ -1647,6 +1684,45 @@ pub(crate) mod tests {
             s.store.read().unwrap().jwt_secret().unwrap(),
             Some(b"first".to_vec())
         );
+    }
+
+    #[test]
+    fn a_cart_holds_at_most_max_cart_lines_and_frees_them_as_lines_leave() {
+        let s = shop();
+        assert_eq!(created_id(s.apply(product("Amp", 5, 1000, 1))), 1);
+        for _ in 0..MAX_CART_LINES {
+            assert!(s.apply(add_to_cart(ALICE, 1, 1)).is_ok());
+        }
+        assert!(matches!(
+            s.apply(add_to_cart(ALICE, 1, 1)),
+            Err(Rejection::Invalid {
+                field: "product",
+                ..
+            })
+        ));
+        assert!(
+            s.apply(add_to_cart(BOB, 1, 1)).is_ok(),
+            "other carts are not full"
+        );
+        // Deleting a line frees a place.
+        let first = s
+            .store
+            .read()
+            .unwrap()
+            .order_items(Some(ALICE), 0, 1)
+            .unwrap()
+            .items[0]
+            .item
+            .id;
+        assert!(
+            s.apply(Command::DeleteOrderItem {
+                actor: ALICE,
+                id: first
+            })
+            .is_ok()
+        );
+        assert!(s.apply(add_to_cart(ALICE, 1, 1)).is_ok());
+        assert!(s.apply(add_to_cart(ALICE, 1, 1)).is_err());
     }
 
     #[test]

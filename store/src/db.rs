@@ -86,6 +86,29 @@ fn backfill_username_keys(txn: &redb::WriteTransaction) -> Result<(), StoreError
     Ok(())
 }
 
+/// A store written before carts were capped has no cart line counts: count the lines.
+fn backfill_cart_line_counts(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut counts = txn.open_table(CART_LINE_COUNTS)?;
+    let lines = txn.open_table(CART_LINES_BY_PRODUCT)?;
+    if !counts.is_empty()? || lines.is_empty()? {
+        return Ok(());
+    }
+    let items = txn.open_table(ORDER_ITEMS)?;
+    let mut per_user: std::collections::BTreeMap<u64, u64> = Default::default();
+    for row in lines.iter()? {
+        let (key, _) = row?;
+        let item_id = key.value().1;
+        if let Some(bytes) = items.get(item_id)? {
+            let item: OrderItem = decode(bytes.value())?;
+            *per_user.entry(item.user).or_default() += 1;
+        }
+    }
+    for (user, count) in per_user {
+        counts.insert(user, count)?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the store file, refusing a file of another schema version, with
     /// redb's page cache at [`DEFAULT_PAGE_CACHE_BYTES`].
@@ -215,6 +238,7 @@ impl Store {
         // Creating every table up front lets readers open them without special cases.
         WriteTables::open(&txn)?;
         backfill_username_keys(&txn)?;
+        backfill_cart_line_counts(&txn)?;
         txn.open_table(APPLIED_REQUESTS)?;
         txn.open_table(APPLIED_REQUESTS_BY_INDEX)?;
         txn.open_table(RAFT_LOG)?;
@@ -833,8 +857,8 @@ mod tests {
         assert_eq!(reader.jwt_secret().unwrap(), None);
         assert_eq!(reader.orders(None, 0, 10).unwrap().total, 0);
         assert_eq!(reader.order_items(Some(1), 0, 10).unwrap().total, 0);
-        // 19 application tables, 2 of applied request ids, the raft log and raft state.
-        assert_eq!(reader.txn.list_tables().unwrap().count(), 23);
+        // 20 application tables, 2 of applied request ids, the raft log and raft state.
+        assert_eq!(reader.txn.list_tables().unwrap().count(), 24);
         // Two fresh stores are equal.
         assert_eq!(reader.digest().unwrap(), TestStore::new().digest());
     }

@@ -16,7 +16,7 @@ pub mod raft;
 mod tables;
 mod writer;
 
-pub use apply::{ChangeSet, MAX_LINE_QUANTITY, MAX_ORDER_LINES};
+pub use apply::{ChangeSet, MAX_CART_LINES, MAX_LINE_QUANTITY, MAX_ORDER_LINES};
 pub use command::{
     Command, CommandOutcome, NewProduct, NewUser, OrderLine, OrderLines, ProductChanges, Rejection,
     StockShortage,

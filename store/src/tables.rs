@@ -36,6 +36,9 @@ pub(crate) const ORDER_ITEMS: TableDefinition<u64, &[u8]> = TableDefinition::new
 pub(crate) const ORDER_ITEMS_BY_USER: TableDefinition<(u64, u64), ()> =
     TableDefinition::new("order_items_by_user");
 /// (product, item) for cart lines only (items not yet in an order).
+/// user id → lines in the user's cart (items not yet ordered), for the cap on carts.
+pub(crate) const CART_LINE_COUNTS: TableDefinition<u64, u64> =
+    TableDefinition::new("cart_line_counts");
 pub(crate) const CART_LINES_BY_PRODUCT: TableDefinition<(u64, u64), ()> =
     TableDefinition::new("cart_lines_by_product");
 

@@ -17,8 +17,9 @@ use proptest::prelude::*;
 use proptest::strategy::Union;
 use rust_decimal::Decimal;
 use store::{
-    ChangeSet, Command, CommandOutcome, Id, MAX_LINE_QUANTITY, MAX_ORDER_LINES, NewProduct,
-    NewUser, OrderLine, OrderLines, OrderStatus, ProductChanges, Rejection, StockShortage, Store,
+    ChangeSet, Command, CommandOutcome, Id, MAX_CART_LINES, MAX_LINE_QUANTITY, MAX_ORDER_LINES,
+    NewProduct, NewUser, OrderLine, OrderLines, OrderStatus, ProductChanges, Rejection,
+    StockShortage, Store,
 };
 use tempfile::TempDir;
 
@@ -749,6 +750,14 @@ impl Model {
                     return Err(Some(Rejection::NotFound));
                 }
                 if !quantity_ok(*quantity) || self.on_sale(*product).is_none() {
+                    return Err(None);
+                }
+                let in_cart = self
+                    .items
+                    .values()
+                    .filter(|i| i.user == *user && i.order.is_none())
+                    .count();
+                if in_cart as u64 >= MAX_CART_LINES {
                     return Err(None);
                 }
                 let id = next(&mut self.ids.item);

@@ -63,6 +63,7 @@ macro_rules! for_each_state_table {
         $visit!(ORDER_ITEMS);
         $visit!(ORDER_ITEMS_BY_USER);
         $visit!(CART_LINES_BY_PRODUCT);
+        $visit!(CART_LINE_COUNTS);
         $visit!(ORDERS);
         $visit!(ORDERS_BY_USER);
         $visit!(IDEMPOTENCY);
