@@ -501,3 +501,91 @@ fn unparsable_requests_get_json_errors() {
     let response = get_on(&mut stream, "/api/products/999999/");
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
 }
+
+/// Copies the regular files of `from` into `to`.
+fn copy_files(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).expect("read the data dir") {
+        let entry = entry.expect("an entry");
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy a file");
+        }
+    }
+}
+
+/// In a cluster, the member whose disk fills stops by itself; the other two go on taking
+/// writes; once space is back it starts again and catches up with the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_a_full_disk_stops_and_catches_up_once_space_is_back() {
+    let mut cluster = cluster::TestCluster::start(3, "");
+    let leader = cluster.leader().await;
+    let admin = cluster.nodes[leader].admin_token().await;
+    cluster.nodes[leader]
+        .create_category(&admin, "before")
+        .await;
+    let full = (leader + 1) % 3;
+    cluster.converged(&[0, 1, 2]).await;
+
+    // Move the member's data onto a small filesystem of its own.
+    cluster.nodes[full].terminate();
+    let data = cluster.nodes[full].data_dir().to_path_buf();
+    let saved = tempfile::tempdir().expect("temp dir");
+    copy_files(&data, saved.path());
+    let Some(_mounted) = small_filesystem(&data, "16m") else {
+        return;
+    };
+    copy_files(saved.path(), &data);
+    cluster.nodes[full].restart();
+    cluster.converged(&[0, 1, 2]).await;
+
+    let filler = data.join("filler");
+    {
+        let mut file = std::fs::File::create(&filler).expect("create the filler");
+        let chunk = vec![0x42u8; 256 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+    }
+    // Writes go on through the others; the full member stops by itself.
+    let alive: Vec<usize> = (0..3).filter(|&i| i != full).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut written = 0;
+    while cluster.nodes[full].is_running() || written < 20 {
+        let node = &cluster.nodes[alive[written % 2]];
+        let r = node
+            .post(
+                "/api/categories/",
+                Some(&admin),
+                &json!({ "name": format!("during-{written}") }),
+            )
+            .await;
+        if r.status == 201 {
+            written += 1;
+        } else {
+            assert_eq!(r.status, 503, "{}", r.text);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the full member kept running, or writes stopped"
+        );
+    }
+    assert!(
+        cluster.nodes[full]
+            .stderr_text()
+            .contains("the replicated log stopped"),
+        "{}",
+        cluster.nodes[full].stderr_text()
+    );
+
+    std::fs::remove_file(&filler).expect("free the space");
+    cluster.nodes[full].restart();
+    cluster.converged(&[0, 1, 2]).await;
+    let listed = cluster.nodes[full]
+        .get("/api/categories/?limit=1000", None)
+        .await;
+    assert_eq!(
+        listed.total_count(),
+        1 + written as u64,
+        "every category written meanwhile, on the member that was full"
+    );
+    // Unmount only after the node let go of its files.
+    cluster.nodes[full].terminate();
+}
