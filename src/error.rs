@@ -39,6 +39,9 @@ pub enum ApiError {
     TooManyRequests { retry_after_secs: u64 },
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The client did not send its request body within the request timeout.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -61,6 +64,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -108,6 +112,9 @@ impl ApiError {
                 ),
             }),
             ApiError::Unavailable(detail) => json!({ "detail": detail }),
+            ApiError::RequestTimeout => {
+                json!({ "detail": "Request timeout: the request body did not arrive in time." })
+            }
             ApiError::Internal(_) => json!({ "detail": "Internal server error." }),
         }
     }

@@ -589,3 +589,28 @@ async fn a_member_with_a_full_disk_stops_and_catches_up_once_space_is_back() {
     // Unmount only after the node let go of its files.
     cluster.nodes[full].terminate();
 }
+
+/// A request body that never finishes gets 408 (the client's fault) with `Connection:
+/// close` once the request timeout passes, not the 503 of a node that could not answer.
+#[test]
+fn a_body_that_never_finishes_gets_408() {
+    let node = Node::builder()
+        .config("[node]\nrequest_timeout_secs = 1\n")
+        .start();
+    let addr = lb::node_addr(&node);
+    let mut stream = connect_from(lb::client_ips(1)[0], addr);
+    write!(
+        stream,
+        "POST /api/users/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"username\": "
+    )
+    .expect("send a part of the request");
+    let response = read_response(&mut stream);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    let lower = response.to_ascii_lowercase();
+    assert!(lower.contains("connection: close"), "{response}");
+    assert!(
+        lower.contains("content-type: application/json"),
+        "{response}"
+    );
+}

@@ -156,6 +156,14 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => error.into_response(),
+            // Still waiting for the client's body: its fault, not the node's (408, not 503).
+            Err(_)
+                if body_read
+                    .as_ref()
+                    .is_some_and(|read| !read.load(Ordering::Acquire)) =>
+            {
+                ApiError::RequestTimeout.into_response()
+            }
             Err(_) => ApiError::Unavailable(format!(
                 "The request did not complete within {} s.",
                 timeout.as_secs()
@@ -166,7 +174,10 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
 
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {
-        if body_read.is_some_and(|read| !read.load(Ordering::Acquire)) {
+        if body_read
+            .as_ref()
+            .is_some_and(|read| !read.load(Ordering::Acquire))
+        {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
