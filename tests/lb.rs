@@ -456,4 +456,30 @@ async fn failed_connects_are_retried_once_for_any_method_in_flight_failures_only
             .then_some(())
     })
     .await;
+
+    // A client that hangs up before its (slow) answer: an access line with status 0, and
+    // no ERROR line, since nothing failed on the balancer's side.
+    {
+        use std::io::Write;
+        let mut gone = std::net::TcpStream::connect(lb.addr).expect("connect");
+        gone.write_all(b"GET /slow-gone HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for("the access line of the client that left", WAIT, || async {
+        lb.stderr_lines()
+            .iter()
+            .any(|l| l.contains("path=\"/slow-gone\"") && l.contains("status=0"))
+            .then_some(())
+    })
+    .await;
+    let errors: Vec<String> = lb
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("ERROR") && l.contains("Downstream"))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "a client leaving logged as an error: {errors:#?}"
+    );
 }

@@ -523,6 +523,16 @@ impl ProxyHttp for Balancer {
         }
     }
 
+    /// A client that went away is no error of the balancer's: its access line says so (at
+    /// info), without Pingora's ERROR line beside it.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        *error.esource() == ErrorSource::Downstream
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session
             .response_written()
