@@ -421,6 +421,44 @@ impl LoginThrottle {
     }
 }
 
+/// Sign-ups per client IP in fixed windows of an hour; past the limit, refused (429) until
+/// the window ends.
+pub struct SignupLimit {
+    per_ip_per_hour: u32,
+    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+/// The window of [`SignupLimit`].
+const SIGNUP_WINDOW: Duration = Duration::from_secs(3600);
+
+impl SignupLimit {
+    pub fn new(per_ip_per_hour: u32) -> Self {
+        SignupLimit {
+            per_ip_per_hour,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one sign-up from `ip`, or `Err(seconds to wait)` past the limit.
+    pub fn admit(&self, ip: IpAddr) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() >= THROTTLE_SWEEP_AT {
+            windows.retain(|_, (started, _)| now.duration_since(*started) < SIGNUP_WINDOW);
+        }
+        let (started, count) = windows.entry(ip).or_insert((now, 0));
+        if now.duration_since(*started) >= SIGNUP_WINDOW {
+            (*started, *count) = (now, 0);
+        }
+        if *count >= self.per_ip_per_hour {
+            let left = SIGNUP_WINDOW.saturating_sub(now.duration_since(*started));
+            return Err(left.as_secs().max(1));
+        }
+        *count += 1;
+        Ok(())
+    }
+}
+
 impl FromRequestParts<Arc<AppState>> for Principal {
     type Rejection = ApiError;
 

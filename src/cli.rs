@@ -65,6 +65,9 @@ pub struct NodeArgs {
     /// Shared secret of the cluster's peer network.
     #[arg(long, env = "SOUNDWAVE_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Sign-ups from one client IP per hour before 429 (default 20).
+    #[arg(long, env = "SOUNDWAVE_SIGNUPS_PER_IP_PER_HOUR", value_name = "N")]
+    pub signups_per_ip_per_hour: Option<u32>,
     /// Bearer token `GET /metrics` requires (default: none; loopback peers only).
     #[arg(long, env = "SOUNDWAVE_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
@@ -109,6 +112,9 @@ impl NodeArgs {
         }
         if let Some(secret) = &self.cluster_secret {
             config.cluster.secret = secret.clone();
+        }
+        if let Some(limit) = self.signups_per_ip_per_hour {
+            config.auth.signups_per_ip_per_hour = limit;
         }
         if let Some(token) = &self.metrics_token {
             config.node.metrics_token = token.clone();

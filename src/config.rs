@@ -157,6 +157,8 @@ pub struct AuthConfig {
     /// Failed logins from one client IP within the window before 429.
     pub login_max_failures_per_ip: u32,
     pub login_failure_window_secs: u64,
+    /// Sign-ups from one client IP per hour before 429.
+    pub signups_per_ip_per_hour: u32,
     /// When both are set, this staff user is made to exist at start.
     pub admin_username: String,
     pub admin_password: String,
@@ -172,6 +174,7 @@ impl Default for AuthConfig {
             login_max_failures_per_username: 20,
             login_max_failures_per_ip: 50,
             login_failure_window_secs: 300,
+            signups_per_ip_per_hour: 20,
             admin_username: String::new(),
             admin_password: String::new(),
         }

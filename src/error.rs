@@ -37,6 +37,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("too many requests")]
     TooManyRequests { retry_after_secs: u64 },
+    #[error("too many sign-ups from one address")]
+    TooManySignups { retry_after_secs: u64 },
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// The client did not send its request body within the request timeout.
@@ -62,7 +64,9 @@ impl ApiError {
             ApiError::Conflict { .. } | ApiError::InsufficientStock(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } | ApiError::TooManySignups { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -106,6 +110,11 @@ impl ApiError {
             ApiError::UnsupportedMediaType(kind) => {
                 json!({ "detail": format!("Unsupported media type \"{kind}\" in request.") })
             }
+            ApiError::TooManySignups { retry_after_secs } => json!({
+                "detail": format!(
+                    "Too many sign-ups from this address. Try again in {retry_after_secs} seconds."
+                ),
+            }),
             ApiError::TooManyRequests { retry_after_secs } => json!({
                 "detail": format!(
                     "Too many failed login attempts. Try again in {retry_after_secs} seconds."
@@ -139,7 +148,8 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Bearer realm=\"api\""),
                 );
             }
-            ApiError::TooManyRequests { retry_after_secs } => {
+            ApiError::TooManyRequests { retry_after_secs }
+            | ApiError::TooManySignups { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             ApiError::Unavailable(_) => {

@@ -13,7 +13,7 @@ use store::{
     Command, CommandOutcome, CommandSubmitter, LocalWriter, Store, StoreError, StoreReader,
 };
 
-use crate::auth::{self, LoginLimits, LoginThrottle, TokenService};
+use crate::auth::{self, LoginLimits, LoginThrottle, SignupLimit, TokenService};
 use crate::cache::ResponseCache;
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
@@ -39,6 +39,7 @@ pub struct AppState {
     pub cache: Arc<ResponseCache>,
     pub tokens: TokenService,
     pub throttle: LoginThrottle,
+    pub signups: SignupLimit,
     pub limits: Limits,
     pub metrics: PrometheusHandle,
     pub trusted_proxies: Vec<IpAddr>,
@@ -152,6 +153,7 @@ pub async fn build_state(
             per_ip: config.auth.login_max_failures_per_ip,
             window: Duration::from_secs(config.auth.login_failure_window_secs),
         }),
+        signups: SignupLimit::new(config.auth.signups_per_ip_per_hour),
         limits: Limits {
             max_body_bytes: config.node.max_body_bytes,
             page_size: config.node.page_size,

@@ -205,3 +205,33 @@ async fn node_metrics_need_the_operator_token() {
     assert_eq!(r.status, 200);
     assert!(r.text.contains("soundwave_"), "{}", r.text);
 }
+
+/// Sign-ups are limited per client IP (counted before any password is hashed); another
+/// address is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ups_are_limited_per_client_ip() {
+    let node = Node::builder()
+        .env("SOUNDWAVE_SIGNUPS_PER_IP_PER_HOUR", "3")
+        .start();
+    let ips = lb::client_ips(2);
+    let sign_up = |ip, i: usize| {
+        let request = lb::client_from(ip)
+            .post(node.url("/api/users/"))
+            .json(&json!({
+                "username": unique_name(&format!("many{i}")),
+                "password": "tambourine-quietly-7",
+            }));
+        async move {
+            let response = request.send().await.expect("a response");
+            (
+                response.status().as_u16(),
+                response.headers().contains_key("retry-after"),
+            )
+        }
+    };
+    for i in 0..3 {
+        assert_eq!(sign_up(ips[0], i).await.0, 201);
+    }
+    assert_eq!(sign_up(ips[0], 3).await, (429, true));
+    assert_eq!(sign_up(ips[1], 4).await.0, 201, "another address signs up");
+}

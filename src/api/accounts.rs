@@ -51,7 +51,12 @@ fn valid_phone(phone: &str) -> bool {
         .all(|c| c.is_ascii_digit() || "+ -".contains(c))
 }
 
-pub async fn sign_up(State(state): State<Arc<AppState>>, body: JsonObject) -> ApiResult<Response> {
+pub async fn sign_up(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> ApiResult<Response> {
     let mut fields = Fields::new(&body.0, false);
     let username = fields.text("username", true, false, USERNAME_MAX_CHARS);
     if let Some(name) = &username
@@ -87,6 +92,13 @@ pub async fn sign_up(State(state): State<Arc<AppState>>, body: JsonObject) -> Ap
     let (Some(username), Some(password)) = (username, password) else {
         return Err(ApiError::BadRequest("Missing username or password.".into()));
     };
+    // Counted before the password is hashed: a flood of sign-ups from one address costs
+    // neither memory nor accounts past the limit.
+    let ip = state.client_ip(peer, &headers);
+    state
+        .signups
+        .admit(ip)
+        .map_err(|retry_after_secs| ApiError::TooManySignups { retry_after_secs })?;
     let password_hash = auth::hash_password(password).await?;
     let command = Command::CreateUser(NewUser {
         username,

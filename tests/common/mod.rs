@@ -57,7 +57,12 @@ impl Default for NodeBuilder {
             node_id: 1,
             listen: "127.0.0.1:0".to_string(),
             config: String::new(),
-            env: Vec::new(),
+            // Tests sign up many users from one loopback address; the limit is tested on its
+            // own (tests/security.rs sets it back).
+            env: vec![(
+                "SOUNDWAVE_SIGNUPS_PER_IP_PER_HOUR".to_string(),
+                "1000000".to_string(),
+            )],
             demo: false,
             admin: Some((ADMIN_USERNAME.to_string(), ADMIN_PASSWORD.to_string())),
             data_dir: None,
