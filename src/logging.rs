@@ -235,12 +235,18 @@ thread_local! {
 /// tracing's dispatch and its field visitor, most of a line's cost on a cached read.
 /// Without [`init`] (in-process benches and tests) nothing is written.
 pub fn write_access_line(level: tracing::Level, line: &AccessLine<'_>) {
+    append_formatted(|text| format_access_line(text, level, line));
+}
+
+/// Formats one line in this thread's reused text and appends it to the installed log's
+/// buffer; without [`init`], nothing.
+fn append_formatted(format: impl FnOnce(&mut String) -> std::fmt::Result) {
     let Some(buffer) = ACCESS_BUFFER.get() else {
         return;
     };
     ACCESS_TEXT.with_borrow_mut(|text| {
         text.clear();
-        if format_access_line(text, level, line).is_ok() {
+        if format(text).is_ok() {
             buffer.append(text.as_bytes());
         }
     });
@@ -268,18 +274,9 @@ fn format_access_line(
 /// The balancer's access line (target `soundwave::lb::access`, at info), formatted as
 /// [`write_access_line`] formats the node's, when the filter lets it through.
 pub fn write_lb_access_line(record: &lb::AccessRecord<'_>) {
-    if !tracing::enabled!(target: "soundwave::lb::access", tracing::Level::INFO) {
-        return;
+    if tracing::enabled!(target: "soundwave::lb::access", tracing::Level::INFO) {
+        append_formatted(|text| format_lb_access_line(text, record));
     }
-    let Some(buffer) = ACCESS_BUFFER.get() else {
-        return;
-    };
-    ACCESS_TEXT.with_borrow_mut(|text| {
-        text.clear();
-        if format_lb_access_line(text, record).is_ok() {
-            buffer.append(text.as_bytes());
-        }
-    });
 }
 
 fn format_lb_access_line(text: &mut String, record: &lb::AccessRecord<'_>) -> std::fmt::Result {
