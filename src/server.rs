@@ -137,17 +137,34 @@ fn json_parse_error(head: &[u8], node_header: &http::HeaderValue) -> Option<Vec<
     if !text.contains("\r\ncontent-length: 0\r\n") || text.contains("x-soundwave-node") {
         return None;
     }
+    Some(closing_json_response(
+        &format!("{status} {reason}"),
+        "",
+        detail,
+        node_header,
+    ))
+}
+
+/// A whole HTTP/1.1 response written by the server itself, below the router: a JSON
+/// `{"detail": ...}` body, `Connection: close` and the node header, with `extra_headers`
+/// (each ending in CRLF) before them. `detail` is a literal of ours: it is not escaped.
+fn closing_json_response(
+    status_line: &str,
+    extra_headers: &str,
+    detail: &str,
+    node_header: &http::HeaderValue,
+) -> Vec<u8> {
     let body = format!("{{\"detail\":\"{detail}\"}}");
     let mut response = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\nx-soundwave-node: ",
+        "HTTP/1.1 {status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         {extra_headers}connection: close\r\nx-soundwave-node: ",
         body.len()
     )
     .into_bytes();
     response.extend_from_slice(node_header.as_bytes());
     response.extend_from_slice(b"\r\n\r\n");
     response.extend_from_slice(body.as_bytes());
-    Some(response)
+    response
 }
 
 impl<S: tokio::io::AsyncRead> tokio::io::AsyncRead for ParseErrorsAsJson<S> {
@@ -264,16 +281,12 @@ impl ConnectionLimits {
         exempt: Vec<IpAddr>,
         node_header: &http::HeaderValue,
     ) -> Self {
-        let body = br#"{"detail":"Too many connections; try again shortly."}"#;
-        let mut refusal = format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-             content-length: {}\r\nretry-after: 1\r\nconnection: close\r\nx-soundwave-node: ",
-            body.len()
-        )
-        .into_bytes();
-        refusal.extend_from_slice(node_header.as_bytes());
-        refusal.extend_from_slice(b"\r\n\r\n");
-        refusal.extend_from_slice(body);
+        let refusal = closing_json_response(
+            "503 Service Unavailable",
+            "retry-after: 1\r\n",
+            "Too many connections; try again shortly.",
+            node_header,
+        );
         ConnectionLimits {
             header_read_timeout,
             max_total,
