@@ -62,6 +62,25 @@ fn read_response(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Asserts an error answer the node closes after: `status`, a JSON `{"detail": ...}` body,
+/// `Connection: close` and `X-Soundwave-Node`.
+fn assert_closing_json_error(response: &str, status: u16) {
+    assert!(
+        response.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{response}"
+    );
+    let lower = response.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/json"),
+        "{response}"
+    );
+    assert!(lower.contains("connection: close"), "{response}");
+    assert!(lower.contains("x-soundwave-node: 1"), "{response}");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert!(json["detail"].is_string(), "{body}");
+}
+
 /// Past the per-IP limit a connection gets a JSON 503 with `Connection: close` at once;
 /// other IPs are served meanwhile, and a freed slot is taken again.
 #[test]
@@ -79,17 +98,7 @@ fn connections_are_bounded_per_client_ip() {
         assert!(get_on(stream, "/health/").starts_with("HTTP/1.1 200"));
     }
     let mut refused = connect_from(crowd, addr);
-    let response = read_response(&mut refused);
-    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
-    let lower = response.to_ascii_lowercase();
-    assert!(lower.contains("connection: close"), "{response}");
-    assert!(lower.contains("x-soundwave-node: 1"), "{response}");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or("");
-    let detail: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
-    assert!(detail["detail"].as_str().is_some(), "{body}");
+    assert_closing_json_error(&read_response(&mut refused), 503);
 
     let mut elsewhere = connect_from(other, addr);
     assert!(get_on(&mut elsewhere, "/health/").starts_with("HTTP/1.1 200"));
@@ -423,14 +432,7 @@ fn an_early_error_to_a_request_with_a_body_announces_the_close() {
     )
     .expect("send the head");
     let _ = stream.write_all(body.as_bytes());
-    let response = read_response(&mut stream);
-    assert!(response.starts_with("HTTP/1.1 401"), "{response}");
-    let lower = response.to_ascii_lowercase();
-    assert!(lower.contains("connection: close"), "{response}");
-    assert!(
-        lower.contains("content-type: application/json"),
-        "{response}"
-    );
+    assert_closing_json_error(&read_response(&mut stream), 401);
     let mut rest = Vec::new();
     let closed = stream.read_to_end(&mut rest);
     assert!(
@@ -473,28 +475,14 @@ fn unparsable_requests_get_json_errors() {
         "a".repeat(70_000)
     );
     let cases = [
-        (huge_header.as_str(), "431"),
-        (long_uri.as_str(), "414"),
-        ("GARBAGE\r\n\r\n", "400"),
+        (huge_header.as_str(), 431),
+        (long_uri.as_str(), 414),
+        ("GARBAGE\r\n\r\n", 400),
     ];
     for (request, status) in cases {
         let mut stream = connect_from(ip, addr);
         let _ = stream.write_all(request.as_bytes());
-        let response = read_response(&mut stream);
-        assert!(
-            response.starts_with(&format!("HTTP/1.1 {status} ")),
-            "{response}"
-        );
-        let lower = response.to_ascii_lowercase();
-        assert!(
-            lower.contains("content-type: application/json"),
-            "{response}"
-        );
-        assert!(lower.contains("connection: close"), "{response}");
-        assert!(lower.contains("x-soundwave-node: 1"), "{response}");
-        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
-        assert!(json["detail"].is_string(), "{body}");
+        assert_closing_json_error(&read_response(&mut stream), status);
     }
     // Ordinary answers pass through untouched.
     let mut stream = connect_from(ip, addr);
@@ -605,12 +593,5 @@ fn a_body_that_never_finishes_gets_408() {
          Content-Length: 100\r\n\r\n{{\"username\": "
     )
     .expect("send a part of the request");
-    let response = read_response(&mut stream);
-    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
-    let lower = response.to_ascii_lowercase();
-    assert!(lower.contains("connection: close"), "{response}");
-    assert!(
-        lower.contains("content-type: application/json"),
-        "{response}"
-    );
+    assert_closing_json_error(&read_response(&mut stream), 408);
 }
