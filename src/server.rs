@@ -11,13 +11,12 @@
 //! connection gets a JSON 503 with `Connection: close` at once, instead of holding a
 //! descriptor and a task while it trickles or idles.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -257,19 +256,11 @@ pub struct ConnectionLimits {
     /// keep-alive connection may wait for its next request (hyper starts the same timer
     /// when it waits for a head); then hyper closes the connection.
     header_read_timeout: Duration,
-    max_total: usize,
-    max_per_ip: usize,
-    exempt: Vec<IpAddr>,
-    open: Mutex<OpenConnections>,
+    /// The same count the balancer keeps of its clients.
+    counter: Arc<lb::ConnectionCounter>,
     /// The whole response a refused connection gets.
     refusal: bytes::Bytes,
     node_header: http::HeaderValue,
-}
-
-#[derive(Default)]
-struct OpenConnections {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
 }
 
 impl ConnectionLimits {
@@ -289,56 +280,15 @@ impl ConnectionLimits {
         );
         ConnectionLimits {
             header_read_timeout,
-            max_total,
-            max_per_ip,
-            exempt,
-            open: Mutex::new(OpenConnections::default()),
+            counter: lb::ConnectionCounter::new(max_total, max_per_ip, exempt),
             refusal: refusal.into(),
             node_header: node_header.clone(),
         }
     }
 
     /// A slot for one more connection from `ip`, or `None` past a limit.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if open.total >= self.max_total {
-            return None;
-        }
-        let bounded = !self.exempt.contains(&ip);
-        if bounded {
-            let from_ip = open.per_ip.entry(ip).or_insert(0);
-            if *from_ip >= self.max_per_ip {
-                return None;
-            }
-            *from_ip += 1;
-        }
-        open.total += 1;
-        Some(ConnectionSlot {
-            limits: self.clone(),
-            ip: bounded.then_some(ip),
-        })
-    }
-}
-
-/// One admitted connection; dropping it frees the slot.
-struct ConnectionSlot {
-    limits: Arc<ConnectionLimits>,
-    /// The IP whose count this slot holds (none for an exempt proxy).
-    ip: Option<IpAddr>,
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut open = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.total = open.total.saturating_sub(1);
-        if let Some(ip) = self.ip
-            && let Some(from_ip) = open.per_ip.get_mut(&ip)
-        {
-            *from_ip -= 1;
-            if *from_ip == 0 {
-                open.per_ip.remove(&ip);
-            }
-        }
+    fn admit(&self, ip: IpAddr) -> Option<lb::ConnectionSlot> {
+        self.counter.admit(ip)
     }
 }
 

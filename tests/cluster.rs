@@ -324,25 +324,10 @@ async fn a_frozen_node_does_not_stop_the_others_and_rejoins() {
     cluster.signal(leader, "STOP");
     let frozen_at = Instant::now();
     let alive = others(leader, 3);
-    let back_after = |i: usize| {
-        let node = &cluster.nodes[i];
-        let admin = admin.clone();
-        async move {
-            loop {
-                let response = node.order(&admin, &[(product, 1)]).await;
-                match response.status {
-                    201 => return frozen_at.elapsed(),
-                    503 => tokio::time::sleep(Duration::from_millis(20)).await,
-                    other => panic!("unexpected {other}: {}", response.text),
-                }
-                assert!(
-                    frozen_at.elapsed() < Duration::from_secs(30),
-                    "writes never came back"
-                );
-            }
-        }
-    };
-    let (first, second) = tokio::join!(back_after(alive[0]), back_after(alive[1]));
+    let (first, second) = tokio::join!(
+        cluster.writes_back_after(alive[0], &admin, product, frozen_at),
+        cluster.writes_back_after(alive[1], &admin, product, frozen_at)
+    );
     eprintln!(
         "leader frozen: writes back on node {} after {first:?}, on node {} after {second:?}",
         alive[0] + 1,

@@ -119,6 +119,57 @@ fn connections_are_bounded_per_client_ip() {
     }
 }
 
+/// Sends `request` a byte every 250 ms (then `a`s, without end) on a connection from `ip`,
+/// checking every second that others are still served, until the server answers or closes:
+/// how long that took and what it answered. Panics when the client is never cut (20 s).
+fn trickle_until_cut(addr: SocketAddr, ip: IpAddr, request: &[u8]) -> (Duration, String) {
+    let mut trickling = connect_from(ip, addr);
+    trickling
+        .set_read_timeout(Some(Duration::from_millis(250)))
+        .expect("a read timeout");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    for i in 0.. {
+        let byte = [request.get(i).copied().unwrap_or(b'a')];
+        if trickling.write_all(&byte).is_err() {
+            break;
+        }
+        // Whatever the server sends (its 408, or nothing) ends the trickle once it closed.
+        let mut buf = [0u8; 512];
+        match trickling.read(&mut buf) {
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if n > 0 {
+                    trickling
+                        .set_read_timeout(Some(Duration::from_secs(2)))
+                        .expect("a read timeout");
+                    answer.extend_from_slice(read_response(&mut trickling).as_bytes());
+                }
+                break;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        // Others are served meanwhile.
+        if i % 4 == 0 {
+            let mut other = connect_from(ip, addr);
+            assert!(get_on(&mut other, "/health/").starts_with("HTTP/1.1 200"));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the trickling client was never cut"
+        );
+    }
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&answer).into_owned(),
+    )
+}
+
 /// A client trickling its headers a byte at a time, and one idling on a keep-alive
 /// connection, are both cut after the header timeout, while others are served.
 #[test]
@@ -131,47 +182,8 @@ fn trickling_and_idle_connections_are_cut() {
 
     let mut idle = connect_from(ip, addr);
     assert!(get_on(&mut idle, "/health/").starts_with("HTTP/1.1 200"));
-    let mut trickling = connect_from(ip, addr);
-    let started = Instant::now();
-    let request = b"GET /health/ HTTP/1.1\r\nHost: test\r\nX-Slow: ";
-    let mut cut_after = None;
-    for i in 0.. {
-        let byte = [request.get(i).copied().unwrap_or(b'a')];
-        if trickling.write_all(&byte).is_err() {
-            cut_after = Some(started.elapsed());
-            break;
-        }
-        // Whatever the server sends (its 408, or nothing) ends the trickle once it closed.
-        trickling
-            .set_read_timeout(Some(Duration::from_millis(250)))
-            .expect("a read timeout");
-        let mut buf = [0u8; 512];
-        match trickling.read(&mut buf) {
-            Ok(_) => {
-                cut_after = Some(started.elapsed());
-                break;
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => {
-                cut_after = Some(started.elapsed());
-                break;
-            }
-        }
-        // Others are served meanwhile.
-        if i % 4 == 0 {
-            let mut other = connect_from(ip, addr);
-            assert!(get_on(&mut other, "/health/").starts_with("HTTP/1.1 200"));
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the trickling client was never cut"
-        );
-    }
-    let cut_after = cut_after.expect("cut");
+    let (cut_after, _) =
+        trickle_until_cut(addr, ip, b"GET /health/ HTTP/1.1\r\nHost: test\r\nX-Slow: ");
     assert!(
         cut_after >= Duration::from_secs(1),
         "cut after {cut_after:?}: before the timeout"
@@ -185,6 +197,75 @@ fn trickling_and_idle_connections_are_cut() {
         matches!(read, Ok(0)) || read.is_err(),
         "the idle connection is still open: {read:?}"
     );
+}
+
+/// Asserts an answer the balancer itself gives and closes after: `status`, a JSON
+/// `{"detail": ...}` body and `Connection: close`.
+fn assert_closing_lb_error(response: &str, status: u16) {
+    assert!(
+        response.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{response}"
+    );
+    let lower = response.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/json"),
+        "{response}"
+    );
+    assert!(lower.contains("connection: close"), "{response}");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert!(json["detail"].is_string(), "{body}");
+}
+
+/// The balancer cuts clients trickling a request's head or its body (Pingora alone times
+/// each read, so a byte every 250 ms would never be cut) with a JSON 408, and bounds the
+/// connections of one client IP with a JSON 503, while serving others meanwhile.
+#[test]
+fn the_balancer_cuts_trickling_clients_and_bounds_connections_per_ip() {
+    let node = Node::start();
+    let lb_addr = lb::local(free_port());
+    let _balancer = lb::Balancer::start(
+        lb_addr,
+        None,
+        &format!(
+            "primaries = [\"{}\"]\nbackups = []\nheader_timeout_secs = 2\n\
+             body_timeout_secs = 2\nmax_connections_per_ip = 3\n",
+            lb::node_addr(&node)
+        ),
+    );
+    let [crowd, other, head_trickler, body_trickler] = lb::client_ips(4)[..] else {
+        unreachable!()
+    };
+
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect_from(crowd, lb_addr)).collect();
+    for stream in &mut held {
+        assert!(get_on(stream, "/health/").starts_with("HTTP/1.1 200"));
+    }
+    let mut refused = connect_from(crowd, lb_addr);
+    assert_closing_lb_error(&read_response(&mut refused), 503);
+    let mut elsewhere = connect_from(other, lb_addr);
+    assert!(get_on(&mut elsewhere, "/health/").starts_with("HTTP/1.1 200"));
+    drop(held);
+
+    let (head_cut, answer) = trickle_until_cut(
+        lb_addr,
+        head_trickler,
+        b"GET /health/ HTTP/1.1\r\nHost: test\r\nX-Slow: ",
+    );
+    eprintln!("a trickled head was cut after {head_cut:?}");
+    assert_closing_lb_error(&answer, 408);
+    assert!(
+        head_cut >= Duration::from_secs(1),
+        "cut after {head_cut:?}: before the timeout"
+    );
+    let (body_cut, answer) = trickle_until_cut(
+        lb_addr,
+        body_trickler,
+        b"POST /api/token/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+          Content-Length: 1000\r\n\r\n{\"username\": \"",
+    );
+    eprintln!("a trickled body was cut after {body_cut:?}");
+    assert_closing_lb_error(&answer, 408);
 }
 
 /// A store file damaged on disk is refused at start, with a message naming the file and
@@ -290,6 +371,79 @@ async fn a_leader_without_a_quorum_reports_not_ok() {
         || async { (health(leader_again).await.status == 200).then_some(()) },
     )
     .await;
+}
+
+/// The leader cut off from both followers by the network (policy-routing rules on
+/// loopback, each node on its own address): the two others elect a new leader and take
+/// writes again, the cut-off leader reports not ok, and after the partition heals all
+/// three hold the same state with every acknowledged order in it. How long each step took
+/// is printed (the figures of the faults note; not asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_leader_is_replaced_and_reports_not_ok() {
+    let hosts = ["127.0.0.31", "127.0.0.32", "127.0.0.33"];
+    let mut cluster = cluster::TestCluster::start_on(&hosts, "");
+    let leader = cluster.leader().await;
+    let admin = cluster.nodes[leader].admin_token().await;
+    let category = cluster.nodes[leader]
+        .create_category(&admin, "Isolated")
+        .await;
+    let product = cluster.nodes[leader]
+        .create_product(&admin, "Island Record", 50, "5.00", category)
+        .await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let follower_hosts: Vec<&str> = followers.iter().map(|&i| hosts[i]).collect();
+    let Some(partition) = cluster::LoopbackPartition::cut(hosts[leader], &follower_hosts) else {
+        return;
+    };
+    let cut_at = Instant::now();
+    let old_leader_health = async {
+        let unhealthy = wait_for(
+            "the isolated leader to report not ok",
+            Duration::from_secs(15),
+            || async {
+                let r = cluster.nodes[leader].get("/health/", None).await;
+                (r.status == 503).then_some(r)
+            },
+        )
+        .await;
+        (cut_at.elapsed(), unhealthy)
+    };
+    let (first, second, (unhealthy_after, unhealthy)) = tokio::join!(
+        cluster.writes_back_after(followers[0], &admin, product, cut_at),
+        cluster.writes_back_after(followers[1], &admin, product, cut_at),
+        old_leader_health
+    );
+    eprintln!(
+        "leader isolated: writes back on node {} after {first:?}, on node {} after \
+         {second:?}; the isolated leader reported 503 after {unhealthy_after:?}",
+        followers[0] + 1,
+        followers[1] + 1
+    );
+    assert!(
+        unhealthy.json["cluster"]["reason"].is_string(),
+        "{}",
+        unhealthy.text
+    );
+    let new_leader = cluster.nodes[followers[0]].get("/health/", None).await;
+    assert_ne!(
+        new_leader.json["cluster"]["leader_id"].as_u64(),
+        Some(leader as u64 + 1),
+        "the two others elected another leader: {}",
+        new_leader.text
+    );
+    drop(partition);
+    cluster.converged(&[0, 1, 2]).await;
+    let seen = cluster.nodes[leader]
+        .get(
+            &format!("/api/products/{product}/?consistency=strong"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        seen.expect(200)["stock"],
+        48,
+        "both acknowledged orders are on the healed leader"
+    );
 }
 
 /// Unmounts the test's filesystem when dropped, whatever happened.
@@ -459,13 +613,8 @@ fn an_early_error_to_a_request_with_a_body_announces_the_close() {
     assert!(get_on(&mut stream, "/health/").starts_with("HTTP/1.1 200"));
 }
 
-/// Requests hyper cannot parse (headers too large, a URI too long, garbage) get the API's
-/// JSON error with `X-Soundwave-Node` and `Connection: close`, not a bodiless answer.
-#[test]
-fn unparsable_requests_get_json_errors() {
-    let node = Node::start();
-    let addr = lb::node_addr(&node);
-    let ip = lb::client_ips(1)[0];
+/// Requests too large or not HTTP at all, each with the status it must get.
+fn unparsable_requests() -> Vec<(String, u16)> {
     let huge_header = format!(
         "GET /api/products/ HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
         "a".repeat(500_000)
@@ -474,12 +623,22 @@ fn unparsable_requests_get_json_errors() {
         "GET /api/products/?q={} HTTP/1.1\r\nHost: t\r\n\r\n",
         "a".repeat(70_000)
     );
-    let cases = [
-        (huge_header.as_str(), 431),
-        (long_uri.as_str(), 414),
-        ("GARBAGE\r\n\r\n", 400),
-    ];
-    for (request, status) in cases {
+    vec![
+        (huge_header, 431),
+        (long_uri, 414),
+        ("GARBAGE\r\n\r\n".to_owned(), 400),
+        ("GET / HTTP/1.1\r\nBad Header\r\n\r\n".to_owned(), 400),
+    ]
+}
+
+/// Requests hyper cannot parse (headers too large, a URI too long, garbage) get the API's
+/// JSON error with `X-Soundwave-Node` and `Connection: close`, not a bodiless answer.
+#[test]
+fn unparsable_requests_get_json_errors() {
+    let node = Node::start();
+    let addr = lb::node_addr(&node);
+    let ip = lb::client_ips(1)[0];
+    for (request, status) in unparsable_requests() {
         let mut stream = connect_from(ip, addr);
         let _ = stream.write_all(request.as_bytes());
         assert_closing_json_error(&read_response(&mut stream), status);
@@ -488,6 +647,39 @@ fn unparsable_requests_get_json_errors() {
     let mut stream = connect_from(ip, addr);
     let response = get_on(&mut stream, "/api/products/999999/");
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+}
+
+/// The balancer answers the same requests itself, with the same statuses and JSON bodies
+/// (Pingora alone answers a head it cannot parse with a bare 400), and still proxies the
+/// next client's requests, bodies included.
+#[test]
+fn the_balancer_answers_unparsable_requests_with_json() {
+    let node = Node::start();
+    let lb_addr = lb::local(free_port());
+    let _balancer = lb::Balancer::start(
+        lb_addr,
+        None,
+        &format!("primaries = [\"{}\"]\nbackups = []\n", lb::node_addr(&node)),
+    );
+    let ip = lb::client_ips(1)[0];
+    for (request, status) in unparsable_requests() {
+        let mut stream = connect_from(ip, lb_addr);
+        let _ = stream.write_all(request.as_bytes());
+        assert_closing_lb_error(&read_response(&mut stream), status);
+    }
+    let mut stream = connect_from(ip, lb_addr);
+    let response = get_on(&mut stream, "/api/products/999999/");
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    let body = r#"{"username": "nobody", "password": "wrong-password"}"#;
+    write!(
+        stream,
+        "POST /api/token/ HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send a request with a body");
+    let response = read_response(&mut stream);
+    assert!(response.starts_with("HTTP/1.1 401"), "{response}");
 }
 
 /// Copies the regular files of `from` into `to`.

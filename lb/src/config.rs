@@ -41,6 +41,16 @@ pub struct LbConfig {
     pub idle_timeout_secs: u64,
     /// Largest request line plus headers accepted; larger ones get 431.
     pub max_header_bytes: usize,
+    /// Longest time from a request's first byte to the end of its head, in all; then 408
+    /// and the connection is closed (a client trickling its headers is cut).
+    pub header_timeout_secs: u64,
+    /// Longest time for a request's body, in all, from the end of its head; then 408.
+    pub body_timeout_secs: u64,
+    /// Open client connections at most, in all (also kept below half the descriptor limit:
+    /// each client may need an upstream connection) and per client IP (trusted proxies
+    /// excepted); more get a JSON 503 at once.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` / `X-Forwarded-Proto` are believed.
     pub trusted_proxies: Vec<IpAddr>,
     /// Address of the operator listener (`GET /metrics`, `GET /_lb/status`); empty: none.
@@ -74,6 +84,10 @@ impl Default for LbConfig {
             read_timeout_secs: 60,
             idle_timeout_secs: 60,
             max_header_bytes: 32 * 1024,
+            header_timeout_secs: 30,
+            body_timeout_secs: 60,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
             trusted_proxies: Vec::new(),
             metrics_listen: Some(local(9091)),
             threads: 0,
@@ -147,6 +161,16 @@ impl LbConfig {
         if self.max_header_bytes < 1024 {
             return invalid("lb.max_header_bytes must be at least 1024".to_owned());
         }
+        if self.header_timeout_secs == 0 || self.body_timeout_secs == 0 {
+            return invalid(
+                "lb.header_timeout_secs and lb.body_timeout_secs must be > 0".to_owned(),
+            );
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return invalid(
+                "lb.max_connections and lb.max_connections_per_ip must be at least 1".to_owned(),
+            );
+        }
         Ok(())
     }
 
@@ -157,6 +181,14 @@ impl LbConfig {
             std::env::temp_dir().join(format!("soundwave-lb-{}", self.listen.port()))
         } else {
             self.run_dir.clone()
+        }
+    }
+
+    pub(crate) fn request_limits(&self) -> crate::connection::RequestLimits {
+        crate::connection::RequestLimits {
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
+            max_header_bytes: self.max_header_bytes,
         }
     }
 

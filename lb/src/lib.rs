@@ -48,12 +48,14 @@ use pingora_load_balancing::LoadBalancer;
 use pingora_load_balancing::selection::Consistent;
 
 mod config;
+mod connection;
 mod health;
 mod metrics;
 mod proxy;
 mod upstream;
 
 pub use config::LbConfig;
+pub use connection::{ConnectionCounter, ConnectionSlot, closing_json_response};
 pub use proxy::{
     AccessLog, AccessRecord, MAX_ATTEMPTS, OPERATOR_PREFIXES, RESERVED_PREFIXES, client_ip,
     is_internal,
@@ -159,6 +161,47 @@ impl BackgroundService for Announcer {
     }
 }
 
+/// Descriptors kept for everything but client and upstream connections (listeners, probes,
+/// logs, the run directory).
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// `configured`, lowered to what the descriptor limit allows: the soft limit is raised to
+/// the hard one first (as nginx's `worker_rlimit_nofile`), then each client connection is
+/// counted with the upstream connection it may need.
+fn within_descriptor_limit(configured: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if !known {
+        return configured;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let allowed = limit.rlim_cur.saturating_sub(RESERVED_DESCRIPTORS) / 2;
+    let allowed = usize::try_from(allowed).unwrap_or(usize::MAX).max(1);
+    if allowed < configured {
+        tracing::warn!(
+            target: "soundwave::lb",
+            configured,
+            allowed,
+            descriptors = limit.rlim_cur,
+            "lb.max_connections lowered to fit the descriptor limit"
+        );
+    }
+    configured.min(allowed)
+}
+
 /// Runs the balancer until SIGTERM (drains in-flight requests for `grace_period_secs`) or
 /// SIGINT (stops at once). Pingora builds its own runtimes: call this from a plain thread,
 /// not from inside an async runtime. `metrics_handle` renders the process's Prometheus
@@ -202,10 +245,20 @@ pub fn run(
         access_log,
     };
     let operator_view = balancer.clone();
-    let mut proxy_service = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        balancer,
-        "soundwave lb",
+    let max_connections = within_descriptor_limit(config.max_connections);
+    let counter = connection::ConnectionCounter::new(
+        max_connections,
+        config.max_connections_per_ip,
+        config.trusted_proxies.clone(),
+    );
+    let mut proxy_service = Service::new(
+        "soundwave lb".to_owned(),
+        connection::GuardedApp::new(
+            pingora_proxy::http_proxy(&server.configuration, balancer),
+            counter,
+            config.request_limits(),
+            access_log,
+        ),
     );
     proxy_service.add_tcp(&config.listen.to_string());
     server.add_service(proxy_service);
@@ -240,6 +293,7 @@ pub fn run(
         listen = %config.listen,
         primaries = ?config.primaries,
         backups = ?config.backups,
+        max_connections,
         "starting the load balancer"
     );
     server.run(RunArgs::default());

@@ -214,17 +214,6 @@ fn ip_header_value(ip: IpAddr) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// Bytes of the request line and headers, as they came.
-fn head_size(req: &RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.raw_path().len() + 12;
-    let headers: usize = req
-        .headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    line + headers
-}
-
 impl Balancer {
     /// The upstream for `key`: the first available primary on the ring, else the first
     /// available backup. Available: healthy by the probes, not ejected, not in `exclude`.
@@ -278,9 +267,7 @@ impl Balancer {
         ctx: &mut RequestCtx,
     ) -> pingora_core::Result<bool> {
         let req = session.req_header();
-        let (status, body) = if head_size(req) > self.config.max_header_bytes {
-            (431, json_detail("Request header fields too large."))
-        } else if !maybe_local(req.uri.path()) {
+        let (status, body) = if !maybe_local(req.uri.path()) {
             return Ok(false);
         } else if is_internal(req.uri.path()) {
             (404, json_detail("Not found."))

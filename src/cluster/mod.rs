@@ -281,7 +281,11 @@ impl Cluster {
         });
         let snapshot_path = config.node.data_dir.join(SNAPSHOT_FILE);
         let log_store = LogStore::new(store.clone());
-        let client = PeerClient::new(settings.secret.clone());
+        let own_peer_ip = members
+            .get(&node_id)
+            .and_then(|m| m.peer)
+            .map(|addr| addr.ip());
+        let client = PeerClient::new(settings.secret.clone(), own_peer_ip);
         let (runtime, handle) = ClusterRuntime::new()?;
         // openraft spawns its tasks on the runtime it starts on.
         let raft = handle

@@ -184,10 +184,15 @@ impl PeerError {
 }
 
 impl PeerClient {
-    pub fn new(secret: String) -> PeerClient {
+    /// `local` is this node's own peer address: when it names one interface (not
+    /// `0.0.0.0`), requests to peers leave from it, so a host with several addresses sends
+    /// cluster traffic from the address its peers know it by (and a firewall rule written
+    /// for that address covers all of this node's cluster traffic).
+    pub fn new(secret: String, local: Option<std::net::IpAddr>) -> PeerClient {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
+            .local_address(local.filter(|ip| !ip.is_unspecified()))
             .build()
             .unwrap_or_default();
         PeerClient { http, secret }

@@ -2,7 +2,8 @@
 //! `[cluster]` configuration: started together, observed through `/health/` and the peer
 //! API's state digest.
 
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -22,11 +23,20 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` members (ids 1..=n) at once; `extra` is added to every node's config.
     pub fn start(n: usize, extra: &str) -> TestCluster {
-        let apis: Vec<String> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
+        TestCluster::start_on(&vec!["127.0.0.1"; n], extra)
+    }
+
+    /// Starts one member per host (ids 1..=n), each listening on its own loopback address
+    /// for both its API and its peer port.
+    pub fn start_on(hosts: &[&str], extra: &str) -> TestCluster {
+        let n = hosts.len();
+        let apis: Vec<String> = hosts
+            .iter()
+            .map(|host| format!("{host}:{}", free_port()))
             .collect();
-        let peers: Vec<String> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
+        let peers: Vec<String> = hosts
+            .iter()
+            .map(|host| format!("{host}:{}", free_port()))
             .collect();
         let mut config = format!(
             "[cluster]\nsecret = \"{CLUSTER_SECRET}\"\nheartbeat_ms = 100\nelection_timeout_ms = 400\n{extra}\n"
@@ -152,5 +162,102 @@ impl TestCluster {
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "kill -{signal} {pid}");
+    }
+
+    /// How long after `since` node `i` first takes an order (one of `product`) again,
+    /// retrying while it answers 503. The figures of the failover notes; never asserted.
+    pub async fn writes_back_after(
+        &self,
+        i: usize,
+        token: &str,
+        product: i64,
+        since: Instant,
+    ) -> Duration {
+        let node = &self.nodes[i];
+        loop {
+            let response = node.order(token, &[(product, 1)]).await;
+            match response.status {
+                201 => return since.elapsed(),
+                503 => tokio::time::sleep(Duration::from_millis(20)).await,
+                other => panic!("unexpected {other}: {}", response.text),
+            }
+            assert!(
+                since.elapsed() < Duration::from_secs(30),
+                "writes never came back on node {}",
+                i + 1
+            );
+        }
+    }
+}
+
+/// Cuts the traffic between one loopback address and others, both ways, with
+/// policy-routing rules (`ip rule ... prohibit`): new connections are refused and packets
+/// on open ones vanish, as behind a firewall, while clients on 127.0.0.1 still reach every
+/// address. Needs root and `ip`; where the machine refuses, `cut` says why and gives
+/// `None`. Dropping it heals the partition and puts the routing back as it was.
+pub struct LoopbackPartition {
+    rules: Vec<Vec<String>>,
+}
+
+/// Where the partition's rules sit: before the `local` table, which moves from preference
+/// 0 (before everything) to `LOCAL_MOVED_PREF` while a partition is in place.
+const PARTITION_PREF: &str = "10";
+const LOCAL_MOVED_PREF: &str = "100";
+
+fn ip_rule(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .arg("rule")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+impl LoopbackPartition {
+    pub fn cut(isolated: &str, others: &[&str]) -> Option<LoopbackPartition> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: a loopback partition needs root (CI runs as root)");
+            return None;
+        }
+        // A leftover of an interrupted run is fine: the rule is already where it must be.
+        let moved = ip_rule(&["add", "pref", LOCAL_MOVED_PREF, "lookup", "local"])
+            .or_else(|e| if e.contains("exists") { Ok(()) } else { Err(e) })
+            .and_then(|()| ip_rule(&["del", "pref", "0", "lookup", "local"]));
+        let mut partition = LoopbackPartition { rules: Vec::new() };
+        if let Err(e) = moved {
+            eprintln!("skipped: policy routing is not available here: {e}");
+            return None;
+        }
+        for other in others {
+            for (from, to) in [(isolated, *other), (*other, isolated)] {
+                let rule: Vec<String> =
+                    ["pref", PARTITION_PREF, "from", from, "to", to, "prohibit"]
+                        .map(str::to_owned)
+                        .to_vec();
+                let args: Vec<&str> = rule.iter().map(String::as_str).collect();
+                if let Err(e) = ip_rule(&[&["add"], args.as_slice()].concat()) {
+                    eprintln!("skipped: cannot add a prohibit rule: {e}");
+                    return None;
+                }
+                partition.rules.push(rule);
+            }
+        }
+        Some(partition)
+    }
+}
+
+impl Drop for LoopbackPartition {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let args: Vec<&str> = rule.iter().map(String::as_str).collect();
+            let _ = ip_rule(&[&["del"], args.as_slice()].concat());
+        }
+        let _ = ip_rule(&["add", "pref", "0", "lookup", "local"]);
+        let _ = ip_rule(&["del", "pref", LOCAL_MOVED_PREF, "lookup", "local"]);
     }
 }
