@@ -46,6 +46,9 @@ pub struct LbConfig {
     pub header_timeout_secs: u64,
     /// Longest time for a request's body, in all, from the end of its head; then 408.
     pub body_timeout_secs: u64,
+    /// Largest request body accepted (bodies are read whole before they are forwarded, so a
+    /// retry can send them again); larger ones get 413.
+    pub max_body_bytes: usize,
     /// Open client connections at most, in all (also kept below half the descriptor limit:
     /// each client may need an upstream connection) and per client IP (trusted proxies
     /// excepted); more get a JSON 503 at once.
@@ -86,6 +89,7 @@ impl Default for LbConfig {
             max_header_bytes: 32 * 1024,
             header_timeout_secs: 30,
             body_timeout_secs: 60,
+            max_body_bytes: 8 * 1024 * 1024,
             max_connections: 10_000,
             max_connections_per_ip: 256,
             trusted_proxies: Vec::new(),
@@ -160,6 +164,9 @@ impl LbConfig {
         }
         if self.max_header_bytes < 1024 {
             return invalid("lb.max_header_bytes must be at least 1024".to_owned());
+        }
+        if self.max_body_bytes == 0 {
+            return invalid("lb.max_body_bytes must be at least 1".to_owned());
         }
         if self.header_timeout_secs == 0 || self.body_timeout_secs == 0 {
             return invalid(

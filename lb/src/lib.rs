@@ -21,9 +21,11 @@
 //!   `Host` kept) with the client IP taken from the TCP peer unless the peer is a trusted
 //!   proxy.
 //! - **Safety**: paths under [`RESERVED_PREFIXES`] and the operator endpoints
-//!   ([`OPERATOR_PREFIXES`]) are never forwarded (404), timeouts for
-//!   connect, read and idle, a limit on header size (431); SIGTERM drains in-flight requests
-//!   for `grace_period_secs`.
+//!   ([`OPERATOR_PREFIXES`]) are never forwarded (404); timeouts for connect, read and
+//!   idle; before Pingora sees a connection, a guard bounds open connections in all and per
+//!   client IP (503), and each request's head and body in total time (408) and the head in
+//!   size (431, 414) and syntax (400), all answered in JSON; SIGTERM drains in-flight
+//!   requests for `grace_period_secs`.
 //! - **Visibility**: on the operator listener `metrics_listen` only, `GET /_lb/status`
 //!   (JSON) and Prometheus `GET /metrics`; one
 //!   access line per request, through the [`AccessLog`] the caller passes to [`run`].
@@ -49,6 +51,7 @@ use pingora_load_balancing::selection::Consistent;
 
 mod config;
 mod connection;
+mod forward;
 mod health;
 mod metrics;
 mod proxy;
@@ -243,6 +246,7 @@ pub fn run(
         config: config.clone(),
         max_ring_steps: RING_POINTS_PER_UPSTREAM * largest_tier + 1,
         access_log,
+        client: forward::upstream_client(&config),
     };
     let operator_view = balancer.clone();
     let max_connections = within_descriptor_limit(config.max_connections);
@@ -254,7 +258,9 @@ pub fn run(
     let mut proxy_service = Service::new(
         "soundwave lb".to_owned(),
         connection::GuardedApp::new(
-            pingora_proxy::http_proxy(&server.configuration, balancer),
+            forward::HttpFront {
+                balancer: Arc::new(balancer),
+            },
             counter,
             config.request_limits(),
             access_log,
