@@ -483,3 +483,35 @@ async fn failed_connects_are_retried_once_for_any_method_in_flight_failures_only
         "a client leaving logged as an error: {errors:#?}"
     );
 }
+
+/// An upstream that stops in the middle of its body is cut after `read_timeout_secs`: the
+/// client sees the body end early, not a connection held for as long as the upstream likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upstream_body_is_cut_after_the_read_timeout() {
+    let echo = EchoUpstream::start("A");
+    let lb = Balancer::start(
+        local(free_port()),
+        None,
+        &format!(
+            "primaries = [\"{}\"]\nbackups = []\nread_timeout_secs = 1\n{}",
+            echo.addr,
+            fast_health(2, 0)
+        ),
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let resp = client
+        .get(lb.url("/stall-body"))
+        .send()
+        .await
+        .expect("the head");
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await;
+    let error = body.expect_err("the stalled body cannot complete");
+    assert!(
+        !error.is_timeout(),
+        "the balancer never cut the stalled body: the client's own timeout ended it"
+    );
+}

@@ -9,8 +9,11 @@
 //! graceful shutdown and upgrade, runtimes), the ketama selection and the health checks.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -35,7 +38,56 @@ use crate::upstream::FailurePhase;
 pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 
 /// What the balancer answers with: an upstream's streamed body or its own.
-pub type FrontBody = Either<Incoming, Full<Bytes>>;
+pub type FrontBody = Either<UpstreamBody, Full<Bytes>>;
+
+/// An upstream's response body, streamed to the client, cut when the upstream sends
+/// nothing for `read_timeout_secs` (as Pingora's and nginx's `proxy_read_timeout`). The
+/// timer is armed only while the body waits: a body that is already there costs none.
+pub struct UpstreamBody {
+    inner: Incoming,
+    read_timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer runs for the current wait (it is re-armed after each frame).
+    armed: bool,
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.armed = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = tokio::time::Instant::now() + this.read_timeout;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !this.armed {
+            timer.as_mut().reset(deadline);
+            this.armed = true;
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                Poll::Ready(Some(Err("the upstream stopped sending its body".into())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 pub fn upstream_client(config: &LbConfig) -> UpstreamClient {
     let mut connector = HttpConnector::new();
@@ -401,6 +453,12 @@ impl Balancer {
         for name in &HOP_BY_HOP {
             head.headers.remove(name);
         }
+        let body = UpstreamBody {
+            inner: body,
+            read_timeout,
+            timer: None,
+            armed: false,
+        };
         Ok(Response::from_parts(head, Either::Left(body)))
     }
 }

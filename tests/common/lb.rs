@@ -237,7 +237,8 @@ impl Seen {
 }
 
 /// A scripted HTTP/1.1 upstream: `GET /health/` is 200; `/drop...` closes the connection
-/// without answering; `/slow...` answers after a second (and tells `slow_started`); anything
+/// without answering; `/stall...` sends a head and part of its body, then nothing for 20 s;
+/// `/slow...` answers after a second (and tells `slow_started`); anything
 /// else is 200 with `{"upstream": NAME, "method", "path", "headers": {...}}` and the header
 /// `X-Echo: NAME`. Every request but the probes is recorded.
 pub struct EchoUpstream {
@@ -344,6 +345,15 @@ fn serve_echo(stream: TcpStream, name: &str, seen: &Mutex<Vec<Seen>>, slow_tx: &
         };
         seen.lock().unwrap().push(request);
         if path.starts_with("/drop") {
+            return;
+        }
+        if path.starts_with("/stall") {
+            // A head and a tenth of the body, then nothing for 20 s.
+            let _ = write!(
+                writer,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789"
+            );
+            std::thread::sleep(Duration::from_secs(20));
             return;
         }
         if path.starts_with("/slow") {
