@@ -59,24 +59,11 @@ impl AppState {
         Ok(self.store.read()?)
     }
 
-    /// The client's address: the TCP peer, or what a trusted proxy (`trusted_proxies`) says
-    /// it forwarded for (`X-Real-IP`, else the last `X-Forwarded-For` entry).
+    /// The client's address, by the one rule the balancer uses too ([`lb::client_ip`]): the
+    /// TCP peer, unless it is a trusted proxy (`trusted_proxies`); then the last
+    /// `X-Forwarded-For` entry that is not itself a trusted proxy, else `X-Real-IP`.
     pub fn client_ip(&self, peer: SocketAddr, headers: &http::HeaderMap) -> IpAddr {
-        if !self.trusted_proxies.contains(&peer.ip()) {
-            return peer.ip();
-        }
-        let forwarded = headers
-            .get("x-real-ip")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
-            .or_else(|| {
-                headers
-                    .get("x-forwarded-for")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.rsplit(',').next())
-                    .and_then(|v| v.trim().parse().ok())
-            });
-        forwarded.unwrap_or(peer.ip())
+        lb::client_ip(peer.ip(), &self.trusted_proxies, headers)
     }
 }
 
