@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
 use http::StatusCode;
@@ -26,7 +26,7 @@ const NAME_FILTER_MAX_CHARS: usize = 200;
 
 pub async fn list_categories(
     State(state): State<Arc<AppState>>,
-    Query(params): Query<QueryParams>,
+    params: QueryParams,
 ) -> ApiResult<Response> {
     let page = PageRequest::parse(&params, state.limits.page_size)?;
     let key = CacheKey::CategoryList {
@@ -184,7 +184,7 @@ fn product_query(params: &QueryParams, page_size: usize) -> ApiResult<ProductQue
 
 pub async fn list_products(
     State(state): State<Arc<AppState>>,
-    Query(params): Query<QueryParams>,
+    params: QueryParams,
 ) -> ApiResult<Response> {
     let query = product_query(&params, state.limits.page_size)?;
     let key = CacheKey::ProductList {

@@ -7,7 +7,6 @@ mod ops;
 mod orders;
 mod pages;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -309,8 +308,40 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     }
 }
 
-/// Query parameters, keeping the last value of a repeated key.
-pub type QueryParams = HashMap<String, String>;
+/// A request's query parameters, decoded once (`application/x-www-form-urlencoded`), the
+/// last value of a repeated key winning. A request carries a handful: a scan of a short
+/// list beats building a hash map (and serde's deserializer) for each request.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct QueryParams(Vec<(String, String)>);
+
+impl QueryParams {
+    pub fn parse(query: &str) -> QueryParams {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match pairs.iter_mut().find(|(k, _)| *k == key) {
+                Some(pair) => pair.1 = value.into_owned(),
+                None => pairs.push((key.into_owned(), value.into_owned())),
+            }
+        }
+        QueryParams(pairs)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.uri.query().map(QueryParams::parse).unwrap_or_default())
+    }
+}
 
 /// `limit` and `offset` of a list request, capped at the configured page size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,10 +460,24 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> QueryParams {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        QueryParams(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn query_parameters_are_decoded_and_the_last_repeated_value_wins() {
+        let params = QueryParams::parse("limit=5&name=Red%20Guitar&limit=7&q=a+b&empty=&flag");
+        assert_eq!(params.get("limit").map(String::as_str), Some("7"));
+        assert_eq!(params.get("name").map(String::as_str), Some("Red Guitar"));
+        assert_eq!(params.get("q").map(String::as_str), Some("a b"));
+        assert_eq!(params.get("empty").map(String::as_str), Some(""));
+        assert_eq!(params.get("flag").map(String::as_str), Some(""));
+        assert_eq!(params.get("missing"), None);
+        assert_eq!(params.iter().count(), 5);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
@@ -36,7 +36,7 @@ fn owner_filter(principal: &Principal) -> Option<u64> {
 pub async fn list_order_items(
     State(state): State<Arc<AppState>>,
     principal: Principal,
-    Query(params): Query<QueryParams>,
+    params: QueryParams,
 ) -> ApiResult<Response> {
     let page = PageRequest::parse(&params, state.limits.page_size)?;
     let key = CacheKey::OrderItemList {
@@ -165,7 +165,7 @@ pub async fn delete_order_item(
 pub async fn list_orders(
     State(state): State<Arc<AppState>>,
     principal: Principal,
-    Query(params): Query<QueryParams>,
+    params: QueryParams,
 ) -> ApiResult<Response> {
     let page = PageRequest::parse(&params, state.limits.page_size)?;
     let key = CacheKey::OrderList {
