@@ -268,7 +268,7 @@ impl Balancer {
             logged: false,
         };
         let (parts, body) = request.into_parts();
-        let (response, error) = self.answer(peer, &parts, body, &mut trip).await;
+        let (response, error) = self.answer(peer, parts, body, &mut trip).await;
         trip.log(
             response.status().as_u16(),
             error.as_ref().map(|e| e as &dyn std::fmt::Display),
@@ -279,7 +279,7 @@ impl Balancer {
     async fn answer(
         &self,
         peer: Option<IpAddr>,
-        parts: &http::request::Parts,
+        mut parts: http::request::Parts,
         body: Incoming,
         trip: &mut Trip<'_>,
     ) -> (Response<FrontBody>, Option<AttemptError>) {
@@ -315,7 +315,8 @@ impl Balancer {
             // The client went away or broke its body: nobody reads this answer.
             Err(_) => return (json_answer(StatusCode::BAD_REQUEST, "Bad request."), None),
         };
-        let headers = self.upstream_headers(peer, trip.client, &parts.headers);
+        let mut headers = std::mem::take(&mut parts.headers);
+        self.rewrite_headers(peer, trip.client, &mut headers);
         let key = match trip.client {
             Some(IpAddr::V4(ip)) => ip.octets().to_vec(),
             Some(IpAddr::V6(ip)) => ip.octets().to_vec(),
@@ -333,7 +334,7 @@ impl Balancer {
             trip.attempts += 1;
             trip.upstream = Some(index);
             self.upstreams.record_request(index);
-            match self.attempt(index, parts, &headers, body.clone()).await {
+            match self.attempt(index, &parts, &headers, body.clone()).await {
                 Ok(response) => return (response, None),
                 Err(error) => {
                     let phase = match error {
@@ -364,26 +365,24 @@ impl Balancer {
         (response, last_error)
     }
 
-    /// The request's headers as the upstream gets them: hop-by-hop ones dropped, the
-    /// forwarding headers set (`X-Forwarded-For` appended to, `Host` kept).
-    fn upstream_headers(
+    /// Turns the client's headers into the upstream's, in place: hop-by-hop ones dropped,
+    /// the forwarding headers set (`X-Forwarded-For` appended to, `Host` kept).
+    fn rewrite_headers(
         &self,
         peer: Option<IpAddr>,
         client: Option<IpAddr>,
-        from_client: &HeaderMap,
-    ) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(from_client.len() + 3);
-        for (name, value) in from_client {
-            if !HOP_BY_HOP.contains(name)
-                && name != X_REAL_IP
-                && name != X_FORWARDED_FOR
-                && name != X_FORWARDED_PROTO
-            {
-                headers.append(name.clone(), value.clone());
+        headers: &mut HeaderMap,
+    ) {
+        for name in &HOP_BY_HOP {
+            if headers.contains_key(name) {
+                headers.remove(name);
             }
         }
+        headers.remove(&X_REAL_IP);
         let Some(peer) = peer else {
-            return headers;
+            headers.remove(&X_FORWARDED_FOR);
+            headers.remove(&X_FORWARDED_PROTO);
+            return;
         };
         let peer_value = ip_header_value(peer);
         let client = client.unwrap_or(peer);
@@ -392,27 +391,31 @@ impl Balancer {
         } else {
             ip_header_value(client)
         };
-        headers.insert(X_REAL_IP.clone(), real_ip);
-        let earlier: Vec<&str> = from_client
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect();
-        if earlier.is_empty() {
-            headers.insert(X_FORWARDED_FOR.clone(), peer_value);
-        } else if let Ok(value) = HeaderValue::from_str(&format!("{}, {peer}", earlier.join(", ")))
-        {
-            headers.insert(X_FORWARDED_FOR.clone(), value);
-        }
+        let forwarded_for = {
+            let earlier: Vec<&str> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect();
+            if earlier.is_empty() {
+                Some(peer_value)
+            } else {
+                HeaderValue::from_str(&format!("{}, {peer}", earlier.join(", "))).ok()
+            }
+        };
         let trusted_https = self.config.trusted_proxies.contains(&peer)
-            && from_client
+            && headers
                 .get(&X_FORWARDED_PROTO)
                 .is_some_and(|v| v.as_bytes() == b"https");
         let proto = if trusted_https { "https" } else { "http" };
+        headers.insert(X_REAL_IP.clone(), real_ip);
+        match forwarded_for {
+            Some(value) => headers.insert(X_FORWARDED_FOR.clone(), value),
+            None => headers.remove(&X_FORWARDED_FOR),
+        };
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-        headers
     }
 
     /// One attempt at upstream `index`: its response head within `read_timeout_secs`.

@@ -339,7 +339,11 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.uri.query().map(QueryParams::parse).unwrap_or_default())
+        Ok(parts
+            .uri
+            .query()
+            .map(QueryParams::parse)
+            .unwrap_or_default())
     }
 }
 
