@@ -358,7 +358,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         config.node.trusted_proxies.clone(),
         &state.node_header,
     );
-    crate::server::serve(listener, app, limits, stop, drain).await;
+    let cached = crate::api::CachedReads::new(state.clone());
+    crate::server::serve(listener, app, Some(cached), limits, stop, drain).await;
     // Raft's tasks hold the store: stop them, so that it is closed cleanly (else the next
     // start repairs the whole file). Applies and the commit point are written without a
     // flush (the log is flushed): flush them, so that a restarted node has its state at once.

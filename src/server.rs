@@ -32,14 +32,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
+use crate::api::CachedReads;
+
 /// How long to wait, after accepting fails (e.g. out of file descriptors), before trying again.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
 
 /// Serves `app` on `listener` until `stop` resolves, then waits up to `drain` for in-flight
-/// requests to finish. Each request carries its peer as `ConnectInfo<SocketAddr>`.
+/// requests to finish. Each request carries its peer as `ConnectInfo<SocketAddr>`. With
+/// `cached`, the reads it answers from the cache never reach `app`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    cached: Option<CachedReads>,
     limits: ConnectionLimits,
     stop: impl Future<Output = ()>,
     drain: Duration,
@@ -69,7 +73,7 @@ pub async fn serve(
             .header_read_timeout(limits.header_read_timeout)
             .serve_connection(
                 TokioIo::new(ParseErrorsAsJson::new(stream, &limits.node_header)),
-                RouterService::new(&app, peer, &limits.node_header),
+                RouterService::new(&app, cached.as_ref(), peer, &limits.node_header),
             );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -316,18 +320,26 @@ async fn accept_failed(error: &io::Error) {
 
 /// The router as one connection's hyper service: each request gets the connection's peer,
 /// and a request whose handler panics gets a JSON 500 instead of a dropped connection.
+/// Reads the cache holds are answered first, without routing ([`CachedReads`]).
 #[derive(Clone)]
 struct RouterService {
     app: Router,
-    peer: ConnectInfo<SocketAddr>,
+    cached: Option<CachedReads>,
+    peer: SocketAddr,
     node_header: http::HeaderValue,
 }
 
 impl RouterService {
-    fn new(app: &Router, peer: SocketAddr, node_header: &http::HeaderValue) -> Self {
+    fn new(
+        app: &Router,
+        cached: Option<&CachedReads>,
+        peer: SocketAddr,
+        node_header: &http::HeaderValue,
+    ) -> Self {
         RouterService {
             app: app.clone(),
-            peer: ConnectInfo(peer),
+            cached: cached.cloned(),
+            peer,
             node_header: node_header.clone(),
         }
     }
@@ -339,10 +351,21 @@ impl hyper::service::Service<http::Request<Incoming>> for RouterService {
     type Future = CatchPanic<tower::util::Oneshot<Router, http::Request<Body>>>;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+        if let Some(cached) = &self.cached {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| cached.answer(&request, self.peer)))
+            {
+                Ok(Some(response)) => return CatchPanic::answered(response),
+                Ok(None) => {}
+                Err(panic) => {
+                    return CatchPanic::answered(panic_response(&*panic, Some(&self.node_header)));
+                }
+            }
+        }
         let mut request = request.map(Body::new);
-        request.extensions_mut().insert(self.peer);
+        request.extensions_mut().insert(ConnectInfo(self.peer));
         CatchPanic {
-            inner: self.app.clone().oneshot(request),
+            inner: Some(self.app.clone().oneshot(request)),
+            answered: None,
             node_header: Some(self.node_header.clone()),
         }
     }
@@ -350,12 +373,45 @@ impl hyper::service::Service<http::Request<Incoming>> for RouterService {
 
 pin_project_lite::pin_project! {
     /// A request's future that answers 500 when it panics (logged at error and counted in
-    /// `soundwave_panics_total`); the connection stays usable.
+    /// `soundwave_panics_total`); the connection stays usable. Or an answer already made.
     pub struct CatchPanic<F> {
         #[pin]
-        inner: F,
+        inner: Option<F>,
+        answered: Option<axum::response::Response>,
         node_header: Option<http::HeaderValue>,
     }
+}
+
+impl<F> CatchPanic<F> {
+    fn answered(response: axum::response::Response) -> Self {
+        CatchPanic {
+            inner: None,
+            answered: Some(response),
+            node_header: None,
+        }
+    }
+}
+
+/// The 500 that answers a panic (logged at error and counted in `soundwave_panics_total`).
+fn panic_response(
+    panic: &(dyn std::any::Any + Send),
+    node_header: Option<&http::HeaderValue>,
+) -> axum::response::Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %message, "a request handler panicked");
+    metrics::counter!("soundwave_panics_total").increment(1);
+    let mut response =
+        crate::error::ApiError::Internal("a request handler panicked".into()).into_response();
+    if let Some(node) = node_header {
+        response
+            .headers_mut()
+            .insert("x-soundwave-node", node.clone());
+    }
+    response
 }
 
 impl<F> Future for CatchPanic<F>
@@ -366,25 +422,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let inner = this.inner;
+        let Some(inner) = this.inner.as_pin_mut() else {
+            let response = this.answered.take();
+            return match response {
+                Some(response) => Poll::Ready(Ok(response)),
+                // Polled again after it answered: hyper never does.
+                None => Poll::Pending,
+            };
+        };
         match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(poll) => poll,
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(panic = %message, "a request handler panicked");
-                metrics::counter!("soundwave_panics_total").increment(1);
-                let mut response =
-                    crate::error::ApiError::Internal("a request handler panicked".into())
-                        .into_response();
-                if let Some(node) = this.node_header.take() {
-                    response.headers_mut().insert("x-soundwave-node", node);
-                }
-                Poll::Ready(Ok(response))
-            }
+            Err(panic) => Poll::Ready(Ok(panic_response(&*panic, this.node_header.as_ref()))),
         }
     }
 }
@@ -439,6 +487,7 @@ mod tests {
         let server = tokio::spawn(serve(
             listener,
             app,
+            None,
             limits,
             async move {
                 let _ = stop_rx.await;

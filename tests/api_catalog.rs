@@ -853,3 +853,98 @@ async fn lists_follow_stock_price_renames_and_deletes() {
     let detail = node.get(&format!("/api/products/{b}/"), None).await;
     assert_eq!(node.list(&path, None).await[0], *detail.expect(200));
 }
+
+/// A read the cache holds is answered before routing (`CachedReads`): the second GET of
+/// each of these gets exactly what the first (routed, a miss) got, is counted and logged
+/// the same way, and follows a write at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_reads_answer_as_the_router_does() {
+    let node = Node::builder().env("RUST_LOG", "info").node_id(3).start();
+    let admin = node.admin_token().await;
+    let cat = node.create_category(&admin, "Drums").await;
+    let first = node.create_product(&admin, "Snare", 5, "199.00", cat).await;
+    node.create_product(&admin, "Kick", 2, "299.00", cat).await;
+    let paths = [
+        format!("/api/products/{first}/"),
+        format!("/api/products/{first}"),
+        "/api/products/?limit=1&order_by_name=asc".to_owned(),
+        format!("/api/categories/{cat}/"),
+        "/api/categories".to_owned(),
+    ];
+    for path in &paths {
+        let miss = node.get(path, None).await;
+        let hit = node.get(path, None).await;
+        miss.expect(200);
+        assert_eq!(hit.status, miss.status, "{path}");
+        assert_eq!(hit.text, miss.text, "{path}");
+        let without_date = |r: &Resp| {
+            let mut headers: Vec<(String, String)> = r
+                .headers
+                .iter()
+                .filter(|(name, _)| name.as_str() != "date")
+                .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+                .collect();
+            headers.sort();
+            headers
+        };
+        assert_eq!(without_date(&hit), without_date(&miss), "{path}");
+        assert_eq!(hit.header("x-soundwave-node"), Some("3"), "{path}");
+    }
+    let list = node
+        .get("/api/products/?limit=1&order_by_name=asc", None)
+        .await;
+    assert_eq!(list.header("x-total-count"), Some("2"));
+    assert!(list.header("link").is_some_and(|l| l.contains("offset=1")));
+
+    // Both answers of each path are counted under the route and logged.
+    let metrics = node.get("/metrics", None).await.text;
+    let detail_count: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("soundwave_http_requests_total")
+                && l.contains(r#"route="/api/products/{id}""#)
+                && l.contains(r#"status="200""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(detail_count, 4.0, "{metrics}");
+    let needle = format!(r#"path="/api/products/{first}/""#);
+    assert!(node.stderr_contains_soon(&needle).await);
+    let logged = |node: &Node| {
+        node.stderr_text()
+            .lines()
+            .filter(|l| l.contains("soundwave::access") && l.contains(&needle))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while logged(&node) < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(logged(&node), 2, "{}", node.stderr_text());
+
+    // A write is seen by the next read, cached or not.
+    let both = "/api/products/?limit=2&order_by_name=asc";
+    for _ in 0..2 {
+        assert_eq!(node.get(both, None).await.expect(200)[1]["price"], "199.00");
+    }
+    node.patch(
+        &format!("/api/products/{first}/"),
+        Some(&admin),
+        &json!({"price": "149.50"}),
+    )
+    .await
+    .expect(200);
+    let product = node.get(&format!("/api/products/{first}/"), None).await;
+    assert_eq!(product.expect(200)["price"], "149.50");
+    let list = node.get(both, None).await;
+    assert_eq!(list.expect(200)[1]["price"], "149.50");
+    node.patch(
+        &format!("/api/categories/{cat}/"),
+        Some(&admin),
+        &json!({"name": "Percussion"}),
+    )
+    .await
+    .expect(200);
+    let category = node.get(&format!("/api/categories/{cat}/"), None).await;
+    assert_eq!(category.expect(200)["name"], "Percussion");
+}

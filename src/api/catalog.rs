@@ -29,11 +29,7 @@ pub async fn list_categories(
     params: QueryParams,
 ) -> ApiResult<Response> {
     let page = PageRequest::parse(&params, state.limits.page_size)?;
-    let key = CacheKey::CategoryList {
-        generation: state.cache.categories_generation(),
-        limit: page.limit,
-        offset: page.offset,
-    };
+    let key = category_list_key(&state, page);
     cached(&state, key, || {
         let categories = state.read()?.categories()?;
         let json: Vec<CategoryJson> = categories
@@ -54,10 +50,7 @@ pub async fn get_category(
     State(state): State<Arc<AppState>>,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
-    let key = CacheKey::Category {
-        generation: state.cache.categories_generation(),
-        id,
-    };
+    let key = category_key(&state, id);
     cached(&state, key, || {
         let category = state.read()?.category(id)?.ok_or(ApiError::NotFound)?;
         Ok(CachedBody {
@@ -66,6 +59,103 @@ pub async fn get_category(
             next_link: None,
         })
     })
+}
+
+fn category_list_key(state: &AppState, page: PageRequest) -> CacheKey {
+    CacheKey::CategoryList {
+        generation: state.cache.categories_generation(),
+        limit: page.limit,
+        offset: page.offset,
+    }
+}
+
+fn category_key(state: &AppState, id: u64) -> CacheKey {
+    CacheKey::Category {
+        generation: state.cache.categories_generation(),
+        id,
+    }
+}
+
+fn product_list_key(state: &AppState, query: &ProductQuery) -> CacheKey {
+    CacheKey::ProductList {
+        generation: state.cache.product_list_generation(),
+        category: query.category,
+        name: query.name_contains.clone(),
+        sort: query.sort,
+        limit: query.limit,
+        offset: query.offset,
+    }
+}
+
+fn product_key(state: &AppState, id: u64) -> CacheKey {
+    CacheKey::Product {
+        generation: state.cache.product_generation(id),
+        id,
+    }
+}
+
+/// A catalog read the router's cached-read fast path ([`super::CachedReads`]) may answer.
+#[derive(Debug, PartialEq)]
+pub(super) enum CatalogRead {
+    Product(u64),
+    Category(u64),
+    Products(ProductQuery),
+    Categories(PageRequest),
+}
+
+impl CatalogRead {
+    /// The catalog read a request's path and query ask for, parsed as the handlers parse
+    /// them. `None` for any other request, and for one the handler would answer with an
+    /// error: the router then takes it as usual.
+    pub(super) fn parse(path: &str, query: Option<&str>, page_size: usize) -> Option<Self> {
+        let rest = path.strip_prefix("/api/")?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (collection, id) = match rest.split_once('/') {
+            None => (rest, None),
+            // Only plain digits: anything else (percent-encoded, signed) is the router's.
+            Some((collection, id))
+                if !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                (
+                    collection,
+                    Some(id.parse::<u64>().ok().filter(|&id| id > 0)?),
+                )
+            }
+            Some(_) => return None,
+        };
+        let params = || QueryParams::parse(query.unwrap_or(""));
+        match (collection, id) {
+            ("products", Some(id)) => Some(CatalogRead::Product(id)),
+            ("categories", Some(id)) => Some(CatalogRead::Category(id)),
+            ("products", None) => product_query(&params(), page_size)
+                .ok()
+                .map(CatalogRead::Products),
+            ("categories", None) => PageRequest::parse(&params(), page_size)
+                .ok()
+                .map(CatalogRead::Categories),
+            _ => None,
+        }
+    }
+
+    /// The route, as metrics label it.
+    pub(super) fn route(&self) -> &'static str {
+        match self {
+            CatalogRead::Product(_) => "/api/products/{id}",
+            CatalogRead::Category(_) => "/api/categories/{id}",
+            CatalogRead::Products(_) => "/api/products",
+            CatalogRead::Categories(_) => "/api/categories",
+        }
+    }
+
+    /// The key its handler caches the answer under, so a hit is the body it would send.
+    pub(super) fn cache_key(&self, state: &AppState) -> CacheKey {
+        match self {
+            CatalogRead::Product(id) => product_key(state, *id),
+            CatalogRead::Category(id) => category_key(state, *id),
+            CatalogRead::Products(query) => product_list_key(state, query),
+            CatalogRead::Categories(page) => category_list_key(state, *page),
+        }
+    }
 }
 
 fn category_name(body: &JsonObject, partial: bool) -> ApiResult<Option<String>> {
@@ -187,14 +277,7 @@ pub async fn list_products(
     params: QueryParams,
 ) -> ApiResult<Response> {
     let query = product_query(&params, state.limits.page_size)?;
-    let key = CacheKey::ProductList {
-        generation: state.cache.product_list_generation(),
-        category: query.category,
-        name: query.name_contains.clone(),
-        sort: query.sort,
-        limit: query.limit,
-        offset: query.offset,
-    };
+    let key = product_list_key(&state, &query);
     cached(&state, key, || {
         // Rebuilt after every stock change, so built from cached parts: the ids the query
         // selects (kept across stock and price changes) and each product's JSON.
@@ -271,10 +354,7 @@ fn product_json(
     reader: &mut Option<StoreReader>,
     id: u64,
 ) -> ApiResult<Option<Bytes>> {
-    let key = CacheKey::Product {
-        generation: state.cache.product_generation(id),
-        id,
-    };
+    let key = product_key(state, id);
     if let Some(hit) = state.cache.peek_body(&key) {
         return Ok(Some(hit.body));
     }
@@ -304,10 +384,7 @@ pub async fn get_product(
     State(state): State<Arc<AppState>>,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
-    let key = CacheKey::Product {
-        generation: state.cache.product_generation(id),
-        id,
-    };
+    let key = product_key(&state, id);
     cached(&state, key, || {
         let product = state
             .read()?
@@ -429,4 +506,72 @@ pub async fn delete_product(
 /// A command answered with an outcome of another kind: a bug, reported as a 500.
 pub fn unexpected(outcome: CommandOutcome) -> ApiError {
     ApiError::Internal(format!("unexpected command outcome: {outcome:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(path: &str, query: Option<&str>) -> Option<CatalogRead> {
+        CatalogRead::parse(path, query, 100)
+    }
+
+    #[test]
+    fn catalog_reads_are_recognised_with_and_without_the_trailing_slash() {
+        for path in ["/api/products/12/", "/api/products/12"] {
+            assert_eq!(parse(path, None), Some(CatalogRead::Product(12)));
+        }
+        assert_eq!(
+            parse("/api/categories/3/", Some("x=1")),
+            Some(CatalogRead::Category(3))
+        );
+        let Some(CatalogRead::Products(query)) = parse(
+            "/api/products",
+            Some("limit=20&name=Red&order_by_name=desc"),
+        ) else {
+            panic!("a product list");
+        };
+        assert_eq!(query.limit, 20);
+        assert_eq!(query.name_contains.as_deref(), Some("red"));
+        assert_eq!(query.sort, ProductSort::NameDesc);
+        assert_eq!(
+            parse("/api/categories/", Some("limit=500&offset=2")),
+            Some(CatalogRead::Categories(PageRequest {
+                limit: 100,
+                offset: 2
+            }))
+        );
+        assert_eq!(
+            parse("/api/products/1/", None).map(|r| r.route()),
+            Some("/api/products/{id}")
+        );
+        assert_eq!(
+            parse("/api/categories", None).map(|r| r.route()),
+            Some("/api/categories")
+        );
+    }
+
+    #[test]
+    fn anything_the_handlers_would_refuse_or_another_route_goes_to_the_router() {
+        for (path, query) in [
+            ("/api/products/0/", None),
+            ("/api/products/%31/", None),
+            ("/api/products/-1/", None),
+            ("/api/products/1/x/", None),
+            ("/api/products/99999999999999999999999/", None),
+            ("/api/products//", None),
+            ("/api/products/", Some("limit=0")),
+            ("/api/products/", Some("category=abc")),
+            ("/api/products/", Some("order_by_name=up")),
+            ("/api/categories/", Some("offset=-1")),
+            ("/api/orders/1/", None),
+            ("/api/orderitems/", None),
+            ("/api/users/me/", None),
+            ("/health/", None),
+            ("/", None),
+            ("/api/productsx/", None),
+        ] {
+            assert_eq!(parse(path, query), None, "{path} {query:?}");
+        }
+    }
 }
