@@ -384,7 +384,7 @@ buy_runs() {
   done
   for pid in "${run_pids[@]}"; do wait "$pid"; done
 }
-browse_run() { oha_run "$1" "$2" --urls-from-file "$out/browse-urls$sfx.txt"; }
+browse_run() { oha_run "$1" "$2" --urls-from-file "$target_urls"; }
 
 rows=(baseline)
 [ -z "$list_baseline" ] || rows+=(baseline.list20)
@@ -396,7 +396,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for scenario in "${SCENARIOS[@]}"; do
   for t in "${!targets[@]}"; do
     sfx=${targets[$t]} base=${target_bases[$t]}
-    [ -f "$out/browse-urls$sfx.txt" ] || sed "s#^$input_base#$base#" "$out/browse-urls.txt" >"$out/browse-urls$sfx.txt"
+    # The browse URLs were made against input_base: each target gets its own copy.
+    target_urls="$out/browse-urls.target$t.txt"
+    [ -f "$target_urls" ] || sed "s#^$input_base#$base#" "$out/browse-urls.txt" >"$target_urls"
     case $scenario in
       browse) browse_run "browse$sfx" "$CONNECTIONS" ;;
       buy) buy_runs "buy$sfx" "$CONNECTIONS" ;;
