@@ -259,13 +259,11 @@ impl CachedReads {
         if request.method() != http::Method::GET
             || request.headers().contains_key(header::CONTENT_LENGTH)
             || request.headers().contains_key(header::TRANSFER_ENCODING)
+            || wants_strong_read(request)
         {
             return None;
         }
         let started = Instant::now();
-        if wants_strong_read(request) {
-            return None;
-        }
         let uri = request.uri();
         let state = &self.state;
         let read = catalog::CatalogRead::parse(uri.path(), uri.query(), state.limits.page_size)?;
