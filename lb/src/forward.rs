@@ -1,7 +1,8 @@
 //! How a request is carried: [`HttpFront`] serves each client connection Pingora accepts
 //! with hyper's HTTP/1.1 server, and [`Balancer::forward`] takes every request through the
 //! balancer's rules (local answers, ketama choice, forwarding headers, one retry, failure
-//! accounting, the access line) to an upstream over a pooled keep-alive hyper client.
+//! accounting, the access line) to an upstream, over the client connection's own upstream
+//! connections ([`UpstreamLinks`], driven in the same task).
 //!
 //! Why not Pingora's `ProxyHttp`: measured on the same two upstreams, its per-request
 //! machinery cost about twice nginx's CPU per request; hyper's server and client carry the
@@ -22,20 +23,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 
-use crate::config::LbConfig;
+use crate::links::{LinkError, UpstreamLinks};
 use crate::metrics;
 use crate::proxy::{AccessRecord, Balancer, MAX_ATTEMPTS, client_ip, is_internal, maybe_local};
 use crate::upstream::FailurePhase;
-
-/// The pooled keep-alive client to the upstreams.
-pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 
 /// What the balancer answers with: an upstream's streamed body or its own.
 pub type FrontBody = Either<UpstreamBody, Full<Bytes>>;
@@ -89,24 +85,9 @@ impl hyper::body::Body for UpstreamBody {
     }
 }
 
-pub fn upstream_client(config: &LbConfig) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(config.idle_timeout_secs))
-        .pool_max_idle_per_host(UPSTREAM_IDLE_PER_HOST)
-        .pool_timer(TokioTimer::new())
-        // The client's Host (with its port) goes to the upstream as it came.
-        .set_host(false)
-        .build(connector)
-}
-
-/// Idle keep-alive connections kept per upstream.
-const UPSTREAM_IDLE_PER_HOST: usize = 1024;
-
-/// Serves one client connection with hyper's HTTP/1.1 server; on shutdown, the request in
-/// flight finishes and the connection closes.
+/// Serves one client connection with hyper's HTTP/1.1 server, and drives its upstream
+/// connections in the same task; on shutdown, the request in flight finishes and the
+/// connection closes.
 pub struct HttpFront {
     pub balancer: Arc<Balancer>,
 }
@@ -122,9 +103,12 @@ impl ServerApp for HttpFront {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let balancer = self.balancer.clone();
+        let links = Arc::new(UpstreamLinks::default());
+        let service_links = links.clone();
         let service = hyper::service::service_fn(move |request| {
             let balancer = balancer.clone();
-            async move { Ok::<_, Infallible>(balancer.forward(peer, request).await) }
+            let links = service_links.clone();
+            async move { Ok::<_, Infallible>(balancer.forward(peer, request, &links).await) }
         });
         let idle = Duration::from_secs(self.balancer.config.idle_timeout_secs);
         let connection = hyper::server::conn::http1::Builder::new()
@@ -138,12 +122,18 @@ impl ServerApp for HttpFront {
         if *shutdown.borrow() {
             connection.as_mut().graceful_shutdown();
         }
-        tokio::select! {
-            _ = connection.as_mut() => {}
-            _ = shutdown.changed() => {
-                connection.as_mut().graceful_shutdown();
-                let _ = connection.await;
+        let serve = async {
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = shutdown.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
             }
+        };
+        tokio::select! {
+            () = serve => {}
+            () = links.drive() => {}
         }
         None
     }
@@ -256,6 +246,7 @@ impl Balancer {
         &self,
         peer: Option<IpAddr>,
         request: Request<Incoming>,
+        links: &UpstreamLinks,
     ) -> Response<FrontBody> {
         let mut trip = Trip {
             balancer: self,
@@ -268,7 +259,7 @@ impl Balancer {
             logged: false,
         };
         let (parts, body) = request.into_parts();
-        let (response, error) = self.answer(peer, parts, body, &mut trip).await;
+        let (response, error) = self.answer(peer, parts, body, links, &mut trip).await;
         trip.log(
             response.status().as_u16(),
             error.as_ref().map(|e| e as &dyn std::fmt::Display),
@@ -281,6 +272,7 @@ impl Balancer {
         peer: Option<IpAddr>,
         mut parts: http::request::Parts,
         body: Incoming,
+        links: &UpstreamLinks,
         trip: &mut Trip<'_>,
     ) -> (Response<FrontBody>, Option<AttemptError>) {
         let path = parts.uri.path();
@@ -334,7 +326,7 @@ impl Balancer {
             trip.attempts += 1;
             trip.upstream = Some(index);
             self.upstreams.record_request(index);
-            match self.attempt(index, &parts, &headers, body.clone()).await {
+            match self.attempt(links, index, &parts, &headers, &body).await {
                 Ok(response) => return (response, None),
                 Err(error) => {
                     let phase = match error {
@@ -418,38 +410,55 @@ impl Balancer {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
 
-    /// One attempt at upstream `index`: its response head within `read_timeout_secs`.
+    /// One attempt at upstream `index`: its response head within `read_timeout_secs`. A
+    /// kept connection found closed does not count: the request goes again on a new one.
     async fn attempt(
         &self,
+        links: &UpstreamLinks,
         index: usize,
         parts: &http::request::Parts,
         headers: &HeaderMap,
-        body: Bytes,
+        body: &Bytes,
     ) -> Result<Response<FrontBody>, AttemptError> {
         let upstream = self.upstreams.get(index);
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(upstream.authority.clone());
-        uri.path_and_query = Some(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        let uri = Uri::from_parts(uri).map_err(|e| AttemptError::Broken(e.to_string()))?;
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers.clone();
-        let read_timeout = Duration::from_secs(self.config.read_timeout_secs);
-        let response = match tokio::time::timeout(read_timeout, self.client.request(request)).await
-        {
-            Err(_) => return Err(AttemptError::TimedOut),
-            Ok(Err(error)) if error.is_connect() => {
-                return Err(AttemptError::Connect(error.to_string()));
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let request = || {
+            let mut request = Request::new(Full::new(body.clone()));
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = Uri::from(path.clone());
+            *request.headers_mut() = headers.clone();
+            request
+        };
+        let connect_timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let send = async {
+            match links
+                .send(index, upstream.addr, connect_timeout, request())
+                .await
+            {
+                Err(LinkError::Stale) => {
+                    links
+                        .send(index, upstream.addr, connect_timeout, request())
+                        .await
+                }
+                sent => sent,
             }
-            Ok(Err(error)) => return Err(AttemptError::Broken(error.to_string())),
+        };
+        let read_timeout = Duration::from_secs(self.config.read_timeout_secs);
+        let response = match tokio::time::timeout(read_timeout, send).await {
+            Err(_) => return Err(AttemptError::TimedOut),
+            Ok(Err(LinkError::Connect(error))) => return Err(AttemptError::Connect(error)),
+            Ok(Err(LinkError::Stale)) => {
+                return Err(AttemptError::Broken(
+                    "the upstream closed two connections in a row".to_owned(),
+                ));
+            }
+            Ok(Err(LinkError::Broken(error))) => {
+                return Err(AttemptError::Broken(error.to_string()));
+            }
             Ok(Ok(response)) => response,
         };
         let (mut head, body) = response.into_parts();

@@ -53,6 +53,7 @@ mod config;
 mod connection;
 mod forward;
 mod health;
+mod links;
 mod metrics;
 mod proxy;
 mod upstream;
@@ -105,7 +106,11 @@ fn pingora_conf(config: &LbConfig, run_dir: &std::path::Path) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(config.graceful_shutdown_timeout_secs),
         // A fail-safe: the retry policy itself stops at MAX_ATTEMPTS.
         max_retries: usize::from(MAX_ATTEMPTS),
-        upstream_keepalive_pool_size: 1024,
+        // One single-threaded runtime per worker thread: a client connection's task, and
+        // with it its upstream connections (`links`), stays on the thread it started on.
+        // Measured on two cores against a work-stealing runtime: about 30 against 37 µs
+        // of CPU per proxied request.
+        work_stealing: false,
         ..ServerConf::default()
     }
 }
@@ -246,7 +251,6 @@ pub fn run(
         config: config.clone(),
         max_ring_steps: RING_POINTS_PER_UPSTREAM * largest_tier + 1,
         access_log,
-        client: forward::upstream_client(&config),
     };
     let operator_view = balancer.clone();
     let max_connections = within_descriptor_limit(config.max_connections);

@@ -33,7 +33,6 @@ pub struct Balancer {
     /// Bound on ring steps of one selection (every point of the largest ring).
     pub max_ring_steps: usize,
     pub access_log: AccessLog,
-    pub client: crate::forward::UpstreamClient,
 }
 
 /// One finished request, as the access log line tells it.

@@ -62,8 +62,6 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// `addr` as text, the `upstream` label of the metrics.
     pub label: String,
-    /// `addr` as the authority of the URIs of requests to it.
-    pub authority: http::uri::Authority,
     pub role: Role,
     /// The pingora backend of this address (to ask its load balancer for active health).
     pub backend: Backend,
@@ -112,8 +110,6 @@ impl Upstreams {
             .map(|(addr, role)| Upstream {
                 addr,
                 label: addr.to_string(),
-                authority: http::uri::Authority::try_from(addr.to_string())
-                    .expect("a socket address is a valid authority"),
                 role,
                 backend: backend_of(addr),
                 ejected_until_ms: AtomicU64::new(0),
