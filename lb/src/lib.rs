@@ -40,6 +40,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::{
@@ -270,7 +271,11 @@ pub fn run(
             access_log,
         ),
     );
-    proxy_service.add_tcp(&config.listen.to_string());
+    // Unbuffered: hyper and the guard keep buffers of their own, and Pingora's (64 KiB for
+    // reads, one MSS for writes) would copy every request and answer once more.
+    proxy_service.add_listener(
+        ListenerConfig::tcp(config.listen.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
+    );
     server.add_service(proxy_service);
     server.add_service(primaries);
     server.add_service(backups);
