@@ -179,7 +179,6 @@ impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> Self {
         match rejection {
             Rejection::NotFound => ApiError::NotFound,
-            Rejection::Forbidden => ApiError::Forbidden,
             Rejection::Invalid { field, message } => ApiError::field(field, message),
             Rejection::Duplicate { what, field } => ApiError::Conflict {
                 detail: format!("A {what} with that {field} already exists."),

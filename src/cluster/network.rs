@@ -27,8 +27,6 @@ use super::Cluster;
 
 /// Header carrying the cluster secret on every peer request.
 pub const SECRET_HEADER: &str = "x-soundwave-cluster-secret";
-/// Prefix of every peer path (never routed by the balancer).
-pub const PEER_PREFIX: &str = "/_cluster";
 /// Largest peer request body (snapshot chunks are a few MiB).
 const PEER_BODY_LIMIT: usize = 64 * 1024 * 1024;
 

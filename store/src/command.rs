@@ -145,8 +145,6 @@ pub struct StockShortage {
 pub enum Rejection {
     #[error("not found")]
     NotFound,
-    #[error("not allowed")]
-    Forbidden,
     #[error("{field}: {message}")]
     Invalid {
         field: &'static str,
