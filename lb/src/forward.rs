@@ -5,9 +5,11 @@
 //! connections ([`UpstreamLinks`], driven in the same task).
 //!
 //! Why not Pingora's `ProxyHttp`: measured on the same two upstreams, its per-request
-//! machinery cost about twice nginx's CPU per request; hyper's server and client carry the
-//! same requests at about nginx's rate. Pingora still runs the process (listeners,
-//! graceful shutdown and upgrade, runtimes), the ketama selection and the health checks.
+//! machinery cost about twice nginx's CPU per request; hyper's server and client, with the
+//! upstream connection in the client connection's task, cost about 1.3 times nginx's
+//! (0.79-0.94 of its req/s in `TOPOLOGY=nginx-vs-lb benches/load.sh`). Pingora still runs
+//! the process (listeners, graceful shutdown and upgrade, runtimes), the ketama selection
+//! and the health checks.
 
 use std::convert::Infallible;
 use std::future::Future;
