@@ -105,12 +105,18 @@ impl ServerApp for HttpFront {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let balancer = self.balancer.clone();
-        let links = Arc::new(UpstreamLinks::default());
-        let service_links = links.clone();
+        let client = Arc::new(ClientConnection {
+            peer: peer.map(|ip| Peer {
+                ip,
+                header: ip_header_value(ip),
+            }),
+            links: UpstreamLinks::default(),
+        });
+        let served = client.clone();
         let service = hyper::service::service_fn(move |request| {
             let balancer = balancer.clone();
-            let links = service_links.clone();
-            async move { Ok::<_, Infallible>(balancer.forward(peer, request, &links).await) }
+            let client = served.clone();
+            async move { Ok::<_, Infallible>(balancer.forward(&client, request).await) }
         });
         let idle = Duration::from_secs(self.balancer.config.idle_timeout_secs);
         let connection = hyper::server::conn::http1::Builder::new()
@@ -135,10 +141,23 @@ impl ServerApp for HttpFront {
         };
         tokio::select! {
             () = serve => {}
-            () = links.drive() => {}
+            () = client.links.drive() => {}
         }
         None
     }
+}
+
+/// What the requests of one client connection share.
+pub(crate) struct ClientConnection {
+    /// The TCP peer, when known.
+    peer: Option<Peer>,
+    links: UpstreamLinks,
+}
+
+/// A client connection's TCP peer, with its address as a header value, made once.
+struct Peer {
+    ip: IpAddr,
+    header: HeaderValue,
 }
 
 /// Headers that belong to one hop and are never passed on (RFC 9110, 7.6.1), and the
@@ -246,22 +265,24 @@ impl Balancer {
     /// access line.
     pub(crate) async fn forward(
         &self,
-        peer: Option<IpAddr>,
+        connection: &ClientConnection,
         request: Request<Incoming>,
-        links: &UpstreamLinks,
     ) -> Response<FrontBody> {
+        let peer = connection.peer.as_ref();
         let mut trip = Trip {
             balancer: self,
             method: request.method().clone(),
             path: request.uri().path_and_query().cloned(),
             started: Instant::now(),
-            client: peer.map(|p| client_ip(p, &self.config.trusted_proxies, request.headers())),
+            client: peer.map(|p| client_ip(p.ip, &self.config.trusted_proxies, request.headers())),
             attempts: 0,
             upstream: None,
             logged: false,
         };
         let (parts, body) = request.into_parts();
-        let (response, error) = self.answer(peer, parts, body, links, &mut trip).await;
+        let (response, error) = self
+            .answer(peer, parts, body, &connection.links, &mut trip)
+            .await;
         trip.log(
             response.status().as_u16(),
             error.as_ref().map(|e| e as &dyn std::fmt::Display),
@@ -271,7 +292,7 @@ impl Balancer {
 
     async fn answer(
         &self,
-        peer: Option<IpAddr>,
+        peer: Option<&Peer>,
         mut parts: http::request::Parts,
         body: Incoming,
         links: &UpstreamLinks,
@@ -311,15 +332,23 @@ impl Balancer {
         };
         let mut headers = std::mem::take(&mut parts.headers);
         self.rewrite_headers(peer, trip.client, &mut headers);
-        let key = match trip.client {
-            Some(IpAddr::V4(ip)) => ip.octets().to_vec(),
-            Some(IpAddr::V6(ip)) => ip.octets().to_vec(),
-            None => Vec::new(),
+        // The ketama key: the client address's octets (on the stack).
+        let mut octets = [0u8; 16];
+        let key: &[u8] = match trip.client {
+            Some(IpAddr::V4(ip)) => {
+                octets[..4].copy_from_slice(&ip.octets());
+                &octets[..4]
+            }
+            Some(IpAddr::V6(ip)) => {
+                octets = ip.octets();
+                &octets
+            }
+            None => &[],
         };
         let mut failed: Vec<usize> = Vec::new();
         let mut last_error = None;
         while trip.attempts < MAX_ATTEMPTS {
-            let Some(index) = self.choose(&key, &failed) else {
+            let Some(index) = self.choose(key, &failed) else {
                 break;
             };
             if trip.attempts > 0 {
@@ -363,12 +392,14 @@ impl Balancer {
     /// the forwarding headers set (`X-Forwarded-For` appended to, `Host` kept).
     fn rewrite_headers(
         &self,
-        peer: Option<IpAddr>,
+        peer: Option<&Peer>,
         client: Option<IpAddr>,
         headers: &mut HeaderMap,
     ) {
-        for name in &HOP_BY_HOP {
-            if headers.contains_key(name) {
+        // One pass over the (few) names a request has, rather than a lookup of each
+        // hop-by-hop name; most requests have none.
+        if headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+            for name in &HOP_BY_HOP {
                 headers.remove(name);
             }
         }
@@ -378,7 +409,8 @@ impl Balancer {
             headers.remove(&X_FORWARDED_PROTO);
             return;
         };
-        let peer_value = ip_header_value(peer);
+        let peer_value = peer.header.clone();
+        let peer = peer.ip;
         let client = client.unwrap_or(peer);
         let real_ip = if client == peer {
             peer_value.clone()
