@@ -915,10 +915,12 @@ async fn cached_reads_answer_as_the_router_does() {
             .filter(|l| l.contains("soundwave::access") && l.contains(&needle))
             .count()
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while logged(&node) < 2 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "the two access lines",
+        std::time::Duration::from_secs(5),
+        || async { (logged(&node) >= 2).then_some(()) },
+    )
+    .await;
     assert_eq!(logged(&node), 2, "{}", node.stderr_text());
 
     // A write is seen by the next read, cached or not.

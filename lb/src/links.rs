@@ -200,6 +200,14 @@ mod tests {
         response.into_body().collect().await.unwrap().to_bytes()
     }
 
+    /// Runs `exchange` while `links` are driven, as a client connection's task does.
+    async fn driven(links: &UpstreamLinks, exchange: impl Future<Output = ()>) {
+        tokio::select! {
+            () = exchange => {}
+            () = links.drive() => unreachable!("drive never completes"),
+        }
+    }
+
     #[tokio::test]
     async fn requests_of_one_client_connection_share_one_upstream_connection() {
         let (addr, accepted) = upstream(usize::MAX).await;
@@ -211,10 +219,7 @@ mod tests {
                 assert_eq!(body(response).await, "ok");
             }
         };
-        tokio::select! {
-            () = exchange => {}
-            () = links.drive() => unreachable!("drive never completes"),
-        }
+        driven(&links, exchange).await;
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
@@ -230,10 +235,7 @@ mod tests {
                 assert_eq!(body(response).await, "ok");
             }
         };
-        tokio::select! {
-            () = exchange => {}
-            () = links.drive() => unreachable!("drive never completes"),
-        }
+        driven(&links, exchange).await;
         let accepted = |count: &Arc<std::sync::atomic::AtomicUsize>| {
             count.load(std::sync::atomic::Ordering::SeqCst)
         };
@@ -267,10 +269,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        tokio::select! {
-            () = exchange => {}
-            () = links.drive() => unreachable!("drive never completes"),
-        }
+        driven(&links, exchange).await;
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
