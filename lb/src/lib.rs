@@ -52,11 +52,11 @@ use pingora_load_balancing::selection::Consistent;
 
 mod config;
 mod connection;
-mod forward;
 mod health;
-mod links;
+mod http1;
 mod metrics;
 mod proxy;
+mod relay;
 mod upstream;
 
 pub use config::LbConfig;
@@ -262,17 +262,10 @@ pub fn run(
     );
     let mut proxy_service = Service::new(
         "soundwave lb".to_owned(),
-        connection::GuardedApp::new(
-            forward::HttpFront {
-                balancer: Arc::new(balancer),
-            },
-            counter,
-            config.request_limits(),
-            access_log,
-        ),
+        relay::Relay::new(balancer, counter, config.request_limits()),
     );
-    // Unbuffered: hyper and the guard keep buffers of their own, and Pingora's (64 KiB for
-    // reads, one MSS for writes) would copy every request and answer once more.
+    // Unbuffered: the relay keeps buffers of its own, and Pingora's (64 KiB for reads, one
+    // MSS for writes) would copy every request and answer once more.
     proxy_service.add_listener(
         ListenerConfig::tcp(config.listen.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
     );

@@ -69,6 +69,17 @@ pub fn upstream_failure(upstream: &str, phase: &'static str) {
     metrics::counter!(FAILURES, "upstream" => upstream.to_owned(), "phase" => phase).increment(1);
 }
 
+/// A connection refused past the connection bounds.
+pub fn connection_refused() {
+    metrics::counter!("soundwave_lb_connections_refused_total").increment(1);
+}
+
+/// A request the balancer gave up on before relaying it (`reason`: timed_out, too_large,
+/// uri_too_long, unparsable).
+pub fn request_refused(reason: &'static str) {
+    metrics::counter!("soundwave_lb_requests_refused_total", "reason" => reason).increment(1);
+}
+
 pub fn retry() {
     metrics::counter!(RETRIES).increment(1);
 }
