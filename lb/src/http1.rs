@@ -666,7 +666,11 @@ mod tests {
             assert_eq!(data, b"hello world");
         }
         let mut chunked = ChunkedBody::default();
-        assert_eq!(chunked.advance(body, |_| {}), Ok(end), "bytes past the end are left");
+        assert_eq!(
+            chunked.advance(body, |_| {}),
+            Ok(end),
+            "bytes past the end are left"
+        );
         let mut chunked = ChunkedBody::default();
         assert_eq!(chunked.advance(b"zz\r\n", |_| {}), Err(ChunkError));
         let mut chunked = ChunkedBody::default();
