@@ -943,7 +943,8 @@ pub(crate) mod tests {
     use tempfile::TempDir;
 
     use super::*;
-    use crate::db::{ProductQuery, ProductSort, Store};
+    use crate::db::Store;
+    use crate::query::{ProductQuery, ProductSort};
 
     /// A fresh store in its own temporary directory.
     pub(crate) struct TestStore {

@@ -16,34 +16,8 @@ use crate::catalog::CatalogIndex;
 use crate::command::{Command, CommandOutcome, Rejection};
 use crate::error::StoreError;
 use crate::model::{Category, Id, Order, OrderItem, OrderItemView, OrderView, Product, User};
+use crate::query::{Page, ProductQuery};
 use crate::tables::*;
-
-/// How a product list is ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum ProductSort {
-    #[default]
-    Id,
-    NameAsc,
-    NameDesc,
-}
-
-/// A product list request: filters, order and page.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ProductQuery {
-    pub category: Option<Id>,
-    /// Case-insensitive substring of the name; matched against the lower-cased name.
-    pub name_contains: Option<String>,
-    pub sort: ProductSort,
-    pub limit: usize,
-    pub offset: usize,
-}
-
-/// One page of a list and how many entries match in all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub total: usize,
-}
 
 /// redb's page cache when none is configured (redb's own default is 1 GiB).
 pub const DEFAULT_PAGE_CACHE_BYTES: usize = 128 * 1024 * 1024;
@@ -637,6 +611,7 @@ mod tests {
     };
     use crate::command::ProductChanges;
     use crate::model::OrderStatus;
+    use crate::query::ProductSort;
 
     #[test]
     fn reopening_keeps_the_data() {
