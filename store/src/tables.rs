@@ -1,7 +1,10 @@
 //! The redb tables: records keyed by id, and the secondary indexes that keep reads
-//! from scanning. Records are bincode-encoded; index values are empty.
+//! from scanning. Records are bincode-encoded; index values are empty. Also the walk over
+//! the application state ([`visit_state`]) that snapshots and the digest share.
 
-use redb::TableDefinition;
+use redb::{
+    Key, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, Value,
+};
 
 use crate::error::StoreError;
 
@@ -90,6 +93,56 @@ macro_rules! for_each_state_table {
     };
 }
 pub(crate) use for_each_state_table;
+
+/// Receives the state of a read transaction table by table, in key order.
+pub(crate) trait StateVisitor {
+    fn table(&mut self, name: &str, rows: u64) -> Result<(), StoreError>;
+    fn row(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+}
+
+fn visit_table<K: Key + 'static, V: Value + 'static>(
+    txn: &ReadTransaction,
+    definition: TableDefinition<K, V>,
+    visitor: &mut impl StateVisitor,
+) -> Result<(), StoreError> {
+    let table = txn.open_table(definition)?;
+    visitor.table(definition.name(), table.len()?)?;
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        visitor.row(
+            K::as_bytes(&key.value()).as_ref(),
+            V::as_bytes(&value.value()).as_ref(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Streams every state table of `txn` to `visitor`.
+pub(crate) fn visit_state(
+    txn: &ReadTransaction,
+    visitor: &mut impl StateVisitor,
+) -> Result<(), StoreError> {
+    macro_rules! visit {
+        ($table:ident) => {
+            visit_table(txn, $table, visitor)?;
+        };
+    }
+    for_each_state_table!(visit);
+    Ok(())
+}
+
+/// Whether `name` is one of the tables of `for_each_state_table!`.
+pub(crate) fn is_state_table(name: &str) -> bool {
+    macro_rules! check {
+        ($table:ident) => {
+            if name == $table.name() {
+                return true;
+            }
+        };
+    }
+    for_each_state_table!(check);
+    false
+}
 
 pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
 pub(crate) const META_JWT_SECRET: &str = "jwt_secret";

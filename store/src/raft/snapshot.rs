@@ -25,10 +25,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
 use openraft::storage::SnapshotMeta;
-use redb::{
-    Key, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
-    Value, WriteTransaction,
-};
+use redb::{Key, ReadTransaction, TableDefinition, TableHandle, Value, WriteTransaction};
 
 use super::{NodeId, RaftLogId, RaftNode};
 use crate::error::StoreError;
@@ -45,57 +42,6 @@ const END_TAG: u8 = 0xFF;
 const BUFFER_BYTES: usize = 1024 * 1024;
 /// Size of the read buffer when only the header is read.
 const HEADER_BUFFER_BYTES: usize = 8 * 1024;
-
-// ---- Reading the state ----------------------------------------------------------------
-
-/// Receives the state of a read transaction table by table, in key order.
-pub(crate) trait StateVisitor {
-    fn table(&mut self, name: &str, rows: u64) -> Result<(), StoreError>;
-    fn row(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
-}
-
-fn visit_table<K: Key + 'static, V: Value + 'static>(
-    txn: &ReadTransaction,
-    definition: TableDefinition<K, V>,
-    visitor: &mut impl StateVisitor,
-) -> Result<(), StoreError> {
-    let table = txn.open_table(definition)?;
-    visitor.table(definition.name(), table.len()?)?;
-    for entry in table.iter()? {
-        let (key, value) = entry?;
-        visitor.row(
-            K::as_bytes(&key.value()).as_ref(),
-            V::as_bytes(&value.value()).as_ref(),
-        )?;
-    }
-    Ok(())
-}
-
-/// Streams every state table of `txn` to `visitor`.
-pub(crate) fn visit_state(
-    txn: &ReadTransaction,
-    visitor: &mut impl StateVisitor,
-) -> Result<(), StoreError> {
-    macro_rules! visit {
-        ($table:ident) => {
-            visit_table(txn, $table, visitor)?;
-        };
-    }
-    for_each_state_table!(visit);
-    Ok(())
-}
-
-fn is_state_table(name: &str) -> bool {
-    macro_rules! check {
-        ($table:ident) => {
-            if name == $table.name() {
-                return true;
-            }
-        };
-    }
-    for_each_state_table!(check);
-    false
-}
 
 // ---- Errors ---------------------------------------------------------------------------
 
