@@ -1,0 +1,155 @@
+//! Tests of snapshot files: written, loaded, kept, tidied.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use openraft::testing::log_id;
+use redb::{ReadableDatabase, TableHandle};
+
+use super::*;
+use crate::apply::tests::{TestStore, category, product};
+use crate::tables::*;
+
+fn meta_at(index: u64) -> Meta {
+    Meta {
+        last_log_id: Some(log_id(1, 1, index)),
+        last_membership: Default::default(),
+        snapshot_id: format!("at-{index}"),
+    }
+}
+
+#[test]
+fn every_table_of_a_store_is_state_or_raft_bookkeeping() {
+    assert_eq!(RAFT_TABLES, [RAFT_LOG.name(), RAFT_STATE.name()]);
+    // A fresh store has every table (they are created at open): each one must be in
+    // `for_each_state_table!` (and so in snapshots and the digest), or be raft's own.
+    let store = TestStore::new();
+    let txn = store.store.db().begin_read().expect("read");
+    let names: Vec<String> = txn
+        .list_tables()
+        .expect("tables")
+        .map(|t| t.name().to_owned())
+        .collect();
+    assert!(names.len() > RAFT_TABLES.len(), "{names:?}");
+    for name in &names {
+        assert!(
+            is_state_table(name) != RAFT_TABLES.contains(&name.as_str()),
+            "table {name} is neither in for_each_state_table! nor one of RAFT_TABLES"
+        );
+    }
+    // And every state table exists in the store.
+    let mut listed = 0;
+    macro_rules! count {
+        ($table:ident) => {
+            assert!(
+                names.iter().any(|n| n == $table.name()),
+                "{}",
+                $table.name()
+            );
+            listed += 1;
+        };
+    }
+    for_each_state_table!(count);
+    assert_eq!(listed + RAFT_TABLES.len(), names.len());
+}
+
+/// A store with a little data, and a directory for snapshot files.
+fn setup() -> (TestStore, tempfile::TempDir) {
+    let store = TestStore::new();
+    store.apply_all(&[category("Rock"), product("Guitar", 3, 100, 1)]);
+    (store, tempfile::tempdir().expect("temp dir"))
+}
+
+fn write_at(store: &TestStore, path: &Path, index: u64) {
+    let txn = store.store.db().begin_read().expect("read");
+    write_snapshot(path, &txn, &meta_at(index)).expect("write");
+}
+
+fn current_index(files: &SnapshotFiles) -> Option<u64> {
+    let (_, meta) = files.open_current().expect("open")?;
+    meta.last_log_id.map(|id| id.index)
+}
+
+#[test]
+fn a_written_snapshot_loads_into_another_store_with_the_same_rows() {
+    let (source, dir) = setup();
+    let path = dir.path().join("snapshot.bin");
+    write_at(&source, &path, 3);
+    let target = TestStore::new();
+    target.apply(category("Other")).expect("a category");
+    let txn = target.store.db().begin_write().expect("write");
+    let mut file = File::open(&path).expect("open");
+    load_snapshot(&mut file, &path, &meta_at(3), &txn).expect("load");
+    txn.commit().expect("commit");
+    assert_eq!(target.digest(), source.digest());
+}
+
+#[test]
+fn an_older_snapshot_never_replaces_a_newer_one() {
+    let (store, dir) = setup();
+    let files = SnapshotFiles::new(dir.path().join("snapshot.bin"));
+    let newer = files.temporary("receiving");
+    write_at(&store, &newer, 9);
+    assert!(files.keep(&newer, Some(log_id(1, 1, 9))).expect("keep"));
+    // Built from a state before the install, finished after it.
+    let older = files.temporary("building");
+    write_at(&store, &older, 4);
+    assert!(!files.keep(&older, Some(log_id(1, 1, 4))).expect("keep"));
+    assert_eq!(current_index(&files), Some(9));
+    assert!(!older.exists(), "the older file is removed");
+    let next = files.temporary("building");
+    write_at(&store, &next, 12);
+    assert!(files.keep(&next, Some(log_id(1, 1, 12))).expect("keep"));
+    assert_eq!(current_index(&files), Some(12));
+}
+
+#[test]
+fn a_file_that_is_not_a_snapshot_counts_as_no_snapshot() {
+    let (_store, dir) = setup();
+    let files = SnapshotFiles::new(dir.path().join("snapshot.bin"));
+    assert!(files.open_current().expect("open").is_none());
+    // What the previous, in-memory format looked like to this reader: no magic.
+    std::fs::write(dir.path().join("snapshot.bin"), b"\x00\x01bincode").expect("write");
+    assert!(files.open_current().expect("open").is_none());
+}
+
+#[test]
+fn a_restart_keeps_an_install_that_committed_and_removes_leftovers() {
+    let (store, dir) = setup();
+    let current = dir.path().join("snapshot.bin");
+    let earlier = |name: &str| dir.path().join(format!("snapshot.bin.{name}"));
+    // Left by an earlier process: an install of index 5 that committed (the state
+    // machine is at 6 now), files being built or received, the old format's temporary.
+    write_at(&store, &earlier("installing-00000000000000aa"), 5);
+    for name in [
+        "building-00000000000000aa-0",
+        "receiving-00000000000000aa-3",
+        "partial",
+    ] {
+        std::fs::write(earlier(name), b"half").expect("write");
+    }
+    let files = SnapshotFiles::new(current.clone());
+    let ours = files.temporary("receiving");
+    std::fs::write(&ours, b"arriving").expect("write");
+    files.tidy_once(|| Ok(Some(log_id(1, 1, 6)))).expect("tidy");
+    assert_eq!(current_index(&files), Some(5));
+    let mut left: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        vec![current, ours],
+        "only this process's file is left"
+    );
+
+    // An install that did not commit (the state machine is still at 2) is dropped.
+    let (store, dir) = setup();
+    let staged = dir.path().join("snapshot.bin.installing-00000000000000bb");
+    write_at(&store, &staged, 5);
+    let files = SnapshotFiles::new(dir.path().join("snapshot.bin"));
+    files.tidy_once(|| Ok(Some(log_id(1, 1, 2)))).expect("tidy");
+    assert_eq!(current_index(&files), None);
+    assert!(!staged.exists());
+}
