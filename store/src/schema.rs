@@ -1,6 +1,6 @@
 //! The schema at open: the version check (a store of another [`SCHEMA_VERSION`], or a redb
-//! file that is not a Soundwave store, is refused), every table created, and what older
-//! stores lack derived, all in one write transaction.
+//! file that is not a Soundwave store, is refused; one of the version before is upgraded),
+//! every table created, and what older stores lack derived, all in one write transaction.
 
 use std::path::Path;
 
@@ -12,19 +12,23 @@ use crate::model::OrderItem;
 use crate::tables::*;
 
 /// Checks the schema version of the store `db` (at `path`, named in errors), writes it into
-/// a new store, and creates every table, in one committed write transaction. A refused
-/// store is left as it was.
+/// a new store, upgrades a store of [`PREVIOUS_SCHEMA_VERSION`], and creates every table,
+/// in one committed write transaction. A refused store is left as it was.
 pub(crate) fn check_and_prepare(db: &Database, path: &Path) -> Result<(), StoreError> {
     let path = path.display().to_string();
     let txn = db.begin_write()?;
     let existing_tables = txn.list_tables()?.count();
-    {
+    let upgrade = {
         let mut meta = txn.open_table(META)?;
         let found = meta
             .get(META_SCHEMA_VERSION)?
             .map(|v| v.value().try_into().map(u32::from_le_bytes));
         match found {
-            Some(Ok(version)) if version == SCHEMA_VERSION => {}
+            Some(Ok(version)) if version == SCHEMA_VERSION => false,
+            Some(Ok(PREVIOUS_SCHEMA_VERSION)) => {
+                meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_le_bytes().as_slice())?;
+                true
+            }
             Some(Ok(version)) => {
                 return Err(StoreError::SchemaMismatch {
                     path,
@@ -36,7 +40,13 @@ pub(crate) fn check_and_prepare(db: &Database, path: &Path) -> Result<(), StoreE
             None if existing_tables > 0 => return Err(StoreError::UnknownSchema { path }),
             None => {
                 meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_le_bytes().as_slice())?;
+                false
             }
+        }
+    };
+    if upgrade {
+        for table in DROPPED_TABLES {
+            txn.delete_table(table)?;
         }
     }
     // Creating every table up front lets readers open them without special cases.
@@ -48,6 +58,14 @@ pub(crate) fn check_and_prepare(db: &Database, path: &Path) -> Result<(), StoreE
     txn.open_table(RAFT_LOG)?;
     txn.open_table(RAFT_STATE)?;
     txn.commit()?;
+    if upgrade {
+        tracing::info!(
+            path = %path,
+            from = PREVIOUS_SCHEMA_VERSION,
+            to = SCHEMA_VERSION,
+            "upgraded the store's schema"
+        );
+    }
     Ok(())
 }
 
@@ -103,7 +121,7 @@ mod tests {
 
     use super::*;
     use crate::apply::ChangeSet;
-    use crate::apply::tests::user;
+    use crate::apply::tests::{category, product, user};
     use crate::command::Rejection;
     use crate::db::Store;
 
@@ -115,6 +133,63 @@ mod tests {
             meta.insert(META_SCHEMA_VERSION, bytes).unwrap();
         }
         txn.commit().unwrap();
+    }
+
+    /// A store of the version before, written by hand as that version's build left it (its
+    /// version number and its `products_by_name` index, filled), is upgraded at open: the
+    /// dropped table is gone, the version is the current one, the data is all there.
+    #[test]
+    fn a_store_of_the_previous_schema_version_is_upgraded_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let digest = {
+            let store = Store::open(&path).unwrap();
+            let mut changes = ChangeSet::default();
+            let results = store
+                .apply_batch(
+                    &[category("Rock"), product("Guitar", 3, 100, 1)],
+                    &mut changes,
+                )
+                .unwrap();
+            assert!(results.iter().all(Result::is_ok));
+            let digest = store.read().unwrap().digest().unwrap();
+            set_raw_schema_version(&store, &PREVIOUS_SCHEMA_VERSION.to_le_bytes());
+            let txn = store.db().begin_write().unwrap();
+            txn.open_table(DROPPED_TABLES[0])
+                .unwrap()
+                .insert(("guitar", 1), ())
+                .unwrap();
+            txn.commit().unwrap();
+            digest
+        };
+        let table_names = |store: &Store| -> Vec<String> {
+            let txn = store.db().begin_read().unwrap();
+            txn.list_tables()
+                .unwrap()
+                .map(|t| redb::TableHandle::name(&t).to_owned())
+                .collect()
+        };
+        let stored_version = |store: &Store| -> Vec<u8> {
+            let txn = store.db().begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            meta.get(META_SCHEMA_VERSION)
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec()
+        };
+
+        let store = Store::open(&path).unwrap();
+        assert_eq!(stored_version(&store), SCHEMA_VERSION.to_le_bytes());
+        assert!(!table_names(&store).contains(&"products_by_name".to_owned()));
+        let reader = store.read().unwrap();
+        assert_eq!(reader.digest().unwrap(), digest);
+        assert_eq!(reader.product(1).unwrap().unwrap().name, "Guitar");
+        drop(reader);
+        drop(store);
+        // Opened again, it is a store of this version like any other.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.read().unwrap().digest().unwrap(), digest);
     }
 
     #[test]

@@ -9,8 +9,22 @@ use redb::{
 use crate::error::StoreError;
 
 /// Bumped whenever a table's layout or a record's encoding changes. A store written with
-/// another version is refused at open instead of being misread.
-pub const SCHEMA_VERSION: u32 = 1;
+/// another version is refused at open instead of being misread, except a store of the
+/// version before, which is upgraded at open (see `schema`).
+///
+/// - 1: the first.
+/// - 2: no `products_by_name` index (it was written but never read: the catalog index in
+///   memory answers name filters).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The schema version before [`SCHEMA_VERSION`]: its stores are upgraded at open, its
+/// snapshots still load.
+pub(crate) const PREVIOUS_SCHEMA_VERSION: u32 = 1;
+
+/// Tables of the previous schema version that this one dropped: an older store loses them
+/// when it is upgraded, and their rows in an older node's snapshot are skipped.
+pub(crate) const DROPPED_TABLES: [TableDefinition<(&str, u64), ()>; 1] =
+    [TableDefinition::new("products_by_name")];
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
@@ -24,9 +38,6 @@ pub(crate) const PRODUCTS: TableDefinition<u64, &[u8]> = TableDefinition::new("p
 /// (category, product) for every product, archived ones included.
 pub(crate) const PRODUCTS_BY_CATEGORY: TableDefinition<(u64, u64), ()> =
     TableDefinition::new("products_by_category");
-/// (lower-cased name, product) for products on sale (not archived).
-pub(crate) const PRODUCTS_BY_NAME: TableDefinition<(&str, u64), ()> =
-    TableDefinition::new("products_by_name");
 
 pub(crate) const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
 pub(crate) const USERNAMES: TableDefinition<&str, u64> = TableDefinition::new("usernames");
@@ -74,7 +85,6 @@ macro_rules! for_each_state_table {
         $visit!(CATEGORY_NAMES);
         $visit!(PRODUCTS);
         $visit!(PRODUCTS_BY_CATEGORY);
-        $visit!(PRODUCTS_BY_NAME);
         $visit!(USERS);
         $visit!(USERNAMES);
         $visit!(USERNAME_KEYS);
@@ -129,6 +139,11 @@ pub(crate) fn visit_state(
     }
     for_each_state_table!(visit);
     Ok(())
+}
+
+/// Whether `name` is one of [`DROPPED_TABLES`].
+pub(crate) fn is_dropped_table(name: &str) -> bool {
+    DROPPED_TABLES.iter().any(|table| table.name() == name)
 }
 
 /// Whether `name` is one of the tables of `for_each_state_table!`.

@@ -98,8 +98,6 @@ pub(super) fn create_product(
     t.put_product(&product)?;
     t.products_by_category
         .insert((product.category, product.id), ())?;
-    t.products_by_name
-        .insert((product.name.to_lowercase().as_str(), product.id), ())?;
     changes.products.insert(product.id);
     changes.product_listing = true;
     Ok(CommandOutcome::Product(product))
@@ -130,10 +128,6 @@ pub(super) fn update_product(
     if let Some(name) = &c.name
         && *name != product.name
     {
-        t.products_by_name
-            .remove((product.name.to_lowercase().as_str(), id))?;
-        t.products_by_name
-            .insert((name.to_lowercase().as_str(), id), ())?;
         product.name = name.clone();
         changes.product_names = true;
         changes.product_listing = true;
@@ -175,8 +169,6 @@ pub(super) fn delete_product(
         }
         t.cart_lines_by_product.remove((id, item_id))?;
     }
-    t.products_by_name
-        .remove((product.name.to_lowercase().as_str(), id))?;
     if product.ordered {
         product.archived = true;
         t.put_product(&product)?;

@@ -39,6 +39,8 @@ struct SnapshotReader<'a> {
     input: ChecksumReader<BufReader<&'a mut File>>,
     path: &'a Path,
     tables: u32,
+    /// The schema version of the rows: [`SCHEMA_VERSION`] or the one before.
+    schema: u32,
 }
 
 impl<'a> SnapshotReader<'a> {
@@ -57,6 +59,7 @@ impl<'a> SnapshotReader<'a> {
             },
             path,
             tables: 0,
+            schema: SCHEMA_VERSION,
         };
         let mut magic = [0; 8];
         reader.take(&mut magic)?;
@@ -71,17 +74,24 @@ impl<'a> SnapshotReader<'a> {
             ));
         }
         let schema = reader.u32()?;
-        if schema != SCHEMA_VERSION {
+        if schema != SCHEMA_VERSION && schema != PREVIOUS_SCHEMA_VERSION {
             return Err(invalid(
                 path,
                 format!("rows of schema version {schema}, this build has {SCHEMA_VERSION}"),
             ));
         }
+        reader.schema = schema;
         let meta_length = reader.u32()?;
         let mut meta = Vec::new();
         reader.field(meta_length, &mut meta)?;
         let meta = decode(&meta).map_err(|e| invalid(path, format!("bad meta: {e}")))?;
         Ok((reader, meta))
+    }
+
+    /// Whether the table `name` is one that the file's (older) schema had and this one
+    /// dropped: its rows are passed over.
+    fn is_dropped(&self, name: &str) -> bool {
+        self.schema == PREVIOUS_SCHEMA_VERSION && is_dropped_table(name)
     }
 
     fn take(&mut self, buf: &mut [u8]) -> Result<(), StoreError> {
@@ -191,7 +201,8 @@ pub(crate) fn read_meta(file: &mut File, path: &Path) -> Result<Meta, StoreError
 }
 
 /// Reads the whole file once without loading anything: its structure, its tables (each a
-/// state table, at most once) and its checksum are sound, and its meta is `meta`.
+/// state table or one its older schema dropped, at most once) and its checksum are sound,
+/// and its meta is `meta`.
 fn verify(file: &mut File, path: &Path, meta: &Meta) -> Result<(), StoreError> {
     let (mut reader, found) = SnapshotReader::open(file, path, BUFFER_BYTES)?;
     if found != *meta {
@@ -204,7 +215,8 @@ fn verify(file: &mut File, path: &Path, meta: &Meta) -> Result<(), StoreError> {
     loop {
         match reader.next_record()? {
             Record::Table { name, rows } => {
-                if !is_state_table(&name) || seen.contains(&name) {
+                let known = is_state_table(&name) || reader.is_dropped(&name);
+                if !known || seen.contains(&name) {
                     return Err(invalid(path, format!("unexpected table {name}")));
                 }
                 for _ in 0..rows {
@@ -233,7 +245,8 @@ fn load_rows<K: Key + 'static, V: Value + 'static>(
 }
 
 /// Replaces every state table in `txn` with the rows of the snapshot file, which must hold
-/// the snapshot `meta`. The file is verified whole (structure and checksum) before anything
+/// the snapshot `meta`. Rows of a table that the file's older schema had and this one
+/// dropped are passed over. The file is verified whole (structure and checksum) before anything
 /// is written, so a truncated or corrupt file is an error that leaves `txn` untouched.
 pub(crate) fn load_snapshot(
     file: &mut File,
@@ -251,6 +264,12 @@ pub(crate) fn load_snapshot(
     for_each_state_table!(clear);
     let (mut reader, _) = SnapshotReader::open(file, path, BUFFER_BYTES)?;
     while let Record::Table { name, rows } = reader.next_record()? {
+        if reader.is_dropped(&name) {
+            for _ in 0..rows {
+                reader.skip_row()?;
+            }
+            continue;
+        }
         macro_rules! load {
             ($table:ident) => {
                 if name == $table.name() {

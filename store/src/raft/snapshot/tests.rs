@@ -84,6 +84,75 @@ fn a_written_snapshot_loads_into_another_store_with_the_same_rows() {
     assert_eq!(target.digest(), source.digest());
 }
 
+/// The snapshot file at `path` as a node of the previous schema version would have written
+/// it: that version's number in the header and its `products_by_name` table (one row) among
+/// the tables, at the end.
+fn rewrite_as_previous_schema(path: &Path) {
+    let bytes = std::fs::read(path).expect("read");
+    // The end record: tag, table count, checksum.
+    let (body, end) = bytes.split_at(bytes.len() - 9);
+    assert_eq!(end[0], END_TAG);
+    let tables = u32::from_le_bytes(end[1..5].try_into().expect("count"));
+    let mut file = body.to_vec();
+    file[12..16].copy_from_slice(&PREVIOUS_SCHEMA_VERSION.to_le_bytes());
+    let name = DROPPED_TABLES[0].name();
+    file.push(TABLE_TAG);
+    file.push(u8::try_from(name.len()).expect("short name"));
+    file.extend_from_slice(name.as_bytes());
+    file.extend_from_slice(&1u64.to_le_bytes());
+    let key = <(&str, u64) as redb::Value>::as_bytes(&("guitar", 1));
+    file.extend_from_slice(&u32::try_from(key.len()).expect("key").to_le_bytes());
+    file.extend_from_slice(&key);
+    file.extend_from_slice(&0u32.to_le_bytes());
+    file.push(END_TAG);
+    file.extend_from_slice(&(tables + 1).to_le_bytes());
+    let checksum = crc32fast::hash(&file);
+    file.extend_from_slice(&checksum.to_le_bytes());
+    std::fs::write(path, file).expect("write");
+}
+
+#[test]
+fn a_snapshot_of_the_previous_schema_loads_without_its_dropped_table() {
+    let (source, dir) = setup();
+    let path = dir.path().join("snapshot.bin");
+    write_at(&source, &path, 3);
+    rewrite_as_previous_schema(&path);
+    let target = TestStore::new();
+    target.apply(category("Other")).expect("a category");
+    let txn = target.store.db().begin_write().expect("write");
+    let mut file = File::open(&path).expect("open");
+    load_snapshot(&mut file, &path, &meta_at(3), &txn).expect("load");
+    txn.commit().expect("commit");
+    assert_eq!(target.digest(), source.digest());
+    let txn = target.store.db().begin_read().expect("read");
+    let names: Vec<String> = txn
+        .list_tables()
+        .expect("tables")
+        .map(|t| t.name().to_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|name| is_dropped_table(name)),
+        "{names:?}"
+    );
+
+    // The same table in a file of this schema is not one of its tables: refused whole.
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[12..16].copy_from_slice(&SCHEMA_VERSION.to_le_bytes());
+    let (body, _) = bytes.split_at(bytes.len() - 4);
+    let checksum = crc32fast::hash(body);
+    let at = bytes.len() - 4;
+    bytes[at..].copy_from_slice(&checksum.to_le_bytes());
+    std::fs::write(&path, bytes).expect("write");
+    let target = TestStore::new();
+    let txn = target.store.db().begin_write().expect("write");
+    let mut file = File::open(&path).expect("open");
+    let refused = load_snapshot(&mut file, &path, &meta_at(3), &txn);
+    assert!(
+        matches!(&refused, Err(StoreError::SnapshotInvalid { reason, .. }) if reason.contains("products_by_name")),
+        "{refused:?}"
+    );
+}
+
 #[test]
 fn an_older_snapshot_never_replaces_a_newer_one() {
     let (store, dir) = setup();
