@@ -224,9 +224,8 @@ impl SnapshotFiles {
             let path = entry.path();
             if suffix.starts_with("installing-") && !suffix.ends_with(&ours) {
                 self.recover_install(&path, applied)?;
-            } else if suffix == "partial"
-                || ((suffix.starts_with("building-") || suffix.starts_with("receiving-"))
-                    && !suffix.contains(&ours))
+            } else if (suffix.starts_with("building-") || suffix.starts_with("receiving-"))
+                && !suffix.contains(&ours)
             {
                 remove_quietly(&path);
             }

@@ -188,12 +188,11 @@ fn a_restart_keeps_an_install_that_committed_and_removes_leftovers() {
     let current = dir.path().join("snapshot.bin");
     let earlier = |name: &str| dir.path().join(format!("snapshot.bin.{name}"));
     // Left by an earlier process: an install of index 5 that committed (the state
-    // machine is at 6 now), files being built or received, the old format's temporary.
+    // machine is at 6 now), files being built or received.
     write_at(&store, &earlier("installing-00000000000000aa"), 5);
     for name in [
         "building-00000000000000aa-0",
         "receiving-00000000000000aa-3",
-        "partial",
     ] {
         std::fs::write(earlier(name), b"half").expect("write");
     }
