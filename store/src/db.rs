@@ -220,22 +220,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::tests::{category, product};
+    use crate::apply::tests::{category, open_with, product};
 
     #[test]
     fn reopening_keeps_the_data() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.redb");
         let digest = {
-            let store = Store::open(&path).unwrap();
-            let mut changes = ChangeSet::default();
-            let results = store
-                .apply_batch(
-                    &[category("Rock"), product("Guitar", 3, 100, 1)],
-                    &mut changes,
-                )
-                .unwrap();
-            assert!(results.iter().all(Result::is_ok));
+            let store = open_with(&path, &[category("Rock"), product("Guitar", 3, 100, 1)]);
             store.read().unwrap().digest().unwrap()
         };
         let store = Store::open(&path).unwrap();

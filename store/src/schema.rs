@@ -121,7 +121,7 @@ mod tests {
 
     use super::*;
     use crate::apply::ChangeSet;
-    use crate::apply::tests::{category, product, user};
+    use crate::apply::tests::{category, open_with, product, table_names, user};
     use crate::command::Rejection;
     use crate::db::Store;
 
@@ -143,15 +143,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.redb");
         let digest = {
-            let store = Store::open(&path).unwrap();
-            let mut changes = ChangeSet::default();
-            let results = store
-                .apply_batch(
-                    &[category("Rock"), product("Guitar", 3, 100, 1)],
-                    &mut changes,
-                )
-                .unwrap();
-            assert!(results.iter().all(Result::is_ok));
+            let store = open_with(&path, &[category("Rock"), product("Guitar", 3, 100, 1)]);
             let digest = store.read().unwrap().digest().unwrap();
             set_raw_schema_version(&store, &PREVIOUS_SCHEMA_VERSION.to_le_bytes());
             let txn = store.db().begin_write().unwrap();
@@ -161,13 +153,6 @@ mod tests {
                 .unwrap();
             txn.commit().unwrap();
             digest
-        };
-        let table_names = |store: &Store| -> Vec<String> {
-            let txn = store.db().begin_read().unwrap();
-            txn.list_tables()
-                .unwrap()
-                .map(|t| redb::TableHandle::name(&t).to_owned())
-                .collect()
         };
         let stored_version = |store: &Store| -> Vec<u8> {
             let txn = store.db().begin_read().unwrap();

@@ -2,7 +2,9 @@
 //! the tests of each resource's commands and of `db`, `reader`, `schema`, `raft` and `writer`.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
+use redb::{ReadableDatabase, TableHandle};
 use rust_decimal::Decimal;
 use tempfile::TempDir;
 
@@ -49,6 +51,27 @@ impl TestStore {
     pub(crate) fn stock(&self, id: Id) -> u32 {
         self.product(id).expect("product exists").stock
     }
+}
+
+/// Opens (or creates) the store at `path` and applies `commands` in one batch, every one
+/// accepted.
+pub(crate) fn open_with(path: &Path, commands: &[Command]) -> Store {
+    let store = Store::open(path).expect("open store");
+    let mut changes = ChangeSet::default();
+    let results = store
+        .apply_batch(commands, &mut changes)
+        .expect("apply batch");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    store
+}
+
+/// The names of every table in `store`.
+pub(crate) fn table_names(store: &Store) -> Vec<String> {
+    let txn = store.db().begin_read().expect("read");
+    txn.list_tables()
+        .expect("tables")
+        .map(|t| t.name().to_owned())
+        .collect()
 }
 
 pub(crate) fn category(name: &str) -> Command {

@@ -7,7 +7,7 @@ use openraft::testing::log_id;
 use redb::{ReadableDatabase, TableHandle};
 
 use super::*;
-use crate::apply::tests::{TestStore, category, product};
+use crate::apply::tests::{TestStore, category, product, table_names};
 use crate::tables::*;
 
 fn meta_at(index: u64) -> Meta {
@@ -24,12 +24,7 @@ fn every_table_of_a_store_is_state_or_raft_bookkeeping() {
     // A fresh store has every table (they are created at open): each one must be in
     // `for_each_state_table!` (and so in snapshots and the digest), or be raft's own.
     let store = TestStore::new();
-    let txn = store.store.db().begin_read().expect("read");
-    let names: Vec<String> = txn
-        .list_tables()
-        .expect("tables")
-        .map(|t| t.name().to_owned())
-        .collect();
+    let names = table_names(&store.store);
     assert!(names.len() > RAFT_TABLES.len(), "{names:?}");
     for name in &names {
         assert!(
@@ -65,6 +60,15 @@ fn write_at(store: &TestStore, path: &Path, index: u64) {
     write_snapshot(path, &txn, &meta_at(index)).expect("write");
 }
 
+/// Loads the snapshot file at `path` (of `index`) into `target`, committed if it loads.
+fn load_into(target: &TestStore, path: &Path, index: u64) -> Result<(), StoreError> {
+    let txn = target.store.db().begin_write().expect("write");
+    let mut file = File::open(path).expect("open");
+    load_snapshot(&mut file, path, &meta_at(index), &txn)?;
+    txn.commit().expect("commit");
+    Ok(())
+}
+
 fn current_index(files: &SnapshotFiles) -> Option<u64> {
     let (_, meta) = files.open_current().expect("open")?;
     meta.last_log_id.map(|id| id.index)
@@ -77,10 +81,7 @@ fn a_written_snapshot_loads_into_another_store_with_the_same_rows() {
     write_at(&source, &path, 3);
     let target = TestStore::new();
     target.apply(category("Other")).expect("a category");
-    let txn = target.store.db().begin_write().expect("write");
-    let mut file = File::open(&path).expect("open");
-    load_snapshot(&mut file, &path, &meta_at(3), &txn).expect("load");
-    txn.commit().expect("commit");
+    load_into(&target, &path, 3).expect("load");
     assert_eq!(target.digest(), source.digest());
 }
 
@@ -119,17 +120,9 @@ fn a_snapshot_of_the_previous_schema_loads_without_its_dropped_table() {
     rewrite_as_previous_schema(&path);
     let target = TestStore::new();
     target.apply(category("Other")).expect("a category");
-    let txn = target.store.db().begin_write().expect("write");
-    let mut file = File::open(&path).expect("open");
-    load_snapshot(&mut file, &path, &meta_at(3), &txn).expect("load");
-    txn.commit().expect("commit");
+    load_into(&target, &path, 3).expect("load");
     assert_eq!(target.digest(), source.digest());
-    let txn = target.store.db().begin_read().expect("read");
-    let names: Vec<String> = txn
-        .list_tables()
-        .expect("tables")
-        .map(|t| t.name().to_owned())
-        .collect();
+    let names = table_names(&target.store);
     assert!(
         !names.iter().any(|name| is_dropped_table(name)),
         "{names:?}"
@@ -143,10 +136,7 @@ fn a_snapshot_of_the_previous_schema_loads_without_its_dropped_table() {
     let at = bytes.len() - 4;
     bytes[at..].copy_from_slice(&checksum.to_le_bytes());
     std::fs::write(&path, bytes).expect("write");
-    let target = TestStore::new();
-    let txn = target.store.db().begin_write().expect("write");
-    let mut file = File::open(&path).expect("open");
-    let refused = load_snapshot(&mut file, &path, &meta_at(3), &txn);
+    let refused = load_into(&TestStore::new(), &path, 3);
     assert!(
         matches!(&refused, Err(StoreError::SnapshotInvalid { reason, .. }) if reason.contains("products_by_name")),
         "{refused:?}"
