@@ -33,8 +33,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store file, refusing a file of another schema version, with
-    /// redb's page cache at [`DEFAULT_PAGE_CACHE_BYTES`].
+    /// Opens (or creates) the store file, refusing a file of another schema version (one of
+    /// the version before is upgraded), with redb's page cache at [`DEFAULT_PAGE_CACHE_BYTES`].
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
         Store::open_with_page_cache(path, DEFAULT_PAGE_CACHE_BYTES)
     }

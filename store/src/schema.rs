@@ -6,7 +6,6 @@ use std::path::Path;
 
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 
-use crate::apply::WriteTables;
 use crate::error::StoreError;
 use crate::model::OrderItem;
 use crate::tables::*;
@@ -50,13 +49,16 @@ pub(crate) fn check_and_prepare(db: &Database, path: &Path) -> Result<(), StoreE
         }
     }
     // Creating every table up front lets readers open them without special cases.
-    WriteTables::open(&txn)?;
-    backfill_username_keys(&txn)?;
-    backfill_cart_line_counts(&txn)?;
-    txn.open_table(APPLIED_REQUESTS)?;
-    txn.open_table(APPLIED_REQUESTS_BY_INDEX)?;
+    macro_rules! create {
+        ($table:ident) => {
+            txn.open_table($table)?;
+        };
+    }
+    for_each_state_table!(create);
     txn.open_table(RAFT_LOG)?;
     txn.open_table(RAFT_STATE)?;
+    backfill_username_keys(&txn)?;
+    backfill_cart_line_counts(&txn)?;
     txn.commit()?;
     if upgrade {
         tracing::info!(

@@ -75,7 +75,8 @@ pub(crate) const CREDENTIALS_CHANGED: TableDefinition<u64, i64> =
 
 /// Calls `$visit!(TABLE)` for every table that is application state (replicated, in
 /// snapshots and in the digest), leaving out the raft log and the raft bookkeeping
-/// (`RAFT_TABLES`). The one list of them: a table missing here would be silently absent
+/// (`RAFT_TABLES`). The one list of them, walked by the schema (which creates them at
+/// open), snapshots, the digest and tests: a table missing here would be silently absent
 /// from snapshots, which `raft::snapshot`'s tests catch.
 macro_rules! for_each_state_table {
     ($visit:ident) => {
