@@ -133,16 +133,16 @@ fn a_snapshot_of_the_previous_schema_loads_without_its_dropped_table() {
     // The same table in a file of this schema is not one of its tables: refused whole.
     let mut bytes = std::fs::read(&path).expect("read");
     bytes[12..16].copy_from_slice(&SCHEMA_VERSION.to_le_bytes());
-    let (body, _) = bytes.split_at(bytes.len() - 4);
-    let checksum = crc32fast::hash(body);
-    let at = bytes.len() - 4;
-    bytes[at..].copy_from_slice(&checksum.to_le_bytes());
+    let checksum_at = bytes.len() - 4;
+    let checksum = crc32fast::hash(&bytes[..checksum_at]);
+    bytes[checksum_at..].copy_from_slice(&checksum.to_le_bytes());
     std::fs::write(&path, bytes).expect("write");
-    let refused = load_into(&TestStore::new(), &path, 3);
-    assert!(
-        matches!(&refused, Err(StoreError::SnapshotInvalid { reason, .. }) if reason.contains("products_by_name")),
-        "{refused:?}"
-    );
+    match load_into(&TestStore::new(), &path, 3) {
+        Err(StoreError::SnapshotInvalid { reason, .. }) => {
+            assert!(reason.contains("products_by_name"), "{reason}")
+        }
+        other => panic!("expected SnapshotInvalid, got {other:?}"),
+    }
 }
 
 #[test]
