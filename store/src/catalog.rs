@@ -19,9 +19,9 @@ use std::ops::Range;
 use memchr::memmem::Finder;
 use redb::ReadableTable;
 
-use crate::db::{ProductQuery, ProductSort};
 use crate::error::StoreError;
 use crate::model::{Id, Product};
+use crate::query::{ProductQuery, ProductSort};
 use crate::tables::decode;
 
 /// A position among the products on sale, in id order.

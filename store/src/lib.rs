@@ -12,7 +12,10 @@ mod command;
 mod db;
 mod error;
 mod model;
+mod query;
 pub mod raft;
+mod reader;
+mod schema;
 mod tables;
 mod writer;
 
@@ -21,12 +24,12 @@ pub use command::{
     Command, CommandOutcome, NewProduct, NewUser, OrderLine, OrderLines, ProductChanges, Rejection,
     StockShortage,
 };
-pub use db::{
-    DEFAULT_PAGE_CACHE_BYTES, Page, ProductQuery, ProductSort, REPAIR_WARNING, Store, StoreReader,
-};
+pub use db::{DEFAULT_PAGE_CACHE_BYTES, REPAIR_WARNING, Store};
 pub use error::StoreError;
 pub use model::{
     Category, Id, Order, OrderItem, OrderItemView, OrderStatus, OrderView, Product, Timestamp, User,
 };
+pub use query::{Page, ProductQuery, ProductSort};
+pub use reader::StoreReader;
 pub use tables::SCHEMA_VERSION;
 pub use writer::{ApplyObserver, CommandSubmitter, LocalWriter, SubmitFuture};

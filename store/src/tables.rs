@@ -1,13 +1,30 @@
 //! The redb tables: records keyed by id, and the secondary indexes that keep reads
-//! from scanning. Records are bincode-encoded; index values are empty.
+//! from scanning. Records are bincode-encoded; index values are empty. Also the walk over
+//! the application state ([`visit_state`]) that snapshots and the digest share.
 
-use redb::TableDefinition;
+use redb::{
+    Key, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle, Value,
+};
 
 use crate::error::StoreError;
 
 /// Bumped whenever a table's layout or a record's encoding changes. A store written with
-/// another version is refused at open instead of being misread.
-pub const SCHEMA_VERSION: u32 = 1;
+/// another version is refused at open instead of being misread, except a store of the
+/// version before, which is upgraded at open (see `schema`).
+///
+/// - 1: the first.
+/// - 2: no `products_by_name` index (it was written but never read: the catalog index in
+///   memory answers name filters).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The schema version before [`SCHEMA_VERSION`]: its stores are upgraded at open, its
+/// snapshots still load.
+pub(crate) const PREVIOUS_SCHEMA_VERSION: u32 = 1;
+
+/// Tables of the previous schema version that this one dropped: an older store loses them
+/// when it is upgraded, and their rows in an older node's snapshot are skipped.
+pub(crate) const DROPPED_TABLES: [TableDefinition<(&str, u64), ()>; 1] =
+    [TableDefinition::new("products_by_name")];
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
@@ -21,9 +38,6 @@ pub(crate) const PRODUCTS: TableDefinition<u64, &[u8]> = TableDefinition::new("p
 /// (category, product) for every product, archived ones included.
 pub(crate) const PRODUCTS_BY_CATEGORY: TableDefinition<(u64, u64), ()> =
     TableDefinition::new("products_by_category");
-/// (lower-cased name, product) for products on sale (not archived).
-pub(crate) const PRODUCTS_BY_NAME: TableDefinition<(&str, u64), ()> =
-    TableDefinition::new("products_by_name");
 
 pub(crate) const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
 pub(crate) const USERNAMES: TableDefinition<&str, u64> = TableDefinition::new("usernames");
@@ -61,7 +75,8 @@ pub(crate) const CREDENTIALS_CHANGED: TableDefinition<u64, i64> =
 
 /// Calls `$visit!(TABLE)` for every table that is application state (replicated, in
 /// snapshots and in the digest), leaving out the raft log and the raft bookkeeping
-/// (`RAFT_TABLES`). The one list of them: a table missing here would be silently absent
+/// (`RAFT_TABLES`). The one list of them, walked by the schema (which creates them at
+/// open), snapshots, the digest and tests: a table missing here would be silently absent
 /// from snapshots, which `raft::snapshot`'s tests catch.
 macro_rules! for_each_state_table {
     ($visit:ident) => {
@@ -71,7 +86,6 @@ macro_rules! for_each_state_table {
         $visit!(CATEGORY_NAMES);
         $visit!(PRODUCTS);
         $visit!(PRODUCTS_BY_CATEGORY);
-        $visit!(PRODUCTS_BY_NAME);
         $visit!(USERS);
         $visit!(USERNAMES);
         $visit!(USERNAME_KEYS);
@@ -90,6 +104,61 @@ macro_rules! for_each_state_table {
     };
 }
 pub(crate) use for_each_state_table;
+
+/// Receives the state of a read transaction table by table, in key order.
+pub(crate) trait StateVisitor {
+    fn table(&mut self, name: &str, rows: u64) -> Result<(), StoreError>;
+    fn row(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+}
+
+fn visit_table<K: Key + 'static, V: Value + 'static>(
+    txn: &ReadTransaction,
+    definition: TableDefinition<K, V>,
+    visitor: &mut impl StateVisitor,
+) -> Result<(), StoreError> {
+    let table = txn.open_table(definition)?;
+    visitor.table(definition.name(), table.len()?)?;
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        visitor.row(
+            K::as_bytes(&key.value()).as_ref(),
+            V::as_bytes(&value.value()).as_ref(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Streams every state table of `txn` to `visitor`.
+pub(crate) fn visit_state(
+    txn: &ReadTransaction,
+    visitor: &mut impl StateVisitor,
+) -> Result<(), StoreError> {
+    macro_rules! visit {
+        ($table:ident) => {
+            visit_table(txn, $table, visitor)?;
+        };
+    }
+    for_each_state_table!(visit);
+    Ok(())
+}
+
+/// Whether `name` is one of [`DROPPED_TABLES`].
+pub(crate) fn is_dropped_table(name: &str) -> bool {
+    DROPPED_TABLES.iter().any(|table| table.name() == name)
+}
+
+/// Whether `name` is one of the tables of `for_each_state_table!`.
+pub(crate) fn is_state_table(name: &str) -> bool {
+    macro_rules! check {
+        ($table:ident) => {
+            if name == $table.name() {
+                return true;
+            }
+        };
+    }
+    for_each_state_table!(check);
+    false
+}
 
 pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
 pub(crate) const META_JWT_SECRET: &str = "jwt_secret";

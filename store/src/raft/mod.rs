@@ -16,7 +16,6 @@ use crate::command::{Command, CommandOutcome, Rejection};
 
 pub use log_store::LogStore;
 pub use snapshot::SnapshotFile;
-pub(crate) use snapshot::{StateVisitor, visit_state};
 pub use state_machine::StateMachine;
 
 /// Identifies one client command across forwarding and retries, so the state machine can

@@ -1,0 +1,569 @@
+//! [`StoreReader`]: a read transaction of the whole store with the catalog index of the
+//! same state, and the queries the node answers from it.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hasher};
+use std::sync::Arc;
+
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::catalog::CatalogIndex;
+use crate::error::StoreError;
+use crate::model::{Category, Id, Order, OrderItem, OrderItemView, OrderView, Product, User};
+use crate::query::{Page, ProductQuery};
+use crate::tables::*;
+
+/// A read snapshot of the whole store.
+pub struct StoreReader {
+    txn: ReadTransaction,
+    /// The catalog index of the same state as `txn`.
+    catalog: Arc<CatalogIndex>,
+}
+
+fn get_record<T: serde::de::DeserializeOwned>(
+    txn: &ReadTransaction,
+    table: TableDefinition<u64, &[u8]>,
+    id: Id,
+) -> Result<Option<T>, StoreError> {
+    let table = txn.open_table(table)?;
+    let value = table.get(id)?;
+    value.map(|v| decode(v.value())).transpose()
+}
+
+/// Ids from an index keyed by `(owner, id)`: newest (highest id) first, or all ids of a
+/// record table when there is no owner.
+fn owned_ids(
+    txn: &ReadTransaction,
+    index: TableDefinition<(u64, u64), ()>,
+    records: TableDefinition<u64, &[u8]>,
+    owner: Option<Id>,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<Id>, usize), StoreError> {
+    match owner {
+        Some(owner) => {
+            let index = txn.open_table(index)?;
+            let range = || index.range((owner, 0)..=(owner, u64::MAX));
+            let total = range()?.count();
+            let ids = range()?
+                .rev()
+                .skip(offset)
+                .take(limit)
+                .map(|entry| entry.map(|(key, _)| key.value().1))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((ids, total))
+        }
+        None => {
+            let table = txn.open_table(records)?;
+            let total = table.len()? as usize;
+            let ids = table
+                .iter()?
+                .rev()
+                .skip(offset)
+                .take(limit)
+                .map(|entry| entry.map(|(key, _)| key.value()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((ids, total))
+        }
+    }
+}
+
+impl StoreReader {
+    /// A reader of `txn`, whose state's catalog index is `catalog`.
+    pub(crate) fn new(txn: ReadTransaction, catalog: Arc<CatalogIndex>) -> StoreReader {
+        StoreReader { txn, catalog }
+    }
+
+    pub fn category(&self, id: Id) -> Result<Option<Category>, StoreError> {
+        get_record(&self.txn, CATEGORIES, id)
+    }
+
+    /// All categories by id.
+    pub fn categories(&self) -> Result<Vec<Category>, StoreError> {
+        let table = self.txn.open_table(CATEGORIES)?;
+        table
+            .iter()?
+            .map(|entry| decode(entry?.1.value()))
+            .collect()
+    }
+
+    /// A product, archived or not.
+    pub fn product(&self, id: Id) -> Result<Option<Product>, StoreError> {
+        get_record(&self.txn, PRODUCTS, id)
+    }
+
+    /// Products on sale that match the query, one page of them and the number matching.
+    /// The catalog index picks the page's ids and counts the matches; only the page's
+    /// products are read.
+    pub fn products(&self, query: &ProductQuery) -> Result<Page<Product>, StoreError> {
+        let page = self.catalog.query(query);
+        let products = self.txn.open_table(PRODUCTS)?;
+        let mut items = Vec::with_capacity(page.ids.len());
+        for id in page.ids {
+            // The index is of this very state, so every id is a product on sale; the check
+            // only keeps a stale index from ever listing an archived product.
+            if let Some(value) = products.get(id)? {
+                let product: Product = decode(value.value())?;
+                if !product.archived {
+                    items.push(product);
+                }
+            }
+        }
+        Ok(Page {
+            items,
+            total: page.total,
+        })
+    }
+
+    pub fn user(&self, id: Id) -> Result<Option<User>, StoreError> {
+        get_record(&self.txn, USERS, id)
+    }
+
+    pub fn user_by_username(&self, username: &str) -> Result<Option<User>, StoreError> {
+        let usernames = self.txn.open_table(USERNAMES)?;
+        let id = usernames.get(username)?.map(|v| v.value());
+        match id {
+            Some(id) => self.user(id),
+            None => Ok(None),
+        }
+    }
+
+    fn item_views(&self, items: Vec<OrderItem>) -> Result<Vec<OrderItemView>, StoreError> {
+        let mut usernames: HashMap<Id, String> = HashMap::new();
+        let mut views = Vec::with_capacity(items.len());
+        for item in items {
+            let username = match usernames.get(&item.user) {
+                Some(name) => name.clone(),
+                None => {
+                    let name = self
+                        .user(item.user)?
+                        .map(|u| u.username)
+                        .unwrap_or_default();
+                    usernames.insert(item.user, name.clone());
+                    name
+                }
+            };
+            let product_name = match &item.product_name {
+                Some(name) => name.clone(),
+                None => self
+                    .product(item.product)?
+                    .map(|p| p.name)
+                    .unwrap_or_default(),
+            };
+            views.push(OrderItemView {
+                item,
+                username,
+                product_name,
+            });
+        }
+        Ok(views)
+    }
+
+    pub fn order_item(&self, id: Id) -> Result<Option<OrderItemView>, StoreError> {
+        let item: Option<OrderItem> = get_record(&self.txn, ORDER_ITEMS, id)?;
+        Ok(item
+            .map(|i| self.item_views(vec![i]))
+            .transpose()?
+            .and_then(|mut v| v.pop()))
+    }
+
+    /// Order items newest first: one user's (`Some`) or everyone's (`None`).
+    pub fn order_items(
+        &self,
+        owner: Option<Id>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Page<OrderItemView>, StoreError> {
+        let (ids, total) = owned_ids(
+            &self.txn,
+            ORDER_ITEMS_BY_USER,
+            ORDER_ITEMS,
+            owner,
+            offset,
+            limit,
+        )?;
+        let mut items = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(item) = get_record(&self.txn, ORDER_ITEMS, id)? {
+                items.push(item);
+            }
+        }
+        Ok(Page {
+            items: self.item_views(items)?,
+            total,
+        })
+    }
+
+    fn order_view(&self, order: Order) -> Result<OrderView, StoreError> {
+        let mut items = Vec::with_capacity(order.items.len());
+        for &id in &order.items {
+            if let Some(item) = get_record(&self.txn, ORDER_ITEMS, id)? {
+                items.push(item);
+            }
+        }
+        let items = self.item_views(items)?;
+        let username = match items.first() {
+            Some(view) => view.username.clone(),
+            None => self
+                .user(order.user)?
+                .map(|u| u.username)
+                .unwrap_or_default(),
+        };
+        Ok(OrderView {
+            order,
+            username,
+            items,
+        })
+    }
+
+    pub fn order(&self, id: Id) -> Result<Option<OrderView>, StoreError> {
+        let order: Option<Order> = get_record(&self.txn, ORDERS, id)?;
+        order.map(|o| self.order_view(o)).transpose()
+    }
+
+    /// Orders newest first: one user's (`Some`) or everyone's (`None`).
+    pub fn orders(
+        &self,
+        owner: Option<Id>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Page<OrderView>, StoreError> {
+        let (ids, total) = owned_ids(&self.txn, ORDERS_BY_USER, ORDERS, owner, offset, limit)?;
+        let mut views = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(order) = get_record::<Order>(&self.txn, ORDERS, id)? {
+                views.push(self.order_view(order)?);
+            }
+        }
+        Ok(Page {
+            items: views,
+            total,
+        })
+    }
+
+    pub fn jwt_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let meta = self.txn.open_table(META)?;
+        Ok(meta.get(META_JWT_SECRET)?.map(|v| v.value().to_vec()))
+    }
+
+    /// The unix second of the user's last password or staff change, if any: tokens issued
+    /// before it belong to an ended session.
+    pub fn credentials_changed_at(&self, user: Id) -> Result<Option<i64>, StoreError> {
+        let table = self.txn.open_table(CREDENTIALS_CHANGED)?;
+        Ok(table.get(user)?.map(|v| v.value()))
+    }
+
+    pub fn refresh_token_used(&self, jti: &str) -> Result<bool, StoreError> {
+        let table = self.txn.open_table(USED_REFRESH)?;
+        Ok(table.get(jti)?.is_some())
+    }
+
+    /// Whether the catalog is empty (no categories and no products).
+    pub fn catalog_is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.txn.open_table(CATEGORIES)?.is_empty()?
+            && self.txn.open_table(PRODUCTS)?.is_empty()?)
+    }
+
+    /// Every product record, archived ones included, by id.
+    pub fn all_products(&self) -> Result<Vec<Product>, StoreError> {
+        let table = self.txn.open_table(PRODUCTS)?;
+        table
+            .iter()?
+            .map(|entry| decode(entry?.1.value()))
+            .collect()
+    }
+
+    /// Every order with its items, by id (oldest first).
+    pub fn all_orders(&self) -> Result<Vec<OrderView>, StoreError> {
+        let table = self.txn.open_table(ORDERS)?;
+        let mut views = Vec::new();
+        for entry in table.iter()? {
+            let order: Order = decode(entry?.1.value())?;
+            views.push(self.order_view(order)?);
+        }
+        Ok(views)
+    }
+
+    /// A digest of the application state (every table but the raft log and bookkeeping):
+    /// equal on two stores exactly when they hold the same data. Used to compare nodes and
+    /// in property tests.
+    pub fn digest(&self) -> Result<u64, StoreError> {
+        /// Hashes rows as they are read: no copy of the state is held.
+        struct Digest(DefaultHasher);
+        impl StateVisitor for Digest {
+            fn table(&mut self, name: &str, rows: u64) -> Result<(), StoreError> {
+                self.0.write(name.as_bytes());
+                self.0
+                    .write_usize(usize::try_from(rows).unwrap_or(usize::MAX));
+                Ok(())
+            }
+            fn row(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+                self.0.write(key);
+                self.0.write(value);
+                Ok(())
+            }
+        }
+        let mut digest = Digest(DefaultHasher::new());
+        visit_state(&self.txn, &mut digest)?;
+        let hasher = digest.0;
+        Ok(hasher.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rust_decimal::Decimal;
+
+    use super::*;
+    use crate::apply::tests::{
+        TestStore, add_to_cart, cancel, category, created_id, order, placed, product, user,
+    };
+    use crate::command::{Command, ProductChanges};
+    use crate::model::OrderStatus;
+    use crate::query::ProductSort;
+
+    #[test]
+    fn a_fresh_store_has_every_table_and_an_empty_catalog() {
+        let s = TestStore::new();
+        let reader = s.store.read().unwrap();
+        assert!(reader.catalog_is_empty().unwrap());
+        assert_eq!(reader.categories().unwrap(), []);
+        assert_eq!(reader.all_products().unwrap(), []);
+        assert_eq!(reader.all_orders().unwrap(), []);
+        assert_eq!(reader.jwt_secret().unwrap(), None);
+        assert_eq!(reader.orders(None, 0, 10).unwrap().total, 0);
+        assert_eq!(reader.order_items(Some(1), 0, 10).unwrap().total, 0);
+        // 19 application tables, 2 of applied request ids, the raft log and raft state.
+        assert_eq!(reader.txn.list_tables().unwrap().count(), 23);
+        // Two fresh stores are equal.
+        assert_eq!(reader.digest().unwrap(), TestStore::new().digest());
+    }
+
+    #[test]
+    fn digest_tells_stores_apart() {
+        let a = TestStore::new();
+        let b = TestStore::new();
+        let commands = [category("Rock"), product("Guitar", 3, 100, 1)];
+        a.apply_all(&commands);
+        b.apply_all(&commands);
+        assert_eq!(a.digest(), b.digest());
+        a.apply(Command::UpdateProduct {
+            id: 1,
+            changes: ProductChanges {
+                stock: Some(4),
+                ..Default::default()
+            },
+        })
+        .unwrap();
+        assert_ne!(a.digest(), b.digest());
+        // An index-only difference shows too: the same record, listed in another category.
+        let c = TestStore::new();
+        c.apply_all(&commands);
+        let txn = c.store.db().begin_write().unwrap();
+        txn.open_table(PRODUCTS_BY_CATEGORY)
+            .unwrap()
+            .insert((9, 1), ())
+            .unwrap();
+        txn.commit().unwrap();
+        assert_ne!(c.digest(), b.digest());
+    }
+
+    fn query(category: Option<Id>, name: Option<&str>, sort: ProductSort) -> ProductQuery {
+        ProductQuery {
+            category,
+            name_contains: name.map(str::to_owned),
+            sort,
+            limit: 100,
+            offset: 0,
+        }
+    }
+
+    /// A catalog with two categories, names that differ only in case, an archived product
+    /// and an erased one.
+    fn catalog() -> TestStore {
+        let s = TestStore::new();
+        let results = s.apply_all(&[
+            category("Strings"),                   // 1
+            category("Drums"),                     // 2
+            user("alice", false),                  // 1
+            product("Fender GUITAR", 3, 100, 1),   // 1
+            product("bass guitar", 3, 100, 1),     // 2
+            product("Snare", 3, 100, 2),           // 3
+            product("amp", 3, 100, 1),             // 4
+            product("Old Guitar", 3, 100, 1),      // 5: ordered, then archived
+            product("Acoustic Guitar", 3, 100, 2), // 6
+            product("Amp", 3, 100, 2),             // 7
+            product("Gone guitar", 3, 100, 1),     // 8: erased
+            product("Zither", 3, 100, 1),          // 9
+            order(1, &[(5, 1)], None),
+            Command::DeleteProduct { id: 5 },
+            Command::DeleteProduct { id: 8 },
+        ]);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        s
+    }
+
+    fn ids(page: &Page<Product>) -> Vec<Id> {
+        page.items.iter().map(|p| p.id).collect()
+    }
+
+    #[test]
+    fn product_listing_filters_and_sorts() {
+        let s = catalog();
+        let reader = s.store.read().unwrap();
+        let list = |q: ProductQuery| {
+            let page = reader.products(&q).unwrap();
+            assert_eq!(page.total, page.items.len(), "one page holds all of {q:?}");
+            ids(&page)
+        };
+        use ProductSort::{NameAsc, NameDesc};
+        assert_eq!(
+            list(query(None, None, ProductSort::Id)),
+            [1, 2, 3, 4, 6, 7, 9]
+        );
+        // Name order is case-insensitive; equal names go by id, and reversed by id.
+        assert_eq!(list(query(None, None, NameAsc)), [6, 4, 7, 2, 1, 3, 9]);
+        assert_eq!(list(query(None, None, NameDesc)), [9, 3, 1, 2, 7, 4, 6]);
+        assert_eq!(list(query(Some(1), None, ProductSort::Id)), [1, 2, 4, 9]);
+        assert_eq!(list(query(Some(1), None, NameAsc)), [4, 2, 1, 9]);
+        assert_eq!(list(query(Some(1), None, NameDesc)), [9, 1, 2, 4]);
+        assert_eq!(list(query(Some(2), None, NameAsc)), [6, 7, 3]);
+        assert_eq!(list(query(Some(2), None, NameDesc)), [3, 7, 6]);
+        assert_eq!(
+            list(query(Some(99), None, ProductSort::Id)),
+            Vec::<Id>::new()
+        );
+        // The needle matches any case; archived and erased guitars are not listed.
+        for needle in ["guitar", "GUITAR", "gUiTaR", "uita"] {
+            assert_eq!(list(query(None, Some(needle), ProductSort::Id)), [1, 2, 6]);
+            assert_eq!(list(query(None, Some(needle), NameAsc)), [6, 2, 1]);
+            assert_eq!(list(query(None, Some(needle), NameDesc)), [1, 2, 6]);
+            assert_eq!(list(query(Some(1), Some(needle), NameAsc)), [2, 1]);
+            assert_eq!(list(query(Some(2), Some(needle), ProductSort::Id)), [6]);
+        }
+        assert_eq!(list(query(None, Some("AMP"), ProductSort::Id)), [4, 7]);
+        assert_eq!(list(query(None, Some(""), ProductSort::Id)).len(), 7);
+        assert_eq!(list(query(None, Some("violin"), NameAsc)), Vec::<Id>::new());
+        // The archived product is still there to read directly.
+        assert!(reader.product(5).unwrap().unwrap().archived);
+        assert_eq!(reader.product(8).unwrap(), None);
+    }
+
+    #[test]
+    fn product_listing_pages() {
+        let s = catalog();
+        let reader = s.store.read().unwrap();
+        let categories = [None, Some(1), Some(2), Some(3)];
+        let needles = [None, Some("GUITAR"), Some("a"), Some("nothing")];
+        let sorts = [ProductSort::Id, ProductSort::NameAsc, ProductSort::NameDesc];
+        for category in categories {
+            for needle in needles {
+                for sort in sorts {
+                    let full = reader.products(&query(category, needle, sort)).unwrap();
+                    let all = ids(&full);
+                    for limit in 0..=4 {
+                        for offset in 0..=all.len() + 1 {
+                            let q = ProductQuery {
+                                limit,
+                                offset,
+                                ..query(category, needle, sort)
+                            };
+                            let page = reader.products(&q).unwrap();
+                            assert_eq!(page.total, all.len(), "{q:?}");
+                            let expected: Vec<Id> =
+                                all.iter().copied().skip(offset).take(limit).collect();
+                            assert_eq!(ids(&page), expected, "{q:?}");
+                        }
+                    }
+                    // A huge limit or offset does not overflow.
+                    let q = ProductQuery {
+                        limit: usize::MAX,
+                        offset: usize::MAX,
+                        ..query(category, needle, sort)
+                    };
+                    assert_eq!(reader.products(&q).unwrap().items, []);
+                    let q = ProductQuery {
+                        limit: usize::MAX,
+                        offset: 1,
+                        ..query(category, needle, sort)
+                    };
+                    assert_eq!(
+                        reader.products(&q).unwrap().items.len(),
+                        all.len().saturating_sub(1)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn product_listing_follows_renames_moves_and_deletes() {
+        let s = catalog();
+        s.apply(Command::UpdateProduct {
+            id: 9,
+            changes: ProductChanges {
+                name: Some("AAA Guitar".into()),
+                category: Some(2),
+                ..Default::default()
+            },
+        })
+        .unwrap();
+        s.apply(Command::DeleteProduct { id: 1 }).unwrap();
+        let reader = s.store.read().unwrap();
+        let list = |q| ids(&reader.products(&q).unwrap());
+        assert_eq!(
+            list(query(None, Some("guitar"), ProductSort::NameAsc)),
+            [9, 6, 2]
+        );
+        assert_eq!(list(query(Some(1), None, ProductSort::Id)), [2, 4]);
+        assert_eq!(
+            list(query(Some(2), None, ProductSort::NameAsc)),
+            [9, 6, 7, 3]
+        );
+    }
+
+    #[test]
+    fn orders_and_items_are_listed_newest_first() {
+        let s = catalog();
+        s.apply(user("bob", false)).unwrap();
+        let bob = 2;
+        let mut bobs_orders = Vec::new();
+        for _ in 0..3 {
+            let (o, _) = placed(s.apply(order(bob, &[(1, 1), (3, 1)], None)));
+            bobs_orders.push(o.id);
+        }
+        let cart_line = created_id(s.apply(add_to_cart(bob, 2, 2)));
+        s.apply(cancel(bob, bobs_orders[1])).unwrap();
+
+        let reader = s.store.read().unwrap();
+        let page = reader.orders(Some(bob), 0, 2).unwrap();
+        assert_eq!(page.total, 3);
+        let listed: Vec<Id> = page.items.iter().map(|v| v.order.id).collect();
+        assert_eq!(listed, [bobs_orders[2], bobs_orders[1]]);
+        assert_eq!(page.items[1].order.status, OrderStatus::Cancelled);
+        let page = reader.orders(Some(bob), 2, 2).unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].order.id, bobs_orders[0]);
+        let view = &page.items[0];
+        assert_eq!(view.username, "bob");
+        let names: Vec<&str> = view.items.iter().map(|i| i.product_name.as_str()).collect();
+        assert_eq!(names, ["Fender GUITAR", "Snare"]);
+        assert_eq!(view.order.total, Decimal::new(200, 2));
+
+        // Everyone's orders: alice's one from the catalog and bob's three.
+        let all = reader.orders(None, 0, 10).unwrap();
+        assert_eq!(all.total, 4);
+        assert_eq!(all.items.last().unwrap().username, "alice");
+        assert_eq!(reader.all_orders().unwrap().len(), 4);
+        assert_eq!(reader.orders(Some(99), 0, 10).unwrap().total, 0);
+
+        // Bob's order items: the cart line first, then the order lines, newest first.
+        let items = reader.order_items(Some(bob), 0, 3).unwrap();
+        assert_eq!(items.total, 7);
+        assert_eq!(items.items[0].item.id, cart_line);
+        assert_eq!(items.items[0].item.order, None);
+        assert_eq!(items.items[0].product_name, "bass guitar");
+        assert!(items.items.windows(2).all(|w| w[0].item.id > w[1].item.id));
+        assert_eq!(reader.order_items(None, 0, 100).unwrap().total, 8);
+    }
+}
