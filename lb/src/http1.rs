@@ -348,9 +348,10 @@ pub fn parse_response_head(bytes: &[u8], head_request: bool) -> Option<ResponseH
 }
 
 /// Writes the client's response head into `out`: the upstream's status line as HTTP/1.1
-/// and its headers less the hop-by-hop ones (`Transfer-Encoding` kept when `chunked` is
-/// passed through as it came), then `Connection: close` when the client's connection ends
-/// after this answer (or `keep-alive` for an HTTP/1.0 client that keeps it).
+/// and its headers less the hop-by-hop ones (`Transfer-Encoding` kept, and any
+/// `Content-Length` dropped, when `chunked` is passed through as it came), then
+/// `Connection: close` when the client's connection ends after this answer (or
+/// `keep-alive` for an HTTP/1.0 client that keeps it).
 pub fn write_client_head(
     out: &mut BytesMut,
     upstream_head: &[u8],
@@ -372,6 +373,9 @@ pub fn write_client_head(
         let name = header.name;
         let keep = if name.eq_ignore_ascii_case("transfer-encoding") {
             pass_chunked
+        } else if name.eq_ignore_ascii_case("content-length") {
+            // Chunks frame the body: a length beside them would contradict them.
+            !pass_chunked
         } else {
             !is_hop_by_hop(name)
         };

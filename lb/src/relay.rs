@@ -38,6 +38,8 @@ use crate::upstream::FailurePhase;
 
 /// Room asked of the allocator for reads at a time.
 const READ_CHUNK: usize = 8 * 1024;
+/// Most room asked for one read of an answer's body.
+const MAX_BODY_READ: usize = 64 * 1024;
 /// Largest upstream answer head taken; a larger one is a broken upstream (502).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// A kept upstream connection idle for longer than this is checked before it carries a
@@ -179,10 +181,12 @@ impl UpstreamLink {
         )
     }
 
-    /// Reads more of the answer; `Ok(0)` when the upstream closed.
-    async fn read_more(&mut self) -> std::io::Result<usize> {
-        if self.input.capacity() - self.input.len() < READ_CHUNK / 2 {
-            self.input.reserve(READ_CHUNK);
+    /// Reads more of the answer, with room for `room` bytes at least (up to
+    /// `MAX_BODY_READ`); `Ok(0)` when the upstream closed.
+    async fn read_more(&mut self, room: usize) -> std::io::Result<usize> {
+        let room = room.clamp(READ_CHUNK, MAX_BODY_READ);
+        if self.input.capacity() - self.input.len() < room / 2 {
+            self.input.reserve(room);
         }
         self.stream.read_buf(&mut self.input).await
     }
@@ -223,7 +227,7 @@ impl UpstreamLink {
                 return Err(LinkFault::Broken("the upstream's answer head is too large"));
             }
             searched = self.input.len().saturating_sub(3);
-            match self.read_more().await {
+            match self.read_more(READ_CHUNK).await {
                 Ok(0) if self.input.is_empty() => {
                     return Err(LinkFault::BeforeAnswer(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
@@ -799,8 +803,13 @@ impl ClientConnection<'_> {
                         .input
                         .len()
                         .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    self.output.extend_from_slice(&link.input[..take]);
-                    link.input.advance(take);
+                    if self.output.is_empty() && take == link.input.len() {
+                        // Past the head: the upstream's bytes go out as they are.
+                        std::mem::swap(&mut self.output, &mut link.input);
+                    } else {
+                        self.output.extend_from_slice(&link.input[..take]);
+                        link.input.advance(take);
+                    }
                     left -= take as u64;
                     left == 0
                 }
@@ -821,8 +830,12 @@ impl ClientConnection<'_> {
                     chunked.is_done()
                 }
                 Framing::UntilClose => {
-                    self.output.extend_from_slice(&link.input);
-                    link.input.clear();
+                    if self.output.is_empty() {
+                        std::mem::swap(&mut self.output, &mut link.input);
+                    } else {
+                        self.output.extend_from_slice(&link.input);
+                        link.input.clear();
+                    }
                     false
                 }
             };
@@ -843,7 +856,8 @@ impl ClientConnection<'_> {
             if body_done {
                 break Ok(());
             }
-            match tokio::time::timeout(read_timeout, link.read_more()).await {
+            let room = usize::try_from(left).unwrap_or(usize::MAX);
+            match tokio::time::timeout(read_timeout, link.read_more(room)).await {
                 Err(_) => break Err("the upstream stopped sending its body"),
                 Ok(Ok(0)) if response.framing == Framing::UntilClose => break Ok(()),
                 Ok(Ok(0)) => break Err("the upstream closed before its body ended"),
