@@ -135,7 +135,7 @@ fn product_list(c: &mut Criterion) {
     let mut config = Config::default();
     config.auth.jwt_secret = "bench-secret".into();
     let state = runtime
-        .block_on(soundwave::node::local_state(&config, store.clone()))
+        .block_on(soundwave::startup::local_state(&config, store.clone()))
         .expect("state");
     let app = soundwave::api::router(state);
     let request = || {
@@ -226,7 +226,7 @@ fn filtered_lists(c: &mut Criterion) {
     let mut config = Config::default();
     config.auth.jwt_secret = "bench-secret".into();
     let state = runtime
-        .block_on(soundwave::node::local_state(&config, store.clone()))
+        .block_on(soundwave::startup::local_state(&config, store.clone()))
         .expect("state");
     let app = soundwave::api::router(state.clone());
     let mut group = c.benchmark_group("100k products, uncached list through the router");

@@ -13,6 +13,8 @@ use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 use store::{ApplyObserver, ChangeSet, Id, ProductSort};
 
+use crate::auth::Principal;
+
 /// Generation stripes for per-product and per-user invalidation. Two ids sharing a stripe
 /// only means one is invalidated needlessly now and then.
 const STRIPES: usize = 4096;
@@ -100,14 +102,6 @@ pub struct CachedBody {
     pub total_count: Option<usize>,
     /// The `Link` header's value, ready to send.
     pub next_link: Option<HeaderValue>,
-}
-
-/// Who a token belongs to, as far as permissions go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub id: Id,
-    pub username: String,
-    pub is_staff: bool,
 }
 
 /// One page of a product list as ids, and how many products match in all.

@@ -10,13 +10,14 @@ use store::{
     Command, CommandOutcome, NewProduct, ProductChanges, ProductQuery, ProductSort, StoreReader,
 };
 
-use super::{IdPath, PageRequest, QueryParams, cached, no_content, send_json};
+use super::request::{IdPath, PageRequest, QueryParams};
+use super::response::{cached, no_content, send_json};
 use crate::auth::Staff;
 use crate::cache::{CacheKey, CachedBody, ProductIds};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Fields, JsonObject};
-use crate::node::AppState;
 use crate::output::{CategoryJson, ProductJson, json_bytes};
+use crate::state::AppState;
 
 const NAME_MAX_CHARS: usize = 200;
 const DESCRIPTION_MAX_CHARS: usize = 10_000;
@@ -179,7 +180,7 @@ async fn write_category(
             status,
             json_bytes(&CategoryJson::from(&category)),
         )),
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected(other)),
     }
 }
 
@@ -437,7 +438,7 @@ async fn write_product(
         CommandOutcome::Product(product) => {
             Ok(send_json(status, json_bytes(&ProductJson::from(&product))))
         }
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected(other)),
     }
 }
 
@@ -501,11 +502,6 @@ pub async fn delete_product(
 ) -> ApiResult<Response> {
     state.submit(Command::DeleteProduct { id }).await?;
     Ok(no_content())
-}
-
-/// A command answered with an outcome of another kind: a bug, reported as a 500.
-pub fn unexpected(outcome: CommandOutcome) -> ApiError {
-    ApiError::Internal(format!("unexpected command outcome: {outcome:?}"))
 }
 
 #[cfg(test)]

@@ -10,10 +10,10 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
-use super::send_json;
+use super::response::send_json;
 use crate::cache::{CacheKey, CachedBody};
-use crate::node::AppState;
 use crate::output::json_bytes;
+use crate::state::AppState;
 
 fn elapsed_ms(started: Instant) -> f64 {
     (started.elapsed().as_secs_f64() * 1e6).round() / 1e3

@@ -304,7 +304,7 @@ impl Cluster {
 
         let (queue, incoming) = mpsc::channel(QUEUE_DEPTH);
         let nonce = u64::from_le_bytes(
-            crate::auth::random_bytes(8)
+            crate::random::random_bytes(8)
                 .ok()
                 .and_then(|b| b.try_into().ok())
                 .unwrap_or_default(),
