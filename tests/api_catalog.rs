@@ -1,6 +1,6 @@
 //! Categories and products: CRUD, permissions, filters, pagination, validation.
-mod common;
 use common::*;
+use soundwave_testkit as common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn category_crud_as_admin() {
