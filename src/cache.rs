@@ -11,9 +11,7 @@ use http::HeaderValue;
 use metrics::Counter;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
-use store::{
-    ApplyObserver, ChangeSet, Id, ProductQuery, ProductSort, Store, StoreError, StoreReader,
-};
+use store::{ChangeSet, Id, ProductQuery, ProductSort, Store, StoreError, StoreReader};
 
 use crate::auth::Principal;
 use crate::output::{ProductJson, json_bytes};
@@ -443,12 +441,6 @@ impl ResponseCache {
             );
         }
         Ok(Some(body))
-    }
-}
-
-impl ApplyObserver for ResponseCache {
-    fn applied(&self, changes: &ChangeSet) {
-        self.invalidate(changes);
     }
 }
 

@@ -1,19 +1,17 @@
-//! `soundwave node`: opens the store, starts the writer and the cache, makes sure the JWT
-//! secret, the admin and (with `--demo`) the demo catalog exist, then serves the API until
-//! SIGINT or SIGTERM, finishing in-flight requests.
+//! `soundwave node`: opens the store, starts the cluster (the write path, one member when
+//! alone) and the cache, makes sure the JWT secret, the admin and (with `--demo`) the demo
+//! catalog exist, then serves the API until SIGINT or SIGTERM, finishing in-flight requests.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use store::{CommandSubmitter, Store};
+use store::Store;
 
-use crate::cache::ResponseCache;
-use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::private_files::private_data_dir;
 pub use crate::startup::NodeError;
-use crate::startup::{build_state, ensure_admin};
+use crate::startup::{ensure_admin, node_state};
 
 /// Name of the store file inside the data directory.
 pub const STORE_FILE: &str = "soundwave.redb";
@@ -48,10 +46,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             .await
             .map_err(|e| NodeError::Startup(format!("store open task failed: {e}")))??,
     );
-    let cache = Arc::new(ResponseCache::new(config.node.cache_capacity_bytes));
-    let cluster = Cluster::start(&config, store.clone(), cache.clone()).await?;
-    let writer: Arc<dyn CommandSubmitter> = cluster.clone();
-    let state = build_state(&config, store, cache, writer, Some(cluster)).await?;
+    let state = node_state(&config, store).await?;
     ensure_admin(&state, &config).await?;
     if config.node.demo {
         let size = crate::demo::DemoSize {
@@ -73,14 +68,9 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     let fault = state.cluster.clone();
     let stop = async move {
         let faulted = async {
-            match &fault {
-                Some(cluster) => {
-                    cluster.faulted().await;
-                    // Long enough for the balancer's probes to see the 503 and drain.
-                    tokio::time::sleep(FAULT_DRAIN).await;
-                }
-                None => std::future::pending().await,
-            }
+            fault.faulted().await;
+            // Long enough for the balancer's probes to see the 503 and drain.
+            tokio::time::sleep(FAULT_DRAIN).await;
         };
         tokio::select! {
             () = stop_requested() => tracing::info!("shutting down: finishing in-flight requests"),
@@ -101,15 +91,13 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     // Raft's tasks hold the store: stop them, so that it is closed cleanly (else the next
     // start repairs the whole file). Applies and the commit point are written without a
     // flush (the log is flushed): flush them, so that a restarted node has its state at once.
-    if let Some(cluster) = &state.cluster {
-        cluster.shutdown().await;
-    }
+    state.cluster.shutdown().await;
     let store = state.store.clone();
     let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
     if let Ok(Err(error)) = flushed {
         tracing::warn!(%error, "could not flush the store at shutdown");
     }
-    if let Some(fault) = state.cluster.as_ref().and_then(|c| c.fault()) {
+    if let Some(fault) = state.cluster.fault() {
         return Err(NodeError::Fault(fault));
     }
     tracing::info!("stopped");

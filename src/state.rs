@@ -28,7 +28,6 @@ pub struct AppState {
     pub node_id: u64,
     pub node_header: HeaderValue,
     pub store: Arc<Store>,
-    pub writer: Arc<dyn CommandSubmitter>,
     pub cache: Arc<ResponseCache>,
     pub tokens: TokenService,
     pub throttle: LoginThrottle,
@@ -38,14 +37,14 @@ pub struct AppState {
     pub trusted_proxies: Vec<IpAddr>,
     /// Bearer token of `GET /metrics`; empty: only loopback peers may read it.
     pub metrics_token: String,
-    /// The replicated log, when the node runs one (always, from `soundwave node`).
-    pub cluster: Option<Arc<Cluster>>,
+    /// The write path: the replicated log (a one-member cluster when the node runs alone).
+    pub cluster: Arc<Cluster>,
 }
 
 impl AppState {
     /// Submits a command and waits until it is applied; a rejection becomes its API error.
     pub async fn submit(&self, command: Command) -> ApiResult<CommandOutcome> {
-        submit(self.writer.as_ref(), command).await
+        submit(self.cluster.as_ref(), command).await
     }
 
     pub fn read(&self) -> ApiResult<StoreReader> {

@@ -343,8 +343,8 @@ fn route_label(route: &str) -> &str {
 /// leader had committed when the read began (openraft's read index), so the local read that
 /// follows is linearizable. Other reads are local, from the cache where possible.
 async fn strong_read_barrier(state: &AppState, strong: bool) -> ApiResult<()> {
-    if strong && let Some(cluster) = &state.cluster {
-        cluster.linearizable_barrier().await?;
+    if strong {
+        state.cluster.linearizable_barrier().await?;
     }
     Ok(())
 }
