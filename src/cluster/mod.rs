@@ -11,7 +11,7 @@
 
 mod config;
 mod health;
-pub mod network;
+mod network;
 mod node;
 mod peer_api;
 mod proposer;
@@ -22,6 +22,3 @@ mod waiters;
 
 pub use config::ClusterError;
 pub use node::Cluster;
-pub use proposer::ProposeError;
-pub use snapshot::{SNAPSHOT_FILE, snapshot_due};
-pub use waiters::Waiters;
