@@ -1,7 +1,7 @@
-//! The node's state, shared by every request handler: the store and its write path, the
-//! response cache, the token service and the login and sign-up limits, request limits,
-//! metrics, and the cluster when the node runs one. It depends on nothing that serves
-//! requests; the handlers (`api`), the extractors and the start-up depend on it.
+//! The node's state, shared by every request handler: the store and its write path (the
+//! cluster), the response cache, the token service and the login and sign-up limits,
+//! request limits and metrics. It depends on nothing that serves requests; the handlers
+//! (`api`), the extractors and the start-up depend on it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
