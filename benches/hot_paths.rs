@@ -1,10 +1,12 @@
-//! Criterion benches of in-process hot paths: applying an order, a cached product-list hit
-//! through the whole router, building the uncached list of 1,000 products, filtered product
-//! lists over 100,000 products (in the store and uncached through the router), and verifying
-//! a JWT. Run with `cargo bench --bench hot_paths`.
+//! Criterion benches of in-process hot paths: an order written as the node writes it
+//! (through a one-member cluster), a cached product-list hit through the whole router,
+//! building the uncached list of 1,000 products, filtered product lists over 100,000
+//! products (in the store and uncached through the router), catalog writes, and verifying a
+//! JWT. Run with `cargo bench --bench hot_paths`.
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -14,6 +16,7 @@ use rust_decimal::Decimal;
 use soundwave::auth::{TokenService, TokenType};
 use soundwave::config::Config;
 use soundwave::output::{ProductJson, json_bytes};
+use soundwave::state::AppState;
 use store::{
     ChangeSet, Command, CommandOutcome, OrderLine, OrderLines, ProductChanges, ProductQuery,
     ProductSort, Store,
@@ -83,34 +86,42 @@ fn three_item_order(n: u64) -> Command {
     }
 }
 
+/// Orders written as the node writes them: submitted to a one-member cluster (appended to
+/// the raft log, made durable, applied by the state machine, then answered).
 fn apply_order(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = demo_store(&dir);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let state = runtime.block_on(node_state(&dir, &store));
+    let next = Arc::new(AtomicU64::new(0));
     let mut group = c.benchmark_group("apply");
-    let mut n = 0u64;
-    group.bench_function("3-item order, own durable commit", |b| {
-        b.iter(|| {
-            n += 1;
-            let mut changes = ChangeSet::default();
-            let results = store
-                .apply_batch(&[three_item_order(n)], &mut changes)
-                .expect("apply");
-            assert!(matches!(results[0], Ok(CommandOutcome::Order { .. })));
+    group.bench_function("3-item order, submitted alone", |b| {
+        b.to_async(&runtime).iter(|| {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            let state = state.clone();
+            async move {
+                let outcome = state.submit(three_item_order(n)).await.expect("order");
+                assert!(matches!(outcome, CommandOutcome::Order { .. }));
+            }
         })
     });
-    group.bench_function("100 3-item orders, one durable commit", |b| {
-        b.iter(|| {
-            let batch: Vec<Command> = (0..100)
-                .map(|_| {
-                    n += 1;
-                    three_item_order(n)
-                })
-                .collect();
-            let mut changes = ChangeSet::default();
-            black_box(store.apply_batch(&batch, &mut changes).expect("apply"));
+    group.bench_function("100 3-item orders, submitted together", |b| {
+        b.to_async(&runtime).iter(|| {
+            let state = state.clone();
+            let next = next.clone();
+            async move {
+                let mut orders = tokio::task::JoinSet::new();
+                for _ in 0..100 {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let state = state.clone();
+                    orders.spawn(async move { state.submit(three_item_order(n)).await });
+                }
+                black_box(orders.join_all().await)
+            }
         })
     });
     group.finish();
+    runtime.block_on(state.cluster.shutdown());
 }
 
 fn product_list(c: &mut Criterion) {
@@ -132,12 +143,8 @@ fn product_list(c: &mut Criterion) {
     });
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut config = Config::default();
-    config.auth.jwt_secret = "bench-secret".into();
-    let state = runtime
-        .block_on(soundwave::node::local_state(&config, store.clone()))
-        .expect("state");
-    let app = soundwave::api::router(state);
+    let state = runtime.block_on(node_state(&dir, &store));
+    let app = soundwave::api::router(state.clone());
     let request = || {
         Request::get("/api/products?limit=1000")
             .body(Body::empty())
@@ -154,6 +161,18 @@ fn product_list(c: &mut Criterion) {
             async move { black_box(app.oneshot(request()).await.expect("response")) }
         })
     });
+    runtime.block_on(state.cluster.shutdown());
+}
+
+/// The node's state over `store`, its writes going through a one-member cluster as
+/// `soundwave node` runs alone (stop it with `Cluster::shutdown`).
+async fn node_state(dir: &tempfile::TempDir, store: &Arc<Store>) -> Arc<AppState> {
+    let mut config = Config::default();
+    config.auth.jwt_secret = "bench-secret".into();
+    config.node.data_dir = dir.path().to_path_buf();
+    soundwave::startup::node_state(&config, store.clone())
+        .await
+        .expect("state")
 }
 
 /// A store with 6 categories and `count` demo products.
@@ -223,11 +242,7 @@ fn filtered_lists(c: &mut Criterion) {
     group.finish();
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mut config = Config::default();
-    config.auth.jwt_secret = "bench-secret".into();
-    let state = runtime
-        .block_on(soundwave::node::local_state(&config, store.clone()))
-        .expect("state");
+    let state = runtime.block_on(node_state(&dir, &store));
     let app = soundwave::api::router(state.clone());
     let mut group = c.benchmark_group("100k products, uncached list through the router");
     group
@@ -256,7 +271,7 @@ fn filtered_lists(c: &mut Criterion) {
     group.finish();
 
     // A write that moves a product in name order makes the next catalog index (a few linear
-    // passes over it); a stock change leaves the index alone. Each is its own durable commit.
+    // passes over it); a stock change leaves the index alone. Each is submitted alone.
     let mut group = c.benchmark_group("100k products, catalog writes");
     group
         .sample_size(30)
@@ -264,10 +279,8 @@ fn filtered_lists(c: &mut Criterion) {
     let mut n = 0u32;
     let update = |changes: ProductChanges| {
         let command = Command::UpdateProduct { id: 1, changes };
-        let results = store
-            .apply_batch(&[command], &mut ChangeSet::default())
-            .expect("apply");
-        assert!(results[0].is_ok(), "{results:?}");
+        let outcome = runtime.block_on(state.submit(command));
+        assert!(outcome.is_ok(), "{outcome:?}");
     };
     group.bench_function("rename 1 product", |b| {
         b.iter(|| {
@@ -291,8 +304,9 @@ fn filtered_lists(c: &mut Criterion) {
 
     // Opening builds the catalog index from the products table.
     let path = store.path().to_path_buf();
+    // Raft's tasks hold the store until the cluster stops.
+    runtime.block_on(state.cluster.shutdown());
     drop((app, state));
-    // The writer thread lets go of the store once its last handle is gone.
     while Arc::strong_count(&store) > 1 {
         std::thread::sleep(Duration::from_millis(5));
     }

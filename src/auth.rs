@@ -1,6 +1,7 @@
 //! Authentication: simplejwt-compatible HS256 tokens ([`TokenService`]), argon2id password
-//! hashing off the async runtime, the failed-login throttle, and the extractors that turn
-//! an `Authorization: Bearer` header into a [`Principal`].
+//! hashing off the async runtime, the failed-login throttle and the sign-up limit, and who
+//! a request acts for ([`Principal`], [`Staff`]; the API's extractors make them from an
+//! `Authorization: Bearer` header).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -8,16 +9,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
-use axum::extract::FromRequestParts;
-use http::header;
-use http::request::Parts;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use store::Id;
 
-use crate::cache::{CacheKey, Principal};
+use crate::clock::unix_seconds;
 use crate::error::{ApiError, ApiResult};
-use crate::node::AppState;
+use crate::random::random_hex;
 
 /// OWASP's argon2id recommendation: 19 MiB of memory, 2 iterations, 1 lane.
 const ARGON2_MEMORY_KIB: u32 = 19 * 1024;
@@ -108,35 +106,6 @@ impl TokenService {
         }
         Ok(data.claims)
     }
-}
-
-pub fn unix_seconds() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Microseconds since the epoch, the store's timestamp unit.
-pub fn unix_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
-pub fn random_bytes(len: usize) -> ApiResult<Vec<u8>> {
-    let mut bytes = vec![0u8; len];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| ApiError::Internal(format!("no randomness available: {e}")))?;
-    Ok(bytes)
-}
-
-pub fn random_hex(len: usize) -> ApiResult<String> {
-    Ok(random_bytes(len)?
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }
 
 fn argon2() -> Argon2<'static> {
@@ -459,65 +428,16 @@ impl SignupLimit {
     }
 }
 
-impl FromRequestParts<Arc<AppState>> for Principal {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Self> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or(ApiError::NotAuthenticated)?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or(ApiError::NotAuthenticated)?;
-        let claims = state.tokens.verify(token, TokenType::Access)?;
-        state
-            .principal(claims.user_id)?
-            .ok_or(ApiError::InvalidToken)
-    }
+/// Who a token belongs to, as far as permissions go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub id: Id,
+    pub username: String,
+    pub is_staff: bool,
 }
 
 /// A principal who is staff; anyone else gets 403.
 pub struct Staff(pub Principal);
-
-impl FromRequestParts<Arc<AppState>> for Staff {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> ApiResult<Self> {
-        let principal = Principal::from_request_parts(parts, state).await?;
-        if principal.is_staff {
-            Ok(Staff(principal))
-        } else {
-            Err(ApiError::Forbidden)
-        }
-    }
-}
-
-impl AppState {
-    /// The user behind an id, from the cache or the store.
-    pub fn principal(&self, id: Id) -> ApiResult<Option<Principal>> {
-        let key = CacheKey::Principal {
-            generation: self.cache.user_generation(id),
-            id,
-        };
-        if let Some(principal) = self.cache.get_principal(&key) {
-            return Ok(Some(principal));
-        }
-        let Some(user) = self.store.read()?.user(id)? else {
-            return Ok(None);
-        };
-        let principal = Principal {
-            id,
-            username: user.username,
-            is_staff: user.is_staff,
-        };
-        self.cache.put_principal(key, principal.clone());
-        Ok(Some(principal))
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,10 @@ use http::HeaderValue;
 use metrics::Counter;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
-use store::{ApplyObserver, ChangeSet, Id, ProductSort};
+use store::{ChangeSet, Id, ProductQuery, ProductSort, Store, StoreError, StoreReader};
+
+use crate::auth::Principal;
+use crate::output::{ProductJson, json_bytes};
 
 /// Generation stripes for per-product and per-user invalidation. Two ids sharing a stripe
 /// only means one is invalidated needlessly now and then.
@@ -100,14 +103,6 @@ pub struct CachedBody {
     pub total_count: Option<usize>,
     /// The `Link` header's value, ready to send.
     pub next_link: Option<HeaderValue>,
-}
-
-/// Who a token belongs to, as far as permissions go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub id: Id,
-    pub username: String,
-    pub is_staff: bool,
 }
 
 /// One page of a product list as ids, and how many products match in all.
@@ -339,9 +334,113 @@ impl ResponseCache {
     }
 }
 
-impl ApplyObserver for ResponseCache {
-    fn applied(&self, changes: &ChangeSet) {
-        self.invalidate(changes);
+/// Product lists. A list is rebuilt after every stock change, so it is built from cached
+/// parts: the ids the query selects ([`ProductIds`], kept across stock and price changes,
+/// until a product joins, leaves or moves in a list) and each product's JSON (the bytes of
+/// its detail response).
+impl ResponseCache {
+    /// The key of one product's detail response.
+    pub fn product_key(&self, id: Id) -> CacheKey {
+        CacheKey::Product {
+            generation: self.product_generation(id),
+            id,
+        }
+    }
+
+    /// The JSON array of the products `query` selects, and how many match in all.
+    pub fn product_list(
+        &self,
+        store: &Store,
+        query: &ProductQuery,
+    ) -> Result<(Bytes, usize), StoreError> {
+        let page = self.product_ids(store, query)?;
+        match self.assemble_list(store, &page.ids)? {
+            Some(body) => Ok((body, page.total)),
+            None => {
+                // A product went away between the cached ids and now: one consistent read.
+                let fresh = store.read()?.products(query)?;
+                let json: Vec<ProductJson> = fresh.items.iter().map(ProductJson::from).collect();
+                Ok((json_bytes(&json), fresh.total))
+            }
+        }
+    }
+
+    /// A JSON array of the products with these ids, or `None` if one no longer exists.
+    fn assemble_list(&self, store: &Store, ids: &[u64]) -> Result<Option<Bytes>, StoreError> {
+        let mut body = Vec::with_capacity(2 + ids.len() * 256);
+        body.push(b'[');
+        let mut reader = None;
+        for (n, &id) in ids.iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            match self.product_json(store, &mut reader, id)? {
+                Some(json) => body.extend_from_slice(&json),
+                None => return Ok(None),
+            }
+        }
+        body.push(b']');
+        Ok(Some(body.into()))
+    }
+
+    /// The ids a product list query selects, from the cache or the store.
+    fn product_ids(
+        &self,
+        store: &Store,
+        query: &ProductQuery,
+    ) -> Result<Arc<ProductIds>, StoreError> {
+        let key = CacheKey::ProductIds {
+            listing: self.product_listing_generation(),
+            category: query.category,
+            name: query.name_contains.clone(),
+            sort: query.sort,
+            limit: query.limit,
+            offset: query.offset,
+        };
+        if let Some(page) = self.get_ids(&key) {
+            return Ok(page);
+        }
+        let page = store.read()?.products(query)?;
+        let ids = Arc::new(ProductIds {
+            ids: page.items.iter().map(|p| p.id).collect(),
+            total: page.total,
+        });
+        self.put_ids(key, ids.clone());
+        Ok(ids)
+    }
+
+    /// One product's JSON, the same bytes as its detail response: from the cache, or read
+    /// (through one reader shared by a whole list) and cached. `None` if it no longer exists.
+    fn product_json(
+        &self,
+        store: &Store,
+        reader: &mut Option<StoreReader>,
+        id: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let key = self.product_key(id);
+        if let Some(hit) = self.peek_body(&key) {
+            return Ok(Some(hit.body));
+        }
+        let reader = match reader {
+            Some(reader) => reader,
+            None => reader.insert(store.read()?),
+        };
+        let Some(product) = reader.product(id)? else {
+            return Ok(None);
+        };
+        let body = json_bytes(&ProductJson::from(&product));
+        // Only products on sale may answer their detail from the cache.
+        if !product.archived {
+            self.put_body(
+                key,
+                CachedBody {
+                    body: body.clone(),
+                    total_count: None,
+                    next_link: None,
+                },
+            );
+        }
+        Ok(Some(body))
     }
 }
 

@@ -1,5 +1,5 @@
 //! Configuration: defaults, then `config.toml`, then `SOUNDWAVE_*` environment variables and
-//! command-line flags (see [`crate::cli`]), in that order of precedence.
+//! command-line flags (the `cli` module), in that order of precedence.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

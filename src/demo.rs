@@ -15,7 +15,8 @@ use tokio::task::JoinSet;
 
 use crate::auth;
 use crate::error::{ApiError, ApiResult};
-use crate::node::{AppState, NodeError};
+use crate::startup::NodeError;
+use crate::state::AppState;
 use std::sync::Arc;
 
 /// Commands submitted at once while seeding (the writer batches them into few commits).
@@ -256,7 +257,7 @@ pub fn demo_products(category_ids: &[u64], count: usize, extra_stock: u32) -> Ve
 
 fn random_password() -> Result<String, ApiError> {
     const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    Ok(auth::random_bytes(16)?
+    Ok(crate::random::random_bytes(16)?
         .iter()
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
         .collect())
@@ -342,7 +343,7 @@ fn new_user(username: &str, password_hash: String, is_staff: bool) -> Command {
         phone_number: String::new(),
         password_hash,
         is_staff,
-        date_joined: auth::unix_micros(),
+        date_joined: crate::clock::unix_micros(),
     })
 }
 
@@ -429,7 +430,12 @@ pub async fn seed(state: &Arc<AppState>, data_dir: &Path, size: DemoSize) -> Res
             "demo buyers: username={BUYER_PREFIX}1..{BUYER_PREFIX}{buyer_count} password={password}\n"
         ));
         let orders_started = Instant::now();
-        let orders = demo_orders(&product_ids, &buyer_ids, size.orders, auth::unix_micros());
+        let orders = demo_orders(
+            &product_ids,
+            &buyer_ids,
+            size.orders,
+            crate::clock::unix_micros(),
+        );
         let mut placed = 0usize;
         submit_each(state, orders, |outcome| {
             if matches!(outcome, Ok(CommandOutcome::Order { .. })) {
@@ -444,7 +450,7 @@ pub async fn seed(state: &Arc<AppState>, data_dir: &Path, size: DemoSize) -> Res
             orders_started.elapsed().as_secs_f64()
         ));
     }
-    crate::up::write_private(&credentials_path, &lines).map_err(|e| {
+    crate::private_files::write_private(&credentials_path, &lines).map_err(|e| {
         NodeError::Startup(format!("cannot write {}: {e}", credentials_path.display()))
     })?;
     println!("{summary} in {:.1} s", started.elapsed().as_secs_f64());

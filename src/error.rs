@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
-use store::{Rejection, StockShortage, StoreError};
+use store::{CommandOutcome, Rejection, StockShortage, StoreError};
 
 /// Field name → messages, as Django REST framework reports validation errors.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
@@ -51,6 +51,11 @@ pub enum ApiError {
 impl ApiError {
     pub fn field(name: &str, message: impl Into<String>) -> ApiError {
         ApiError::Fields(BTreeMap::from([(name.to_owned(), vec![message.into()])]))
+    }
+
+    /// A command answered with an outcome of another kind: a bug, reported as a 500.
+    pub fn unexpected(outcome: CommandOutcome) -> ApiError {
+        ApiError::Internal(format!("unexpected command outcome: {outcome:?}"))
     }
 
     pub fn status(&self) -> StatusCode {

@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, FieldErrors};
-use crate::node::AppState;
+use crate::state::AppState;
 
 /// Most digits a price may have in all, and after the point.
 const MONEY_MAX_DIGITS: u32 = 10;

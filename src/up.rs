@@ -130,25 +130,13 @@ fn cluster_secret(config: &Config) -> Result<String, UpError> {
     {
         return Ok(secret.trim().to_owned());
     }
-    let secret = crate::auth::random_hex(32).map_err(|e| UpError::Secret {
+    let secret = crate::random::random_hex(32).map_err(|e| UpError::Secret {
         path: path.clone(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    write_private(&path, &secret).map_err(|source| UpError::Secret { path, source })?;
+    crate::private_files::write_private(&path, &secret)
+        .map_err(|source| UpError::Secret { path, source })?;
     Ok(secret)
-}
-
-/// Writes a file only its owner may read (secrets, demo passwords), creating its directory.
-pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(text.as_bytes())
 }
 
 fn terminate(children: &mut [ChildProcess]) {

@@ -1,6 +1,6 @@
 //! Sign-up, users/me, JWT obtain/refresh/rotation, forged and expired tokens, login throttling.
-mod common;
 use common::*;
+use soundwave_testkit as common;
 
 const SECRET: &str = "integration-test-jwt-secret-0123456789";
 

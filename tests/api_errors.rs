@@ -1,6 +1,6 @@
 //! The error table, path forms, node header, health and metrics.
-mod common;
 use common::*;
+use soundwave_testkit as common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_is_400_with_detail() {

@@ -1,6 +1,6 @@
 //! Cart lines and orders: ownership, totals, stock, cancel, idempotency, validation.
-mod common;
 use common::*;
+use soundwave_testkit as common;
 
 struct Shop {
     node: Node,

@@ -1,7 +1,7 @@
 //! The storefront (`/`) and the admin (`/admin/`) in a real headless Chromium, against a real
 //! node; what the pages did is checked again through the JSON API. Each scenario ends with a
 //! screenshot of its final page under `target/screenshots/`.
-mod common;
+use soundwave_testkit as common;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -3,9 +3,9 @@
 //! node not stopping the others, identical state digests, and a peer API closed without
 //! the secret.
 
-mod common;
 use common::cluster::{CLUSTER_SECRET, SECRET_HEADER, TestCluster};
 use common::*;
+use soundwave_testkit as common;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

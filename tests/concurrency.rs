@@ -1,6 +1,6 @@
 //! Many clients buying at once: no overselling, no lost updates.
-mod common;
 use common::*;
+use soundwave_testkit as common;
 use std::sync::Arc;
 
 async fn users(node: &Arc<Node>, n: usize) -> Vec<TestUser> {

@@ -1,6 +1,6 @@
 //! `--demo`: seeded catalog and demo users, seeded only once.
-mod common;
 use common::*;
+use soundwave_testkit as common;
 
 const DEMO_CATEGORIES: [&str; 6] = [
     "Merch",

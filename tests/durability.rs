@@ -1,6 +1,6 @@
 //! Acknowledged writes survive SIGKILL.
-mod common;
 use common::*;
+use soundwave_testkit as common;
 use std::collections::BTreeMap;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! Faults and abuse a node must survive (issue 15): idle, trickling and too many
 //! connections, a damaged store file, a panicking request. Real processes, bounded in time.
-mod common;
 use common::*;
+use soundwave_testkit as common;
 
 use serde_json::json;
 use std::io::{Read, Write};

@@ -2,7 +2,7 @@
 //! primaries, one backup) and clients from many source addresses; and scripted upstreams for
 //! the exact headers, internal paths, limits, retries and the SIGTERM drain.
 
-mod common;
+use soundwave_testkit as common;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

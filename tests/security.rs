@@ -1,7 +1,7 @@
 //! What an attacker must not get (issue 20): the store's secrets through file modes, ...
 //! Real processes, as a local user or a client would meet them.
-mod common;
 use common::*;
+use soundwave_testkit as common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -10,14 +10,14 @@ use http::{HeaderMap, StatusCode};
 use serde_json::json;
 use store::{Command, CommandOutcome, NewUser};
 
-use super::catalog::unexpected;
-use super::{cached, send_json};
+use super::response::{cached, send_json};
+use crate::auth::Principal;
 use crate::auth::{self, TokenType};
-use crate::cache::{CacheKey, CachedBody, Principal};
+use crate::cache::{CacheKey, CachedBody};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Fields, JsonObject};
-use crate::node::AppState;
 use crate::output::{UserJson, json_bytes};
+use crate::state::AppState;
 
 const USERNAME_MAX_CHARS: usize = 150;
 const PASSWORD_MIN_CHARS: usize = 8;
@@ -106,14 +106,14 @@ pub async fn sign_up(
         phone_number,
         password_hash,
         is_staff: false,
-        date_joined: auth::unix_micros(),
+        date_joined: crate::clock::unix_micros(),
     });
     match state.submit(command).await? {
         CommandOutcome::User(user) => Ok(send_json(
             StatusCode::CREATED,
             json_bytes(&UserJson::from(&user)),
         )),
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected(other)),
     }
 }
 
@@ -202,7 +202,7 @@ pub async fn refresh_token(
         .submit(Command::ConsumeRefreshToken {
             jti: claims.jti,
             expires_at: claims.exp.saturating_mul(1_000_000),
-            now: auth::unix_micros(),
+            now: crate::clock::unix_micros(),
         })
         .await?;
     token_pair_response(&state, claims.user_id)

@@ -4,19 +4,17 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::Response;
-use bytes::Bytes;
 use http::StatusCode;
-use store::{
-    Command, CommandOutcome, NewProduct, ProductChanges, ProductQuery, ProductSort, StoreReader,
-};
+use store::{Command, CommandOutcome, NewProduct, ProductChanges, ProductQuery, ProductSort};
 
-use super::{IdPath, PageRequest, QueryParams, cached, no_content, send_json};
+use super::request::{IdPath, PageRequest, QueryParams};
+use super::response::{cached, no_content, send_json};
 use crate::auth::Staff;
-use crate::cache::{CacheKey, CachedBody, ProductIds};
+use crate::cache::{CacheKey, CachedBody};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Fields, JsonObject};
-use crate::node::AppState;
 use crate::output::{CategoryJson, ProductJson, json_bytes};
+use crate::state::AppState;
 
 const NAME_MAX_CHARS: usize = 200;
 const DESCRIPTION_MAX_CHARS: usize = 10_000;
@@ -87,13 +85,6 @@ fn product_list_key(state: &AppState, query: &ProductQuery) -> CacheKey {
     }
 }
 
-fn product_key(state: &AppState, id: u64) -> CacheKey {
-    CacheKey::Product {
-        generation: state.cache.product_generation(id),
-        id,
-    }
-}
-
 /// A catalog read the router's cached-read fast path ([`super::CachedReads`]) may answer.
 #[derive(Debug, PartialEq)]
 pub(super) enum CatalogRead {
@@ -150,7 +141,7 @@ impl CatalogRead {
     /// The key its handler caches the answer under, so a hit is the body it would send.
     pub(super) fn cache_key(&self, state: &AppState) -> CacheKey {
         match self {
-            CatalogRead::Product(id) => product_key(state, *id),
+            CatalogRead::Product(id) => state.cache.product_key(*id),
             CatalogRead::Category(id) => category_key(state, *id),
             CatalogRead::Products(query) => product_list_key(state, query),
             CatalogRead::Categories(page) => category_list_key(state, *page),
@@ -179,7 +170,7 @@ async fn write_category(
             status,
             json_bytes(&CategoryJson::from(&category)),
         )),
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected(other)),
     }
 }
 
@@ -279,112 +270,24 @@ pub async fn list_products(
     let query = product_query(&params, state.limits.page_size)?;
     let key = product_list_key(&state, &query);
     cached(&state, key, || {
-        // Rebuilt after every stock change, so built from cached parts: the ids the query
-        // selects (kept across stock and price changes) and each product's JSON.
-        let mut page = product_ids(&state, &query)?;
-        let body = match assemble_list(&state, &page.ids)? {
-            Some(body) => body,
-            None => {
-                // A product went away between the cached ids and now: one consistent read.
-                let fresh = state.read()?.products(&query)?;
-                page = Arc::new(ProductIds {
-                    ids: fresh.items.iter().map(|p| p.id).collect(),
-                    total: fresh.total,
-                });
-                let json: Vec<ProductJson> = fresh.items.iter().map(ProductJson::from).collect();
-                json_bytes(&json)
-            }
-        };
+        let (body, total) = state.cache.product_list(&state.store, &query)?;
         let request = PageRequest {
             limit: query.limit,
             offset: query.offset,
         };
         Ok(CachedBody {
             body,
-            total_count: Some(page.total),
-            next_link: request.next_link("/api/products/", &params, page.total),
+            total_count: Some(total),
+            next_link: request.next_link("/api/products/", &params, total),
         })
     })
-}
-
-/// A JSON array of the products with these ids, or `None` if one no longer exists.
-fn assemble_list(state: &AppState, ids: &[u64]) -> ApiResult<Option<Bytes>> {
-    let mut body = Vec::with_capacity(2 + ids.len() * 256);
-    body.push(b'[');
-    let mut reader = None;
-    for (n, &id) in ids.iter().enumerate() {
-        if n > 0 {
-            body.push(b',');
-        }
-        match product_json(state, &mut reader, id)? {
-            Some(json) => body.extend_from_slice(&json),
-            None => return Ok(None),
-        }
-    }
-    body.push(b']');
-    Ok(Some(body.into()))
-}
-
-/// The ids a product list query selects, from the cache or the store.
-fn product_ids(state: &AppState, query: &ProductQuery) -> ApiResult<Arc<ProductIds>> {
-    let key = CacheKey::ProductIds {
-        listing: state.cache.product_listing_generation(),
-        category: query.category,
-        name: query.name_contains.clone(),
-        sort: query.sort,
-        limit: query.limit,
-        offset: query.offset,
-    };
-    if let Some(page) = state.cache.get_ids(&key) {
-        return Ok(page);
-    }
-    let page = state.read()?.products(query)?;
-    let ids = Arc::new(ProductIds {
-        ids: page.items.iter().map(|p| p.id).collect(),
-        total: page.total,
-    });
-    state.cache.put_ids(key, ids.clone());
-    Ok(ids)
-}
-
-/// One product's JSON, the same bytes as its detail response: from the cache, or read
-/// (through one reader shared by a whole list) and cached. `None` if it no longer exists.
-fn product_json(
-    state: &AppState,
-    reader: &mut Option<StoreReader>,
-    id: u64,
-) -> ApiResult<Option<Bytes>> {
-    let key = product_key(state, id);
-    if let Some(hit) = state.cache.peek_body(&key) {
-        return Ok(Some(hit.body));
-    }
-    let reader = match reader {
-        Some(reader) => reader,
-        None => reader.insert(state.read()?),
-    };
-    let Some(product) = reader.product(id)? else {
-        return Ok(None);
-    };
-    let body = json_bytes(&ProductJson::from(&product));
-    // Only products on sale may answer their detail from the cache.
-    if !product.archived {
-        state.cache.put_body(
-            key,
-            CachedBody {
-                body: body.clone(),
-                total_count: None,
-                next_link: None,
-            },
-        );
-    }
-    Ok(Some(body))
 }
 
 pub async fn get_product(
     State(state): State<Arc<AppState>>,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
-    let key = product_key(&state, id);
+    let key = state.cache.product_key(id);
     cached(&state, key, || {
         let product = state
             .read()?
@@ -437,7 +340,7 @@ async fn write_product(
         CommandOutcome::Product(product) => {
             Ok(send_json(status, json_bytes(&ProductJson::from(&product))))
         }
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected(other)),
     }
 }
 
@@ -501,11 +404,6 @@ pub async fn delete_product(
 ) -> ApiResult<Response> {
     state.submit(Command::DeleteProduct { id }).await?;
     Ok(no_content())
-}
-
-/// A command answered with an outcome of another kind: a bug, reported as a 500.
-pub fn unexpected(outcome: CommandOutcome) -> ApiError {
-    ApiError::Internal(format!("unexpected command outcome: {outcome:?}"))
 }
 
 #[cfg(test)]

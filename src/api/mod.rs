@@ -6,6 +6,8 @@ mod catalog;
 mod ops;
 mod orders;
 mod pages;
+mod request;
+mod response;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,17 +16,15 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use bytes::Bytes;
-use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 
-use crate::cache::{CacheKey, CachedBody};
 use crate::error::{ApiError, ApiResult};
-use crate::node::AppState;
+use crate::state::AppState;
 
 /// The API's routes. Each answers with and without its trailing slash (`/api/products/1/`
 /// as Django REST framework spells it, and `/api/products/1`): both are registered, so no
@@ -269,7 +269,7 @@ impl CachedReads {
         let read = catalog::CatalogRead::parse(uri.path(), uri.query(), state.limits.page_size)?;
         let route = read.route();
         let hit = state.cache.get_body(&read.cache_key(state))?;
-        let mut response = send(StatusCode::OK, &hit);
+        let mut response = response::send(StatusCode::OK, &hit);
         response
             .headers_mut()
             .insert("x-soundwave-node", state.node_header.clone());
@@ -343,8 +343,8 @@ fn route_label(route: &str) -> &str {
 /// leader had committed when the read began (openraft's read index), so the local read that
 /// follows is linearizable. Other reads are local, from the cache where possible.
 async fn strong_read_barrier(state: &AppState, strong: bool) -> ApiResult<()> {
-    if strong && let Some(cluster) = &state.cluster {
-        cluster.linearizable_barrier().await?;
+    if strong {
+        state.cluster.linearizable_barrier().await?;
     }
     Ok(())
 }
@@ -356,221 +356,4 @@ fn wants_strong_read<B>(request: &http::Request<B>) -> bool {
             .uri()
             .query()
             .is_some_and(|q| q.split('&').any(|pair| pair == "consistency=strong"))
-}
-
-/// A record id from the path. Anything but a positive integer is a 404, as no such
-/// record can exist.
-pub struct IdPath(pub u64);
-
-impl<S: Send + Sync> FromRequestParts<S> for IdPath {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<Self> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::NotFound)?;
-        raw.parse::<u64>()
-            .ok()
-            .filter(|&id| id > 0)
-            .map(IdPath)
-            .ok_or(ApiError::NotFound)
-    }
-}
-
-/// A request's query parameters, decoded once (`application/x-www-form-urlencoded`), the
-/// last value of a repeated key winning. A request carries a handful: a scan of a short
-/// list beats building a hash map (and serde's deserializer) for each request.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct QueryParams(Vec<(String, String)>);
-
-impl QueryParams {
-    pub fn parse(query: &str) -> QueryParams {
-        let mut pairs: Vec<(String, String)> = Vec::new();
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            match pairs.iter_mut().find(|(k, _)| *k == key) {
-                Some(pair) => pair.1 = value.into_owned(),
-                None => pairs.push((key.into_owned(), value.into_owned())),
-            }
-        }
-        QueryParams(pairs)
-    }
-
-    pub fn get(&self, name: &str) -> Option<&String> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.0.iter().map(|(k, v)| (k, v))
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .uri
-            .query()
-            .map(QueryParams::parse)
-            .unwrap_or_default())
-    }
-}
-
-/// `limit` and `offset` of a list request, capped at the configured page size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageRequest {
-    pub limit: usize,
-    pub offset: usize,
-}
-
-impl PageRequest {
-    pub fn parse(params: &QueryParams, page_size: usize) -> ApiResult<PageRequest> {
-        let number = |name: &str, min: usize| -> ApiResult<Option<usize>> {
-            match params.get(name) {
-                None => Ok(None),
-                Some(raw) if raw.is_empty() => Ok(None),
-                Some(raw) => match raw.parse::<usize>() {
-                    Ok(value) if value >= min => Ok(Some(value)),
-                    _ => Err(ApiError::field(
-                        name,
-                        format!("Ensure this value is an integer greater than or equal to {min}."),
-                    )),
-                },
-            }
-        };
-        Ok(PageRequest {
-            limit: number("limit", 1)?.unwrap_or(page_size).min(page_size),
-            offset: number("offset", 0)?.unwrap_or(0),
-        })
-    }
-
-    /// The `Link` header of the next page, when entries remain after this one.
-    pub fn next_link(&self, path: &str, params: &QueryParams, total: usize) -> Option<HeaderValue> {
-        let next_offset = self.offset.checked_add(self.limit)?;
-        if next_offset >= total {
-            return None;
-        }
-        let mut pairs: Vec<(&str, String)> = params
-            .iter()
-            .filter(|(k, _)| k.as_str() != "limit" && k.as_str() != "offset")
-            .map(|(k, v)| (k.as_str(), v.clone()))
-            .collect();
-        pairs.sort();
-        pairs.push(("limit", self.limit.to_string()));
-        pairs.push(("offset", next_offset.to_string()));
-        let query: Vec<String> = pairs
-            .into_iter()
-            .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(&v)))
-            .collect();
-        // Percent-encoded, so always a valid header value.
-        HeaderValue::from_str(&format!("<{path}?{}>; rel=\"next\"", query.join("&"))).ok()
-    }
-}
-
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-/// Sends a JSON body (cached or fresh) with its list headers.
-pub fn send(status: StatusCode, cached: &CachedBody) -> Response {
-    let mut response = (status, Body::from(cached.body.clone())).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(total) = cached.total_count {
-        headers.insert("x-total-count", HeaderValue::from(total));
-    }
-    if let Some(link) = &cached.next_link {
-        headers.insert(header::LINK, link.clone());
-    }
-    response
-}
-
-/// Answers from the cache, or builds the body, caches it and answers. The key must be built
-/// (generations read) before `build` reads the store.
-pub fn cached(
-    state: &AppState,
-    key: CacheKey,
-    build: impl FnOnce() -> ApiResult<CachedBody>,
-) -> ApiResult<Response> {
-    if let Some(hit) = state.cache.get_body(&key) {
-        return Ok(send(StatusCode::OK, &hit));
-    }
-    let fresh = build()?;
-    let response = send(StatusCode::OK, &fresh);
-    state.cache.put_body(key, fresh);
-    Ok(response)
-}
-
-/// A JSON body that is not cached.
-pub fn send_json(status: StatusCode, body: Bytes) -> Response {
-    send(
-        status,
-        &CachedBody {
-            body,
-            total_count: None,
-            next_link: None,
-        },
-    )
-}
-
-pub fn no_content() -> Response {
-    StatusCode::NO_CONTENT.into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn params(pairs: &[(&str, &str)]) -> QueryParams {
-        QueryParams(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
-    #[test]
-    fn query_parameters_are_decoded_and_the_last_repeated_value_wins() {
-        let params = QueryParams::parse("limit=5&name=Red%20Guitar&limit=7&q=a+b&empty=&flag");
-        assert_eq!(params.get("limit").map(String::as_str), Some("7"));
-        assert_eq!(params.get("name").map(String::as_str), Some("Red Guitar"));
-        assert_eq!(params.get("q").map(String::as_str), Some("a b"));
-        assert_eq!(params.get("empty").map(String::as_str), Some(""));
-        assert_eq!(params.get("flag").map(String::as_str), Some(""));
-        assert_eq!(params.get("missing"), None);
-        assert_eq!(params.iter().count(), 5);
-    }
-
-    #[test]
-    fn limit_is_capped_at_the_page_size() {
-        let page = PageRequest::parse(&params(&[("limit", "5000")]), 1000).unwrap();
-        assert_eq!(page.limit, 1000);
-        assert!(PageRequest::parse(&params(&[("limit", "0")]), 1000).is_err());
-        assert!(PageRequest::parse(&params(&[("offset", "-1")]), 1000).is_err());
-    }
-
-    #[test]
-    fn next_link_only_when_more_remain() {
-        let query = params(&[("name", "red guitar"), ("limit", "10")]);
-        let page = PageRequest::parse(&query, 1000).unwrap();
-        assert_eq!(page.next_link("/api/products/", &query, 10), None);
-        assert_eq!(
-            page.next_link("/api/products/", &query, 11),
-            Some(HeaderValue::from_static(
-                "</api/products/?name=red%20guitar&limit=10&offset=10>; rel=\"next\""
-            ))
-        );
-    }
 }

@@ -10,10 +10,10 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
-use super::send_json;
+use super::response::send_json;
 use crate::cache::{CacheKey, CachedBody};
-use crate::node::AppState;
 use crate::output::json_bytes;
+use crate::state::AppState;
 
 fn elapsed_ms(started: Instant) -> f64 {
     (started.elapsed().as_secs_f64() * 1e6).round() / 1e3
@@ -77,21 +77,19 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     // A node that has known no leader for longer than an election timeout, or a leader
     // that no quorum acknowledges (cut off from its followers), cannot take writes: it
     // answers 503 so the balancer drains it.
-    let (cluster_ok, cluster) = match &state.cluster {
-        Some(cluster) => {
-            let mut status = cluster.status();
-            let fault = cluster.fault();
-            let quorum = fault.is_none() && cluster.leads_a_quorum().await;
-            let ok = cluster.has_leader() && quorum;
-            status["status"] = json!(if ok { "ok" } else { "error" });
-            if let Some(fault) = fault {
-                status["reason"] = json!(format!("the replicated log stopped: {fault}"));
-            } else if !quorum {
-                status["reason"] = json!("the leader is not acknowledged by a quorum");
-            }
-            (ok, status)
+    let (cluster_ok, cluster) = {
+        let cluster = &state.cluster;
+        let mut status = cluster.status();
+        let fault = cluster.fault();
+        let quorum = fault.is_none() && cluster.leads_a_quorum().await;
+        let ok = cluster.has_leader() && quorum;
+        status["status"] = json!(if ok { "ok" } else { "error" });
+        if let Some(fault) = fault {
+            status["reason"] = json!(format!("the replicated log stopped: {fault}"));
+        } else if !quorum {
+            status["reason"] = json!("the leader is not acknowledged by a quorum");
         }
-        None => (true, json!({ "status": "ok", "role": "single" })),
+        (ok, status)
     };
     let healthy = database_ok && cache_ok && cluster_ok;
     let body = json!({

@@ -12,14 +12,15 @@ use store::{
     OrderLines, OrderView,
 };
 
-use super::catalog::unexpected;
-use super::{IdPath, PageRequest, QueryParams, cached, no_content, send_json};
-use crate::auth::unix_micros;
-use crate::cache::{CacheKey, CachedBody, Principal};
+use super::request::{IdPath, PageRequest, QueryParams};
+use super::response::{cached, no_content, send_json};
+use crate::auth::Principal;
+use crate::cache::{CacheKey, CachedBody};
+use crate::clock::unix_micros;
 use crate::error::{ApiError, ApiResult, FieldErrors};
 use crate::input::{Fields, JsonObject};
-use crate::node::AppState;
 use crate::output::{OrderItemJson, OrderJson, json_bytes};
+use crate::state::AppState;
 
 const IDEMPOTENCY_KEY_MAX_CHARS: usize = 255;
 
@@ -119,7 +120,7 @@ pub async fn create_order_item(
         CommandOutcome::OrderItem(item) => {
             item_response(&state, &principal, item.id, StatusCode::CREATED)
         }
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected(other)),
     }
 }
 
@@ -144,7 +145,7 @@ pub async fn patch_order_item(
         CommandOutcome::OrderItem(item) => {
             item_response(&state, &principal, item.id, StatusCode::OK)
         }
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected(other)),
     }
 }
 
@@ -349,7 +350,7 @@ pub async fn create_order(
             }
             Ok(response)
         }
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected(other)),
     }
 }
 
@@ -367,6 +368,6 @@ pub async fn cancel_order(
             metrics::counter!("soundwave_orders_cancelled_total").increment(1);
             order_response(&state, &principal, order.id, StatusCode::OK)
         }
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected(other)),
     }
 }

@@ -1,16 +1,10 @@
-//! The peer network: openraft's RPCs, forwarded proposals and read-index requests over
-//! HTTP on the peer address, every request carrying the cluster secret.
+//! The peer network, the client side: `PeerClient` sends openraft's RPCs, forwarded
+//! proposals and read-index requests over HTTP to a peer's address, every request carrying
+//! the cluster secret; `PeerNetwork` is openraft's network over it. The side that answers
+//! them is `peer_api.rs`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use http::StatusCode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -21,134 +15,19 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use store::raft::{NodeId, Proposal, RaftConfig, RaftNode};
-
-use super::Cluster;
+use store::raft::{NodeId, RaftConfig, RaftNode};
 
 /// Header carrying the cluster secret on every peer request.
 pub const SECRET_HEADER: &str = "x-soundwave-cluster-secret";
-/// Largest peer request body (snapshot chunks are a few MiB).
-const PEER_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
     bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(|e| e.to_string())
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     bincode::serde::decode_from_slice(bytes, bincode::config::standard())
         .map(|(value, _)| value)
         .map_err(|e| e.to_string())
-}
-
-/// Compares secrets in time independent of where they differ.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
-async fn require_secret(
-    State(cluster): State<Arc<Cluster>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let given = request
-        .headers()
-        .get(SECRET_HEADER)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    if !same_secret(given, cluster.secret.as_bytes()) {
-        return (
-            StatusCode::FORBIDDEN,
-            [(http::header::CONTENT_TYPE, "application/json")],
-            r#"{"detail":"A valid cluster secret is required."}"#,
-        )
-            .into_response();
-    }
-    next.run(request).await
-}
-
-fn reply<T: Serialize>(value: &T) -> Response {
-    match encode(value) {
-        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error).into_response(),
-    }
-}
-
-fn bad_body(error: String) -> Response {
-    (StatusCode::BAD_REQUEST, error).into_response()
-}
-
-async fn append(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
-    match decode::<AppendEntriesRequest<RaftConfig>>(&body) {
-        Ok(rpc) => reply(&cluster.raft.append_entries(rpc).await),
-        Err(error) => bad_body(error),
-    }
-}
-
-async fn vote(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
-    match decode::<VoteRequest<NodeId>>(&body) {
-        Ok(rpc) => reply(&cluster.raft.vote(rpc).await),
-        Err(error) => bad_body(error),
-    }
-}
-
-async fn snapshot(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
-    match decode::<InstallSnapshotRequest<RaftConfig>>(&body) {
-        Ok(rpc) => reply(&cluster.raft.install_snapshot(rpc).await),
-        Err(error) => bad_body(error),
-    }
-}
-
-/// A proposal forwarded by a follower: appended here if this node leads.
-async fn propose(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
-    match decode::<Proposal>(&body) {
-        Ok(proposal) => reply(&cluster.propose_here(proposal).await),
-        Err(error) => bad_body(error),
-    }
-}
-
-/// The read index of a linearizable read, asked by a follower.
-async fn read_index(State(cluster): State<Arc<Cluster>>) -> Response {
-    reply(&cluster.read_index_here().await)
-}
-
-async fn ping() -> &'static str {
-    "pong"
-}
-
-/// This node's state digest and applied index, to compare nodes.
-async fn digest(State(cluster): State<Arc<Cluster>>) -> Response {
-    match cluster.digest() {
-        Ok(body) => (
-            StatusCode::OK,
-            [(http::header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response(),
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
-    }
-}
-
-/// The peer API, served on the node's peer address.
-pub fn peer_router(cluster: Arc<Cluster>) -> Router {
-    Router::new()
-        .route("/_cluster/append", post(append))
-        .route("/_cluster/vote", post(vote))
-        .route("/_cluster/snapshot", post(snapshot))
-        .route("/_cluster/propose", post(propose))
-        .route("/_cluster/read-index", post(read_index))
-        .route("/_cluster/ping", get(ping))
-        .route("/_cluster/digest", get(digest))
-        .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(
-            cluster.clone(),
-            require_secret,
-        ))
-        .with_state(cluster)
 }
 
 /// An HTTP client for peer requests, shared by every connection.

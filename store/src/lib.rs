@@ -1,6 +1,6 @@
 //! Soundwave's store: the data model, the [`Command`]s that are the only way to change it,
 //! the deterministic [`apply`](Store::apply_batch) of commands over a redb write transaction,
-//! the read queries, and the group-commit [`LocalWriter`].
+//! the read queries, and the write interface [`CommandSubmitter`].
 //!
 //! Applying the same commands in the same order to two fresh stores gives the same state:
 //! ids come from counters in the database and timestamps, hashes and secrets come inside the
@@ -32,4 +32,4 @@ pub use model::{
 pub use query::{Page, ProductQuery, ProductSort};
 pub use reader::StoreReader;
 pub use tables::SCHEMA_VERSION;
-pub use writer::{ApplyObserver, CommandSubmitter, LocalWriter, SubmitFuture};
+pub use writer::{CommandSubmitter, SubmitFuture};

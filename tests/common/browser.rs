@@ -28,7 +28,8 @@ pub const PHONE: (u32, u32) = (390, 844);
 pub struct Browser {
     pub client: Client,
     driver: Child,
-    dir: tempfile::TempDir,
+    /// Kept for its drop: the directory goes with the browser.
+    _dir: tempfile::TempDir,
 }
 
 /// An executable: `$var` when set, else the first of `names` found on the `PATH`.
@@ -138,7 +139,7 @@ impl Browser {
         Browser {
             client,
             driver: guard.0.take().expect("chromedriver is running"),
-            dir,
+            _dir: dir,
         }
     }
 
@@ -299,7 +300,7 @@ impl Browser {
 
     /// Saves a PNG of the viewport as `target/screenshots/NAME.png`; returns its path.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        let dir = crate::process::target_tmpdir()
             .parent()
             .expect("target dir")
             .join("screenshots");

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::Node;
-use super::{free_port, wait_for};
+use crate::node::Node;
+use crate::process::{free_port, wait_for};
 
 pub const CLUSTER_SECRET: &str = "test-cluster-secret";
 /// The peer header carrying the secret.

@@ -1,9 +1,8 @@
 //! Balancer harness: the `soundwave lb` process, clients bound to chosen source addresses
 //! (127.0.0.2, 127.0.0.3, ...), and a tiny scripted HTTP upstream that echoes what it got.
-//! The `soundwave node`s behind the balancer are the shared [`Node`](super::Node) harness
+//! The `soundwave node`s behind the balancer are the shared [`Node`](crate::node::Node) harness
 //! started on fixed addresses (`NodeBuilder::listen`), so a node restarts where the balancer
 //! expects it.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -15,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Proc, spawn_line_reader, wait_timeout};
+use crate::node::Node;
+use crate::process::{Proc, soundwave_command, spawn_line_reader, wait_timeout};
 
 /// How long the balancer may take to print its ready line.
 pub const LB_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,7 +25,7 @@ pub fn local(port: u16) -> SocketAddr {
 }
 
 /// The `IP:PORT` a node listens on (from its `listening on http://...` line).
-pub fn node_addr(node: &super::Node) -> SocketAddr {
+pub fn node_addr(node: &Node) -> SocketAddr {
     let base = node.base_url();
     base.trim_start_matches("http://")
         .parse()
@@ -63,7 +63,7 @@ fn kill9(mut proc: Proc) {
     }
 }
 
-/// Spawns `cmd` (from [`super::soundwave_command`]) and waits for a stdout line containing
+/// Spawns `cmd` (from [`soundwave_command`]) and waits for a stdout line containing
 /// `ready`; panics with the stderr when the process exits or stays silent.
 fn spawn_until_ready(mut cmd: Command, ready: &str) -> Proc {
     cmd.stdin(Stdio::null())
@@ -107,7 +107,8 @@ fn spawn_until_ready(mut cmd: Command, ready: &str) -> Proc {
 pub struct Balancer {
     pub addr: SocketAddr,
     pub metrics: Option<SocketAddr>,
-    dir: tempfile::TempDir,
+    /// Kept for its drop: the directory goes with the balancer.
+    _dir: tempfile::TempDir,
     proc: Option<Proc>,
 }
 
@@ -129,14 +130,14 @@ impl Balancer {
         );
         let path = dir.path().join("lb.toml");
         std::fs::write(&path, config).expect("write lb config");
-        let mut cmd = super::soundwave_command();
+        let mut cmd = soundwave_command();
         cmd.arg("lb").arg("--config").arg(&path);
         cmd.env("RUST_LOG", "info");
         let proc = spawn_until_ready(cmd, "soundwave lb listening on http://");
         Balancer {
             addr,
             metrics,
-            dir,
+            _dir: dir,
             proc: Some(proc),
         }
     }

@@ -1,42 +1,28 @@
-//! Shared black-box harness for the Soundwave integration tests.
-//!
-//! Every test starts its own `soundwave node` process (the real binary, via
-//! `CARGO_BIN_EXE_soundwave`) on `127.0.0.1:0` with a fresh data directory, waits for the
-//! `listening on http://...` line on stdout and then talks HTTP/JSON to it with reqwest.
-#![allow(dead_code)]
+//! One `soundwave node` child process on an ephemeral port with a fresh data directory,
+//! and an HTTP client pointed at it: the options it starts with ([`NodeBuilder`]), its
+//! output, restarts and kills, and the API calls tests make (sign-up, login, catalog,
+//! orders).
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-pub use reqwest::Method;
-use reqwest::header::HeaderMap;
-use reqwest::{Client, RequestBuilder};
-pub use serde_json::{Value, json};
+use reqwest::{Client, Method, RequestBuilder};
+use serde_json::{Value, json};
 
-/// How long a node may take to print its `listening on` line.
-pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::fixtures::{items_body, product_body, unique_name};
+use crate::process::{
+    Proc, START_TIMEOUT, soundwave_command, soundwave_exe, spawn_line_reader, wait_timeout,
+};
+use crate::response::{Resp, until_not_busy};
+
 /// Per-request timeout of the test client (a hung server fails the test instead of hanging it).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
 pub const ADMIN_USERNAME: &str = "admin";
 pub const ADMIN_PASSWORD: &str = "admin-Passw0rd-for-tests";
 pub const PASSWORD: &str = "s3cret-Passw0rd";
-
-pub const MSG_NO_CREDENTIALS: &str = "Authentication credentials were not provided.";
-pub const MSG_BAD_TOKEN: &str = "Given token not valid for any token type";
-pub const MSG_FORBIDDEN: &str = "You do not have permission to perform this action.";
-pub const MSG_NOT_FOUND: &str = "Not found.";
-pub const MSG_BAD_LOGIN: &str = "No active account found with the given credentials";
-
-// ---------------------------------------------------------------------------------------------
-// Node options and process management
-// ---------------------------------------------------------------------------------------------
 
 /// Options for starting a node. `Node::builder()` gives the defaults: node id 1, no config file,
 /// the test admin user (`ADMIN_USERNAME` / `ADMIN_PASSWORD`) created from the environment, no demo.
@@ -130,7 +116,7 @@ impl NodeBuilder {
             .expect("build reqwest client");
         let mut node = Node {
             opts: self,
-            dir,
+            _dir: dir,
             data_dir,
             config_path,
             proc: None,
@@ -143,47 +129,17 @@ impl NodeBuilder {
     }
 }
 
-struct Proc {
-    child: Child,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<Vec<String>>>,
-    threads: Vec<JoinHandle<()>>,
-}
-
 /// A running `soundwave node` child process plus an HTTP client pointed at it.
 pub struct Node {
     opts: NodeBuilder,
-    dir: tempfile::TempDir,
+    /// Kept for its drop: the directory goes with the node.
+    _dir: tempfile::TempDir,
     data_dir: PathBuf,
     config_path: Option<PathBuf>,
     proc: Option<Proc>,
     base: String,
     pub client: Client,
     starts: u32,
-}
-
-fn spawn_line_reader<R: Read + Send + 'static>(
-    src: R,
-    sink: Arc<Mutex<Vec<String>>>,
-    notify: Option<mpsc::Sender<String>>,
-) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(src);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                    if let Some(tx) = &notify {
-                        let _ = tx.send(line.clone());
-                    }
-                    sink.lock().unwrap().push(line);
-                }
-            }
-        }
-    })
 }
 
 impl Node {
@@ -224,7 +180,7 @@ impl Node {
             .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", env!("CARGO_BIN_EXE_soundwave")));
+            .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", soundwave_exe().display()));
         self.starts += 1;
 
         let stdout_lines = Arc::new(Mutex::new(Vec::new()));
@@ -666,108 +622,6 @@ impl Node {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, read, released), never the same twice in a process.
-pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Option<std::collections::HashSet<u16>>> = Mutex::new(None);
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind an ephemeral port")
-            .port();
-        let mut given = GIVEN.lock().unwrap();
-        if given.get_or_insert_with(Default::default).insert(port) {
-            return port;
-        }
-    }
-}
-
-/// Polls `probe` until it returns `Some`, at most `limit`; panics with `what` otherwise.
-pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The `soundwave` binary under test, hermetic: no `SOUNDWAVE_*` setting leaks in from the
-/// environment running the tests.
-pub fn soundwave_command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_soundwave"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SOUNDWAVE_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd
-}
-
-/// What a `soundwave` run that is expected to end printed, and how it ended.
-pub struct Finished {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Runs `soundwave ARGS...` (no `SOUNDWAVE_*` settings from the environment, `env` added)
-/// to its end; kills it and panics if it is still running after `limit`.
-pub fn run_to_exit(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Finished {
-    let mut cmd = soundwave_command();
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn soundwave");
-    let stdout_lines = Arc::new(Mutex::new(Vec::new()));
-    let stderr_lines = Arc::new(Mutex::new(Vec::new()));
-    let readers = [
-        spawn_line_reader(child.stdout.take().unwrap(), stdout_lines.clone(), None),
-        spawn_line_reader(child.stderr.take().unwrap(), stderr_lines.clone(), None),
-    ];
-    let Some(status) = wait_timeout(&mut child, limit) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "soundwave {args:?} still ran after {limit:?}; stderr:\n{}",
-            stderr_lines.lock().unwrap().join("\n")
-        );
-    };
-    for reader in readers {
-        let _ = reader.join();
-    }
-    let text = |lines: &Arc<Mutex<Vec<String>>>| lines.lock().unwrap().join("\n");
-    Finished {
-        status,
-        stdout: text(&stdout_lines),
-        stderr: text(&stderr_lines),
-    }
-}
-
-fn wait_timeout(child: &mut Child, dur: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + dur;
-    loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 impl Drop for Node {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -801,393 +655,3 @@ impl TestUser {
         Some(&self.access)
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// Bodies and names
-// ---------------------------------------------------------------------------------------------
-
-pub fn product_body(name: &str, stock: i64, price: &str, category: i64) -> Value {
-    json!({
-        "name": name,
-        "stock": stock,
-        "price": price,
-        "description": format!("{name} description"),
-        "category": category,
-    })
-}
-
-pub fn items_body(items: &[(i64, i64)]) -> Value {
-    json!({
-        "items": items
-            .iter()
-            .map(|(p, q)| json!({"product": p, "quantity": q}))
-            .collect::<Vec<_>>()
-    })
-}
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A username-safe unique name: `prefix_<pid>_<nanos>_<n>` (letters, digits, `_` only).
-pub fn unique_name(prefix: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}_{}_{nanos}_{n}", std::process::id())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Responses and assertions
-// ---------------------------------------------------------------------------------------------
-
-/// Sends again, as a polite client does, while the node answers 503 because its password
-/// work is at its bound (many sign-ups or logins at once); gives up after 60 s.
-pub async fn until_not_busy<F, Fut>(send: F) -> Resp
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Resp>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut attempt: u64 = 0;
-    loop {
-        let r = send().await;
-        let busy = r.status == 503 && r.text.contains("busy checking passwords");
-        if !busy || Instant::now() > deadline {
-            return r;
-        }
-        attempt += 1;
-        // Spread the retries, so the waiting clients do not all come back at once.
-        let pause = 20 + (attempt * 37 + u64::from(std::process::id())) % 150;
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-    }
-}
-
-/// A fully read response.
-#[derive(Debug, Clone)]
-pub struct Resp {
-    pub method: String,
-    pub url: String,
-    pub status: u16,
-    pub headers: HeaderMap,
-    pub text: String,
-    /// The body parsed as JSON (`Value::Null` when it is not JSON).
-    pub json: Value,
-}
-
-impl Resp {
-    fn ctx(&self) -> String {
-        format!(
-            "{} {} -> {} body: {}",
-            self.method,
-            self.url,
-            self.status,
-            truncate(&self.text, 2000)
-        )
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    #[track_caller]
-    pub fn header_required(&self, name: &str) -> &str {
-        self.header(name).unwrap_or_else(|| {
-            panic!(
-                "missing header {name}: {}\nheaders: {:?}",
-                self.ctx(),
-                self.headers
-            )
-        })
-    }
-
-    /// Assert the status; return the JSON body.
-    #[track_caller]
-    pub fn expect(&self, status: u16) -> &Value {
-        assert_eq!(self.status, status, "unexpected status: {}", self.ctx());
-        &self.json
-    }
-
-    /// Assert the status is one of `statuses`; return the JSON body.
-    #[track_caller]
-    pub fn expect_one_of(&self, statuses: &[u16]) -> &Value {
-        assert!(
-            statuses.contains(&self.status),
-            "expected one of {statuses:?}: {}",
-            self.ctx()
-        );
-        &self.json
-    }
-
-    /// Assert status and that the JSON body equals `expected` exactly.
-    #[track_caller]
-    pub fn expect_json(&self, status: u16, expected: &Value) {
-        self.expect(status);
-        assert_eq!(&self.json, expected, "unexpected body: {}", self.ctx());
-    }
-
-    /// Assert status and that the body is a JSON object whose `detail` is a non-empty string.
-    #[track_caller]
-    pub fn expect_detail(&self, status: u16) -> String {
-        self.expect(status);
-        match self.json.get("detail").and_then(Value::as_str) {
-            Some(d) if !d.is_empty() => d.to_string(),
-            _ => panic!(
-                "expected a JSON body with a string `detail`: {}",
-                self.ctx()
-            ),
-        }
-    }
-
-    /// Assert status and that `detail` is exactly `msg`.
-    #[track_caller]
-    pub fn expect_detail_eq(&self, status: u16, msg: &str) {
-        let d = self.expect_detail(status);
-        assert_eq!(d, msg, "unexpected detail: {}", self.ctx());
-    }
-
-    /// Assert a 400 whose JSON body has `field` as a non-empty array of strings.
-    #[track_caller]
-    pub fn expect_field_error(&self, field: &str) {
-        self.expect(400);
-        let ok = self
-            .json
-            .get(field)
-            .and_then(Value::as_array)
-            .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_string));
-        assert!(
-            ok,
-            "expected 400 with field error {{\"{field}\": [\"...\"]}}: {}",
-            self.ctx()
-        );
-    }
-
-    /// 401 without credentials, exact body, `WWW-Authenticate: Bearer...`.
-    #[track_caller]
-    pub fn expect_unauthenticated(&self) {
-        self.expect_json(401, &json!({"detail": MSG_NO_CREDENTIALS}));
-        self.expect_www_authenticate();
-    }
-
-    /// 401 for a bad token, exact body, `WWW-Authenticate: Bearer...`.
-    #[track_caller]
-    pub fn expect_bad_token(&self) {
-        self.expect_json(
-            401,
-            &json!({"detail": MSG_BAD_TOKEN, "code": "token_not_valid"}),
-        );
-        self.expect_www_authenticate();
-    }
-
-    #[track_caller]
-    pub fn expect_www_authenticate(&self) {
-        let h = self.header_required("www-authenticate");
-        assert!(
-            h.starts_with("Bearer"),
-            "WWW-Authenticate should start with Bearer, got {h:?}: {}",
-            self.ctx()
-        );
-    }
-
-    #[track_caller]
-    pub fn expect_forbidden(&self) {
-        self.expect_json(403, &json!({"detail": MSG_FORBIDDEN}));
-    }
-
-    #[track_caller]
-    pub fn expect_not_found(&self) {
-        self.expect_json(404, &json!({"detail": MSG_NOT_FOUND}));
-    }
-
-    /// The body as a JSON array (panics otherwise).
-    #[track_caller]
-    pub fn array(&self) -> &Vec<Value> {
-        self.json
-            .as_array()
-            .unwrap_or_else(|| panic!("expected a JSON array: {}", self.ctx()))
-    }
-
-    /// `id` of the JSON body (panics if missing / not an integer).
-    #[track_caller]
-    pub fn id(&self) -> i64 {
-        self.json["id"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("expected an integer `id`: {}", self.ctx()))
-    }
-
-    /// `X-Total-Count` as a number (panics if missing or not a number).
-    #[track_caller]
-    pub fn total_count(&self) -> u64 {
-        let h = self.header_required("x-total-count");
-        h.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("X-Total-Count not a number: {h:?}: {}", self.ctx()))
-    }
-
-    /// The URL of the `rel="next"` link in the `Link` header, if any.
-    pub fn next_link(&self) -> Option<String> {
-        let mut found = None;
-        for value in self.headers.get_all("link") {
-            let v = value.to_str().ok()?;
-            for part in v.split(',') {
-                let part = part.trim();
-                let is_next = part
-                    .split(';')
-                    .skip(1)
-                    .any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next");
-                if is_next {
-                    let start = part.find('<')?;
-                    let end = part.find('>')?;
-                    found = Some(part[start + 1..end].to_string());
-                }
-            }
-        }
-        found
-    }
-}
-
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        s.to_string()
-    } else {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}… ({} bytes)", &s[..end], s.len())
-    }
-}
-
-/// Ids of a JSON array of objects.
-pub fn ids(items: &[Value]) -> Vec<i64> {
-    items
-        .iter()
-        .map(|v| v["id"].as_i64().expect("object with integer id"))
-        .collect()
-}
-
-/// `name`s of a JSON array of objects.
-pub fn names(items: &[Value]) -> Vec<String> {
-    items
-        .iter()
-        .map(|v| {
-            v["name"]
-                .as_str()
-                .expect("object with string name")
-                .to_string()
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// JWT helpers (hand-rolled base64url so tests can forge tokens)
-// ---------------------------------------------------------------------------------------------
-
-const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-/// Unpadded base64url.
-pub fn b64url_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let chars = chunk.len() + 1;
-        for i in 0..chars {
-            out.push(B64URL[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-/// Decodes unpadded (or padded) base64url; panics on invalid input.
-pub fn b64url_decode(s: &str) -> Vec<u8> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = B64URL
-            .iter()
-            .position(|&x| x == c)
-            .unwrap_or_else(|| panic!("invalid base64url char {:?} in {s:?}", c as char))
-            as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
-}
-
-/// (header, payload, signature segment) of a compact JWT.
-pub fn jwt_parts(token: &str) -> (Value, Value, String) {
-    let parts: Vec<&str> = token.split('.').collect();
-    assert_eq!(
-        parts.len(),
-        3,
-        "a JWT has three dot-separated parts: {token}"
-    );
-    let header = serde_json::from_slice(&b64url_decode(parts[0])).expect("JWT header is JSON");
-    let payload = serde_json::from_slice(&b64url_decode(parts[1])).expect("JWT payload is JSON");
-    (header, payload, parts[2].to_string())
-}
-
-/// Build `b64(header).b64(payload).signature` from JSON values and a given signature segment.
-pub fn jwt_assemble(header: &Value, payload: &Value, signature: &str) -> String {
-    format!(
-        "{}.{}.{}",
-        b64url_encode(header.to_string().as_bytes()),
-        b64url_encode(payload.to_string().as_bytes()),
-        signature
-    )
-}
-
-/// Sign `payload` with an HMAC algorithm ("HS256", "HS384", "HS512") and `secret`.
-pub fn jwt_sign_hmac(alg: &str, payload: &Value, secret: &[u8]) -> String {
-    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-    let alg = match alg {
-        "HS256" => Algorithm::HS256,
-        "HS384" => Algorithm::HS384,
-        "HS512" => Algorithm::HS512,
-        other => panic!("unsupported alg {other}"),
-    };
-    encode(
-        &Header::new(alg),
-        payload,
-        &EncodingKey::from_secret(secret),
-    )
-    .expect("sign JWT")
-}
-
-/// Current Unix time in seconds.
-pub fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// JSON number or string id equality (`user_id` may be either, as simplejwt versions differ).
-pub fn json_id_eq(v: &Value, id: i64) -> bool {
-    match v {
-        Value::Number(n) => n.as_i64() == Some(id),
-        Value::String(s) => s == &id.to_string(),
-        _ => false,
-    }
-}
-
-pub mod browser;
-pub mod cluster;
-
-// ---------------------------------------------------------------------------------------------
-// The load balancer harness (tests/common/lb.rs)
-// ---------------------------------------------------------------------------------------------
-
-pub mod lb;
