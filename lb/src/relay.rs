@@ -1108,7 +1108,11 @@ mod tests {
         let body = request.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         let text = format!("{path}|{body}");
         // A HEAD answer has the length of the body it does not carry.
-        let sent = if request.starts_with("HEAD ") { "" } else { &text };
+        let sent = if request.starts_with("HEAD ") {
+            ""
+        } else {
+            &text
+        };
         Some(format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nKeep-Alive: timeout=5\r\n\r\n{sent}",
             text.len()
