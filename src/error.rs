@@ -25,6 +25,9 @@ pub enum ApiError {
     BadCredentials,
     #[error("forbidden")]
     Forbidden,
+    /// A peer request without the right cluster secret.
+    #[error("no valid cluster secret")]
+    ClusterSecretRequired,
     #[error("not found")]
     NotFound,
     #[error("conflict: {detail}")]
@@ -64,7 +67,7 @@ impl ApiError {
             ApiError::NotAuthenticated | ApiError::InvalidToken | ApiError::BadCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::ClusterSecretRequired => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } | ApiError::InsufficientStock(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -94,6 +97,9 @@ impl ApiError {
             }
             ApiError::Forbidden => {
                 json!({ "detail": "You do not have permission to perform this action." })
+            }
+            ApiError::ClusterSecretRequired => {
+                json!({ "detail": "A valid cluster secret is required." })
             }
             ApiError::NotFound => json!({ "detail": "Not found." }),
             ApiError::Conflict { detail, fields } => {

@@ -9,13 +9,13 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::StatusCode;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
 use store::raft::{NodeId, Proposal, RaftConfig};
 
 use super::network::{SECRET_HEADER, decode, encode};
 use super::node::Cluster;
+use crate::error::ApiError;
 
 /// Largest peer request body (snapshot chunks are a few MiB).
 const PEER_BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -41,25 +41,20 @@ async fn require_secret(
         .map(|v| v.as_bytes())
         .unwrap_or_default();
     if !same_secret(given, cluster.secret.as_bytes()) {
-        return (
-            StatusCode::FORBIDDEN,
-            [(http::header::CONTENT_TYPE, "application/json")],
-            r#"{"detail":"A valid cluster secret is required."}"#,
-        )
-            .into_response();
+        return ApiError::ClusterSecretRequired.into_response();
     }
     next.run(request).await
 }
 
 fn reply<T: Serialize>(value: &T) -> Response {
     match encode(value) {
-        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error).into_response(),
+        Ok(bytes) => bytes.into_response(),
+        Err(error) => ApiError::Internal(error).into_response(),
     }
 }
 
 fn bad_body(error: String) -> Response {
-    (StatusCode::BAD_REQUEST, error).into_response()
+    ApiError::BadRequest(error).into_response()
 }
 
 async fn append(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
@@ -104,12 +99,11 @@ async fn ping() -> &'static str {
 async fn digest(State(cluster): State<Arc<Cluster>>) -> Response {
     match cluster.digest() {
         Ok(body) => (
-            StatusCode::OK,
             [(http::header::CONTENT_TYPE, "application/json")],
             body.to_string(),
         )
             .into_response(),
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+        Err(error) => ApiError::Internal(error.to_string()).into_response(),
     }
 }
 
