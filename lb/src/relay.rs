@@ -36,8 +36,11 @@ use crate::metrics;
 use crate::proxy::{AccessRecord, Balancer, MAX_ATTEMPTS, client_ip, is_internal, maybe_local};
 use crate::upstream::FailurePhase;
 
-/// Room asked of the allocator for reads at a time.
+/// Room asked of the allocator for a client's reads at a time.
 const READ_CHUNK: usize = 8 * 1024;
+/// Room for an upstream's answer head and what follows it in one read: most answers
+/// (a product, a page of 50) fit whole.
+const ANSWER_READ: usize = 16 * 1024;
 /// Most room asked for one read of an answer's body.
 const MAX_BODY_READ: usize = 64 * 1024;
 /// Largest upstream answer head taken; a larger one is a broken upstream (502).
@@ -166,7 +169,7 @@ impl UpstreamLink {
         Ok(UpstreamLink {
             index,
             stream,
-            input: BytesMut::with_capacity(READ_CHUNK),
+            input: BytesMut::with_capacity(ANSWER_READ),
             idle_since: Instant::now(),
         })
     }
@@ -184,7 +187,7 @@ impl UpstreamLink {
     /// Reads more of the answer, with room for `room` bytes at least (up to
     /// `MAX_BODY_READ`); `Ok(0)` when the upstream closed.
     async fn read_more(&mut self, room: usize) -> std::io::Result<usize> {
-        let room = room.clamp(READ_CHUNK, MAX_BODY_READ);
+        let room = room.clamp(ANSWER_READ, MAX_BODY_READ);
         if self.input.capacity() - self.input.len() < room / 2 {
             self.input.reserve(room);
         }
@@ -227,7 +230,7 @@ impl UpstreamLink {
                 return Err(LinkFault::Broken("the upstream's answer head is too large"));
             }
             searched = self.input.len().saturating_sub(3);
-            match self.read_more(READ_CHUNK).await {
+            match self.read_more(ANSWER_READ).await {
                 Ok(0) if self.input.is_empty() => {
                     return Err(LinkFault::BeforeAnswer(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
