@@ -14,7 +14,7 @@
 //! in the same write, as nginx does. Pingora still runs the process (listeners, graceful
 //! shutdown and upgrade, runtimes), the ketama selection and the health checks.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,30 +24,27 @@ use pingora_core::apps::ServerApp;
 use pingora_core::protocols::{Shutdown, Stream};
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::connection::{ConnectionCounter, GuardAnswer, GuardAnswers, RequestLimits};
 use crate::http1::{
-    ChunkedBody, Forwarding, Framing, RequestHead, ResponseHead, head_end, parse_response_head,
-    write_client_head, write_upstream_head,
+    ChunkedBody, Forwarding, Framing, RequestHead, ResponseHead, head_end, write_client_head,
+    write_upstream_head,
 };
 use crate::metrics;
-use crate::proxy::{AccessRecord, Balancer, MAX_ATTEMPTS, client_ip, is_internal, maybe_local};
+use crate::proxy::{Balancer, MAX_ATTEMPTS, client_ip, is_internal, maybe_local};
 use crate::upstream::FailurePhase;
+
+mod access;
+mod link;
+#[cfg(test)]
+mod tests;
+
+use access::{Trip, log_refusal};
+use link::{AttemptError, UpstreamLink, attempt};
 
 /// Room asked of the allocator for a client's reads at a time.
 const READ_CHUNK: usize = 8 * 1024;
-/// Room for an upstream's answer head and what follows it in one read: most answers
-/// (a product, a page of 50) fit whole.
-const ANSWER_READ: usize = 16 * 1024;
-/// Most room asked for one read of an answer's body.
-const MAX_BODY_READ: usize = 64 * 1024;
-/// Largest upstream answer head taken; a larger one is a broken upstream (502).
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// A kept upstream connection idle for longer than this is checked before it carries a
-/// request: the upstream may have closed it meanwhile.
-const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// Bodies up to this size go out in the same write as their head.
 const COALESCE_BODY: usize = 16 * 1024;
 /// After a refusal, how long the client's remaining bytes are read and dropped, so that
@@ -146,134 +143,6 @@ struct ClientConnection<'a> {
     shutdown: ShutdownWatch,
 }
 
-/// An upstream connection kept by a client connection.
-struct UpstreamLink {
-    /// The upstream's index in the table.
-    index: usize,
-    stream: TcpStream,
-    /// What the upstream sent and was not relayed yet.
-    input: BytesMut,
-    /// When its last answer ended.
-    idle_since: Instant,
-}
-
-impl UpstreamLink {
-    async fn connect(index: usize, addr: SocketAddr, timeout: Duration) -> Result<Self, String> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Err(_) => return Err("connect timed out".to_owned()),
-            Ok(Err(error)) => return Err(error.to_string()),
-            Ok(Ok(stream)) => stream,
-        };
-        // Small requests and answers go out at once.
-        let _ = stream.set_nodelay(true);
-        Ok(UpstreamLink {
-            index,
-            stream,
-            input: BytesMut::with_capacity(ANSWER_READ),
-            idle_since: Instant::now(),
-        })
-    }
-
-    /// Is a connection kept idle still open? (Nothing is due from it: bytes or an end
-    /// both mean it cannot carry a request.)
-    fn still_open(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(
-            self.stream.try_read(&mut probe),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-        )
-    }
-
-    /// Reads more of the answer, with room for `room` bytes at least (up to
-    /// `MAX_BODY_READ`); `Ok(0)` when the upstream closed.
-    async fn read_more(&mut self, room: usize) -> std::io::Result<usize> {
-        let room = room.clamp(ANSWER_READ, MAX_BODY_READ);
-        if self.input.capacity() - self.input.len() < room / 2 {
-            self.input.reserve(room);
-        }
-        self.stream.read_buf(&mut self.input).await
-    }
-
-    /// Sends the request and reads the answer's head, skipping interim (1xx) answers;
-    /// returns the head and its length in `input`.
-    async fn exchange(
-        &mut self,
-        request: &[u8],
-        body: &[u8],
-        head_request: bool,
-    ) -> Result<(ResponseHead, usize), LinkFault> {
-        self.input.clear();
-        let sent = async {
-            self.stream.write_all(request).await?;
-            if !body.is_empty() {
-                self.stream.write_all(body).await?;
-            }
-            Ok::<_, std::io::Error>(())
-        };
-        sent.await.map_err(LinkFault::BeforeAnswer)?;
-        let mut searched = 0;
-        loop {
-            if let Some(end) = head_end(&self.input, searched) {
-                let head = parse_response_head(&self.input[..end], head_request)
-                    .ok_or(LinkFault::Broken("the upstream's answer did not parse"))?;
-                if (100..200).contains(&head.status) {
-                    if head.status == 101 {
-                        return Err(LinkFault::Broken("the upstream switched protocols"));
-                    }
-                    self.input.advance(end);
-                    searched = 0;
-                    continue;
-                }
-                return Ok((head, end));
-            }
-            if self.input.len() > MAX_RESPONSE_HEAD {
-                return Err(LinkFault::Broken("the upstream's answer head is too large"));
-            }
-            searched = self.input.len().saturating_sub(3);
-            match self.read_more(ANSWER_READ).await {
-                Ok(0) if self.input.is_empty() => {
-                    return Err(LinkFault::BeforeAnswer(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the upstream closed the connection",
-                    )));
-                }
-                Ok(0) => return Err(LinkFault::Broken("the upstream closed mid-answer")),
-                Ok(_) => {}
-                Err(error) if self.input.is_empty() => {
-                    return Err(LinkFault::BeforeAnswer(error));
-                }
-                Err(_) => return Err(LinkFault::Broken("the upstream broke mid-answer")),
-            }
-        }
-    }
-}
-
-/// How an exchange with an upstream failed.
-enum LinkFault {
-    /// Nothing of an answer came (the connection failed or closed): on a kept connection,
-    /// it may have been closed before the request arrived.
-    BeforeAnswer(std::io::Error),
-    /// The answer broke, or was not HTTP.
-    Broken(&'static str),
-}
-
-/// Why an attempt failed.
-enum AttemptError {
-    Connect(String),
-    TimedOut,
-    Broken(String),
-}
-
-impl std::fmt::Display for AttemptError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AttemptError::Connect(e) => write!(f, "connect: {e}"),
-            AttemptError::TimedOut => f.write_str("the upstream did not answer in time"),
-            AttemptError::Broken(e) => write!(f, "proxy: {e}"),
-        }
-    }
-}
-
 /// Why a request's body could not be read.
 enum BodyFault {
     TooLarge,
@@ -281,60 +150,6 @@ enum BodyFault {
     /// The client went away or broke its body's framing.
     Gone,
     Unparsable,
-}
-
-/// The access line of a request the relay refused before it had a head to go by.
-fn log_refusal(balancer: &Balancer, client: Option<IpAddr>, head: &[u8], status: u16, why: &str) {
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let mut words = line.split(|&b| b == b' ');
-    let method = words.next().and_then(|w| std::str::from_utf8(w).ok());
-    let path = words.next().and_then(|w| std::str::from_utf8(w).ok());
-    (balancer.access_log)(&AccessRecord {
-        method: method.filter(|m| !m.is_empty()).unwrap_or("-"),
-        path: path.unwrap_or("-"),
-        status,
-        client,
-        upstream: "-",
-        attempts: 0,
-        latency_us: 0,
-        error: Some(&why),
-    });
-}
-
-/// One request's way through the balancer, for its access line and metrics.
-struct Trip<'a> {
-    balancer: &'a Balancer,
-    method: &'a str,
-    path: &'a str,
-    started: Instant,
-    client: Option<IpAddr>,
-    attempts: u8,
-    upstream: Option<usize>,
-}
-
-impl Trip<'_> {
-    /// Writes the access line: `status` 0 when no answer reached the client. The upstream
-    /// is named when one answered.
-    fn log(&self, status: u16, answered_by_upstream: bool, error: Option<&dyn std::fmt::Display>) {
-        let upstream = match self.upstream {
-            Some(index) if answered_by_upstream => {
-                self.balancer.upstreams.get(index).label.as_str()
-            }
-            _ => "-",
-        };
-        let elapsed = self.started.elapsed();
-        metrics::request(upstream, status, elapsed.as_secs_f64());
-        (self.balancer.access_log)(&AccessRecord {
-            method: self.method,
-            path: self.path,
-            status,
-            client: self.client,
-            upstream,
-            attempts: self.attempts,
-            latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            error,
-        });
-    }
 }
 
 /// A JSON answer of the balancer's own, whole.
@@ -685,7 +500,7 @@ impl ClientConnection<'_> {
                     trip.upstream = Some(index);
                     balancer.upstreams.record_request(index);
                     let sent = attempt(
-                        relay,
+                        &balancer,
                         link,
                         index,
                         &request,
@@ -909,336 +724,5 @@ impl ClientConnection<'_> {
         } else {
             Next::KeepOpen
         }
-    }
-}
-
-/// One attempt at upstream `index`: the request sent and its answer's head in, within
-/// `read_timeout_secs`. A kept connection that turns out closed does not count: an
-/// idempotent request goes again on a new connection.
-async fn attempt(
-    relay: &Relay,
-    link: &mut Option<UpstreamLink>,
-    index: usize,
-    request: &[u8],
-    body: &[u8],
-    head_request: bool,
-    idempotent: bool,
-) -> Result<(ResponseHead, usize), AttemptError> {
-    let balancer = &relay.balancer;
-    let upstream = balancer.upstreams.get(index);
-    let config = &balancer.config;
-    if link.as_ref().is_some_and(|l| {
-        l.index != index || (l.idle_since.elapsed() > CHECK_IDLE_AFTER && !l.still_open())
-    }) {
-        *link = None;
-    }
-    let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
-    let read_timeout = Duration::from_secs(config.read_timeout_secs);
-    let exchange = async {
-        let mut resent = false;
-        loop {
-            let kept = link.is_some();
-            let current = match link {
-                Some(current) => current,
-                None => link.insert(
-                    UpstreamLink::connect(index, upstream.addr, connect_timeout)
-                        .await
-                        .map_err(AttemptError::Connect)?,
-                ),
-            };
-            match current.exchange(request, body, head_request).await {
-                Ok(answer) => return Ok(answer),
-                Err(LinkFault::BeforeAnswer(_)) if kept && !resent && idempotent => {
-                    // The kept connection was closed under it: once more on a new one.
-                    *link = None;
-                    resent = true;
-                }
-                Err(LinkFault::BeforeAnswer(error)) => {
-                    *link = None;
-                    return Err(AttemptError::Broken(error.to_string()));
-                }
-                Err(LinkFault::Broken(why)) => {
-                    *link = None;
-                    return Err(AttemptError::Broken(why.to_owned()));
-                }
-            }
-        }
-    };
-    match tokio::time::timeout(read_timeout, exchange).await {
-        Ok(result) => result,
-        Err(_) => {
-            *link = None;
-            Err(AttemptError::TimedOut)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::LbConfig;
-    use crate::upstream::Upstreams;
-    use pingora_load_balancing::LoadBalancer;
-    use pingora_load_balancing::selection::Consistent;
-    use tokio::io::DuplexStream;
-    use tokio::net::TcpListener;
-
-    #[test]
-    fn absolute_targets_are_sent_in_origin_form() {
-        assert_eq!(origin_form("/a?b"), "/a?b");
-        assert_eq!(origin_form("http://shop:8080/a?b"), "/a?b");
-        assert_eq!(origin_form("http://shop"), "/");
-        assert_eq!(origin_form("*"), "*");
-    }
-
-    /// A scripted upstream: for each connection, reads requests (head, then a
-    /// `Content-Length` body) and sends the answer `script` gives for the request's bytes;
-    /// `None` closes the connection. Returns its address and every request it read.
-    async fn upstream(
-        script: fn(&str) -> Option<String>,
-    ) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let record = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let record = record.clone();
-                tokio::spawn(async move {
-                    let mut input = BytesMut::new();
-                    loop {
-                        let end = loop {
-                            if let Some(end) = head_end(&input, 0) {
-                                break end;
-                            }
-                            match socket.read_buf(&mut input).await {
-                                Ok(n) if n > 0 => {}
-                                _ => return,
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&input[..end]).to_string();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length: "))
-                            .map_or(0, |v| v.trim().parse().unwrap());
-                        while input.len() < end + length {
-                            if socket.read_buf(&mut input).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                        }
-                        let request = String::from_utf8_lossy(&input[..end + length]).to_string();
-                        input.advance(end + length);
-                        record.lock().unwrap().push(request.clone());
-                        match script(&request) {
-                            Some(answer) => {
-                                if socket.write_all(answer.as_bytes()).await.is_err() {
-                                    return;
-                                }
-                            }
-                            None => return,
-                        }
-                    }
-                });
-            }
-        });
-        (addr, seen)
-    }
-
-    /// A relay over one upstream, serving one client connection: the client's end.
-    fn relay_to(upstream: SocketAddr) -> DuplexStream {
-        let config = LbConfig {
-            primaries: vec![upstream],
-            backups: Vec::new(),
-            read_timeout_secs: 2,
-            ..LbConfig::default()
-        };
-        let tier = |addrs: &[SocketAddr]| {
-            Arc::new(LoadBalancer::<Consistent>::try_from_iter(addrs.iter().copied()).unwrap())
-        };
-        let balancer = Balancer {
-            primaries: tier(&config.primaries),
-            backups: tier(&config.backups),
-            upstreams: Arc::new(Upstreams::new(
-                &config.primaries,
-                &[],
-                config.max_fails,
-                config.fail_timeout(),
-            )),
-            max_ring_steps: 1000,
-            access_log: |_| {},
-            config: Arc::new(config.clone()),
-        };
-        let relay = Arc::new(Relay::new(
-            balancer,
-            ConnectionCounter::new(10, 10, Vec::new()),
-            config.request_limits(),
-        ));
-        let (client, served) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(async move {
-            let (_keep, shutdown) = tokio::sync::watch::channel(false);
-            relay.process_new(Box::new(served), &shutdown).await;
-        });
-        client
-    }
-
-    /// Reads from the relay until `done` says the text read so far is complete.
-    async fn read_until(client: &mut DuplexStream, done: impl Fn(&str) -> bool) -> String {
-        let mut text = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !done(&String::from_utf8_lossy(&text)) {
-                if client.read_buf(&mut text).await.unwrap_or(0) == 0 {
-                    break;
-                }
-            }
-        })
-        .await
-        .expect("the relay answered in time");
-        String::from_utf8_lossy(&text).to_string()
-    }
-
-    fn echo_path(request: &str) -> Option<String> {
-        let path = request.split(' ').nth(1)?;
-        if path == "/chunked" {
-            return Some(
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
-                 3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
-                    .to_owned(),
-            );
-        }
-        if path == "/until-close" {
-            return Some("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it".to_owned());
-        }
-        let body = request.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let text = format!("{path}|{body}");
-        // A HEAD answer has the length of the body it does not carry.
-        let sent = if request.starts_with("HEAD ") {
-            ""
-        } else {
-            &text
-        };
-        Some(format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nKeep-Alive: timeout=5\r\n\r\n{sent}",
-            text.len()
-        ))
-    }
-
-    fn complete(text: &str, answers: usize) -> bool {
-        text.matches("HTTP/1.1 200").count() >= answers
-            && text
-                .rsplit("\r\n\r\n")
-                .next()
-                .is_some_and(|tail| !tail.is_empty())
-    }
-
-    #[tokio::test]
-    async fn pipelined_requests_bodies_and_continue_go_through_in_order() {
-        let (addr, seen) = upstream(echo_path).await;
-        let mut client = relay_to(addr);
-        client
-            .write_all(
-                b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n\
-                  POST /b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
-                  4\r\nwiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let text = read_until(&mut client, |t| t.contains("/b|wikipedia")).await;
-        let first = text.find("/a|").expect("the first answer");
-        assert!(first < text.find("/b|wikipedia").unwrap(), "{text}");
-        assert!(!text.to_ascii_lowercase().contains("keep-alive"), "{text}");
-
-        client
-            .write_all(
-                b"PUT /c HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let interim = read_until(&mut client, |t| t.contains("\r\n\r\n")).await;
-        assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
-        client.write_all(b"xyz").await.unwrap();
-        let text = read_until(&mut client, |t| t.contains("/c|xyz")).await;
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-
-        let seen = seen.lock().unwrap().clone();
-        assert_eq!(seen.len(), 3, "{seen:?}");
-        assert!(seen[1].contains("content-length: 9\r\n"), "{}", seen[1]);
-        assert!(!seen[1].to_ascii_lowercase().contains("transfer-encoding"));
-        assert!(
-            !seen[2].to_ascii_lowercase().contains("expect"),
-            "{}",
-            seen[2]
-        );
-    }
-
-    #[tokio::test]
-    async fn chunked_and_close_delimited_answers_are_relayed_whole() {
-        let (addr, _) = upstream(echo_path).await;
-        let mut client = relay_to(addr);
-        client
-            .write_all(b"GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
-        let text = read_until(&mut client, |t| t.ends_with("0\r\n\r\n")).await;
-        assert!(text.contains("Transfer-Encoding: chunked"), "{text}");
-        assert!(
-            text.ends_with("\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"),
-            "{text}"
-        );
-
-        // The same connection goes on; a body that ends with the upstream's connection
-        // ends the client's too.
-        client
-            .write_all(
-                b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\nGET /until-close HTTP/1.1\r\nHost: t\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let text = read_until(&mut client, |_| false).await;
-        let (head_answer, rest) = text.split_once("\r\n\r\n").expect("the HEAD answer");
-        assert!(head_answer.contains("Content-Length: 3"), "{head_answer}");
-        assert!(
-            rest.starts_with("HTTP/1.1 200 OK\r\n"),
-            "no body after HEAD: {rest}"
-        );
-        assert!(rest.contains("connection: close\r\n"), "{rest}");
-        assert!(rest.ends_with("\r\n\r\nall of it"), "{rest}");
-
-        // An HTTP/1.0 client gets the chunks' data, then the close.
-        let mut client = relay_to(addr);
-        client
-            .write_all(b"GET /chunked HTTP/1.0\r\n\r\n")
-            .await
-            .unwrap();
-        let text = read_until(&mut client, |_| false).await;
-        assert!(text.ends_with("connection: close\r\n\r\nabcde"), "{text}");
-        assert!(!text.contains("chunked"), "{text}");
-    }
-
-    #[tokio::test]
-    async fn a_kept_connection_the_upstream_closed_is_replaced_for_idempotent_requests() {
-        // Every connection answers one request, then closes without a word.
-        fn once(request: &str) -> Option<String> {
-            static ANSWERED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-            let _ = request;
-            let mut answered = ANSWERED.lock().unwrap();
-            answered.push(0);
-            (answered.len() % 2 == 1)
-                .then(|| "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_owned())
-        }
-        let (addr, seen) = upstream(once).await;
-        let mut client = relay_to(addr);
-        for round in 1..=2 {
-            client
-                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-                .await
-                .unwrap();
-            let text = read_until(&mut client, |t| complete(t, 1)).await;
-            assert!(text.starts_with("HTTP/1.1 200 OK"), "round {round}: {text}");
-        }
-        assert_eq!(
-            seen.lock().unwrap().len(),
-            3,
-            "the second GET was sent again once"
-        );
     }
 }

@@ -1,0 +1,75 @@
+//! The relay's access lines: one per request, for requests it relayed or answered itself
+//! ([`Trip`]) and for those it refused before it had a head to go by ([`log_refusal`]).
+
+use std::net::IpAddr;
+
+use tokio::time::Instant;
+
+use crate::metrics;
+use crate::proxy::{AccessRecord, Balancer};
+
+/// The access line of a request the relay refused before it had a head to go by.
+pub(super) fn log_refusal(
+    balancer: &Balancer,
+    client: Option<IpAddr>,
+    head: &[u8],
+    status: u16,
+    why: &str,
+) {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ');
+    let method = words.next().and_then(|w| std::str::from_utf8(w).ok());
+    let path = words.next().and_then(|w| std::str::from_utf8(w).ok());
+    (balancer.access_log)(&AccessRecord {
+        method: method.filter(|m| !m.is_empty()).unwrap_or("-"),
+        path: path.unwrap_or("-"),
+        status,
+        client,
+        upstream: "-",
+        attempts: 0,
+        latency_us: 0,
+        error: Some(&why),
+    });
+}
+
+/// One request's way through the balancer, for its access line and metrics.
+pub(super) struct Trip<'a> {
+    pub(super) balancer: &'a Balancer,
+    pub(super) method: &'a str,
+    pub(super) path: &'a str,
+    pub(super) started: Instant,
+    pub(super) client: Option<IpAddr>,
+    pub(super) attempts: u8,
+    /// The upstream of the last attempt.
+    pub(super) upstream: Option<usize>,
+}
+
+impl Trip<'_> {
+    /// Writes the access line: `status` 0 when no answer reached the client. The upstream
+    /// is named when one answered.
+    pub(super) fn log(
+        &self,
+        status: u16,
+        answered_by_upstream: bool,
+        error: Option<&dyn std::fmt::Display>,
+    ) {
+        let upstream = match self.upstream {
+            Some(index) if answered_by_upstream => {
+                self.balancer.upstreams.get(index).label.as_str()
+            }
+            _ => "-",
+        };
+        let elapsed = self.started.elapsed();
+        metrics::request(upstream, status, elapsed.as_secs_f64());
+        (self.balancer.access_log)(&AccessRecord {
+            method: self.method,
+            path: self.path,
+            status,
+            client: self.client,
+            upstream,
+            attempts: self.attempts,
+            latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            error,
+        });
+    }
+}
