@@ -63,6 +63,48 @@ fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// What a message's headers say about its body and its connection.
+#[derive(Debug, Default)]
+struct FramingHeaders {
+    length: Option<u64>,
+    /// Whether the last transfer coding is `chunked`, when there is one.
+    chunked_last: Option<bool>,
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive: bool,
+    /// `Expect: 100-continue`.
+    expects_continue: bool,
+}
+
+impl FramingHeaders {
+    /// `None` when a `Content-Length` does not parse or two disagree.
+    fn read(headers: &[httparse::Header<'_>]) -> Option<FramingHeaders> {
+        let mut said = FramingHeaders::default();
+        for header in headers {
+            let name = header.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                let value = std::str::from_utf8(header.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())?;
+                if said.length.is_some_and(|l| l != value) {
+                    return None;
+                }
+                said.length = Some(value);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                let last = header.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+                said.chunked_last = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name.eq_ignore_ascii_case("connection") {
+                said.close |= has_token(header.value, "close");
+                said.keep_alive |= has_token(header.value, "keep-alive");
+            } else if name.eq_ignore_ascii_case("expect") {
+                said.expects_continue |= has_token(header.value, "100-continue");
+            }
+        }
+        Some(said)
+    }
+}
+
 /// A request head that parsed: ranges into its bytes, and what its headers say.
 #[derive(Debug)]
 pub struct RequestHead {
@@ -105,50 +147,23 @@ impl RequestHead {
             return Err(HeadError::Unparsable);
         };
         let http10 = version == 0;
-        let mut length: Option<u64> = None;
-        let mut chunked = false;
-        let mut close = false;
-        let mut keep_alive_asked = false;
-        let mut expects_continue = false;
-        for header in request.headers.iter() {
-            let name = header.name;
-            if name.eq_ignore_ascii_case("content-length") {
-                let value = std::str::from_utf8(header.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .ok_or(HeadError::Unparsable)?;
-                if length.is_some_and(|l| l != value) {
-                    return Err(HeadError::Unparsable);
-                }
-                length = Some(value);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                // Only `chunked`, last (RFC 9112, 6.3): anything else cannot be framed.
-                let last = header.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
-                if !last.trim_ascii().eq_ignore_ascii_case(b"chunked") || http10 {
-                    return Err(HeadError::Unparsable);
-                }
-                chunked = true;
-            } else if name.eq_ignore_ascii_case("connection") {
-                close |= has_token(header.value, "close");
-                keep_alive_asked |= has_token(header.value, "keep-alive");
-            } else if name.eq_ignore_ascii_case("expect") {
-                expects_continue |= has_token(header.value, "100-continue");
-            }
-        }
-        let framing = match (chunked, length) {
-            // Both: a smuggling attempt or a broken client (RFC 9112, 6.3).
-            (true, Some(_)) => return Err(HeadError::Unparsable),
-            (true, None) => Framing::Chunked,
-            (false, None) => Framing::None,
-            (false, Some(n)) => Framing::Length(n),
+        let said = FramingHeaders::read(request.headers).ok_or(HeadError::Unparsable)?;
+        let framing = match (said.chunked_last, said.length) {
+            // Only `chunked`, last (RFC 9112, 6.3): anything else cannot be framed; and
+            // chunks beside a length are a smuggling attempt or a broken client.
+            (Some(false), _) | (Some(true), Some(_)) => return Err(HeadError::Unparsable),
+            (Some(true), None) if http10 => return Err(HeadError::Unparsable),
+            (Some(true), None) => Framing::Chunked,
+            (None, None) => Framing::None,
+            (None, Some(n)) => Framing::Length(n),
         };
         Ok(RequestHead {
             method: range_of(method),
             target: range_of(target),
             http10,
             framing,
-            keep_alive: !close && (!http10 || keep_alive_asked),
-            expects_continue: expects_continue && !http10,
+            keep_alive: !said.close && (!http10 || said.keep_alive),
+            expects_continue: said.expects_continue && !http10,
             bytes,
         })
     }
@@ -301,49 +316,22 @@ pub fn parse_response_head(bytes: &[u8], head_request: bool) -> Option<ResponseH
     }
     let status = response.code?;
     let http10 = response.version? == 0;
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut close = false;
-    let mut keep_alive_asked = false;
-    for header in response.headers.iter() {
-        let name = header.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(header.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())?;
-            if length.is_some_and(|l| l != value) {
-                return None;
-            }
-            length = Some(value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = header.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
-            chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
-            if !chunked {
-                // Another coding last: the body runs until the connection closes.
-                close = true;
-            }
-        } else if name.eq_ignore_ascii_case("connection") {
-            close |= has_token(header.value, "close");
-            keep_alive_asked |= has_token(header.value, "keep-alive");
-        }
-    }
+    let said = FramingHeaders::read(response.headers)?;
     let framing = if head_request || status < 200 || status == 204 || status == 304 {
         Framing::None
-    } else if chunked {
-        Framing::Chunked
-    } else if close && !chunked && length.is_none() {
-        Framing::UntilClose
     } else {
-        match length {
-            Some(0) => Framing::None,
-            Some(n) => Framing::Length(n),
-            None => Framing::UntilClose,
+        match (said.chunked_last, said.length) {
+            (Some(true), _) => Framing::Chunked,
+            // Another coding last: the body runs until the connection closes.
+            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (None, Some(0)) => Framing::None,
+            (None, Some(n)) => Framing::Length(n),
         }
     };
     Some(ResponseHead {
         status,
         framing,
-        keep_alive: !close && (!http10 || keep_alive_asked) && framing != Framing::UntilClose,
+        keep_alive: !said.close && (!http10 || said.keep_alive) && framing != Framing::UntilClose,
     })
 }
 
