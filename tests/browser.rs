@@ -219,6 +219,26 @@ async fn sign_up_and_log_in_through_the_page() {
                 .await;
             b.text_contains("#who", &format!("Hi, {username}")).await;
             b.text_contains("#notice", "Welcome back").await;
+            b.text_contains("#notice", &format!("Welcome back, {username}!"))
+                .await;
+
+            // White text on the brand colour is readable: every primary button and badge
+            // has a contrast of at least 4.5:1 (WCAG AA for normal text).
+            let lowest = b
+                .js(
+                    "const lum = (c) => { const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3) \
+                       .map((v) => { v = Number(v) / 255; \
+                         return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); }); \
+                       return 0.2126 * r + 0.7152 * g + 0.0722 * b; }; \
+                     const ratios = [...document.querySelectorAll('.btn-primary, .badge')] \
+                       .map((e) => { const s = getComputedStyle(e); \
+                         const [x, y] = [lum(s.color), lum(s.backgroundColor)]; \
+                         return (Math.max(x, y) + 0.05) / (Math.min(x, y) + 0.05); }); \
+                     return ratios.length ? Math.min(...ratios) : 0;",
+                )
+                .await;
+            let lowest = lowest.as_f64().expect("a contrast ratio");
+            assert!(lowest >= 4.5, "a primary button or badge at {lowest:.2}:1");
 
             // The same tab opens the admin: a clear refusal.
             b.goto(&node.url("/admin/")).await;

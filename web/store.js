@@ -86,12 +86,13 @@
     renderAccount();
   }
 
+  // `message(user)` is the notice to show, made once the user is loaded.
   async function afterLogin(message) {
     await loadUser();
     await loadCart();
     const next = state.after || "#/";
     state.after = null;
-    go(next, message, "success");
+    go(next, message(state.user || { username: "" }), "success");
   }
 
   $("login-form").addEventListener("submit", async (event) => {
@@ -102,7 +103,7 @@
     try {
       await SW.login(form.username.value.trim(), form.password.value);
       form.reset();
-      await afterLogin(`Welcome back, ${state.user ? state.user.username : ""}!`);
+      await afterLogin((user) => `Welcome back, ${user.username}!`);
     } catch (err) {
       notice(SW.explain(err), "error");
     } finally {
@@ -121,7 +122,7 @@
       await SW.post("/api/users/", body, { auth: false });
       await SW.login(body.username, body.password);
       form.reset();
-      await afterLogin(`Welcome to Soundwave, ${body.username}! Your account is ready.`);
+      await afterLogin(() => `Welcome to Soundwave, ${body.username}! Your account is ready.`);
     } catch (err) {
       notice(SW.explain(err), "error");
     } finally {
