@@ -25,7 +25,10 @@
 //!   idle; before Pingora sees a connection, a guard bounds open connections in all and per
 //!   client IP (503), and each request's head and body in total time (408) and the head in
 //!   size (431, 414) and syntax (400), all answered in JSON; SIGTERM drains in-flight
-//!   requests for `grace_period_secs`.
+//!   requests for `grace_period_secs`; requests per second per client IP with a burst
+//!   (`ratelimit.rs`, JSON 429 with `Retry-After`).
+//! - **Operations**: an upstream can be drained (`POST /_lb/upstreams/{addr}/drain`, on the
+//!   operator listener; ketama skips it as it skips a down one) and brought back.
 //! - **Visibility**: on the operator listener `metrics_listen` only, `GET /_lb/status`
 //!   (JSON) and Prometheus `GET /metrics`; one
 //!   access line per request, through the [`AccessLog`] the caller passes to [`run`].
@@ -56,6 +59,7 @@ mod health;
 mod http1;
 mod metrics;
 mod proxy;
+mod ratelimit;
 mod relay;
 mod upstream;
 

@@ -34,6 +34,7 @@ use crate::http1::{
 };
 use crate::metrics;
 use crate::proxy::{AccessRecord, Balancer, MAX_ATTEMPTS, client_ip, is_internal, maybe_local};
+use crate::ratelimit::{RateLimiter, Verdict};
 use crate::upstream::FailurePhase;
 
 /// Room asked of the allocator for a client's reads at a time.
@@ -63,15 +64,22 @@ pub struct Relay {
     counter: Arc<ConnectionCounter>,
     limits: RequestLimits,
     answers: GuardAnswers,
+    /// Per client IP requests per second; `None` when `rate_limit_per_sec` is 0.
+    limiter: Option<RateLimiter>,
 }
 
 impl Relay {
     pub fn new(balancer: Balancer, counter: Arc<ConnectionCounter>, limits: RequestLimits) -> Self {
+        let limiter = RateLimiter::new(
+            balancer.config.rate_limit_per_sec,
+            balancer.config.rate_limit_burst,
+        );
         Relay {
             balancer: Arc::new(balancer),
             counter,
             limits,
             answers: GuardAnswers::new(),
+            limiter,
         }
     }
 }
@@ -337,13 +345,14 @@ impl Trip<'_> {
     }
 }
 
-/// A JSON answer of the balancer's own, whole.
-fn own_answer(status: u16, reason: &str, detail: &str, close: bool) -> Bytes {
+/// A JSON answer of the balancer's own, whole; `extra` is more header lines, each ending
+/// in CRLF.
+fn own_answer(status: u16, reason: &str, detail: &str, close: bool, extra: &str) -> Bytes {
     let body = serde_json::json!({ "detail": detail }).to_string();
     let connection = if close { "connection: close\r\n" } else { "" };
     Bytes::from(format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         cache-control: no-store\r\n{connection}\r\n{body}",
+         cache-control: no-store\r\n{extra}{connection}\r\n{body}",
         body.len()
     ))
 }
@@ -578,6 +587,28 @@ impl ClientConnection<'_> {
             attempts: 0,
             upstream: None,
         };
+        // One branch when there is no limit; a lookup in a preallocated table when there is.
+        if let (Some(limiter), Some(ip)) = (&self.relay.limiter, client)
+            && let Verdict::Limited { retry_after_secs } = limiter.check(ip)
+        {
+            metrics::request_refused("rate_limited");
+            // The body is not read: the connection closes after the answer.
+            let close = head.has_body() || !head.keep_alive;
+            let mut seconds = itoa::Buffer::new();
+            let extra = ["retry-after: ", seconds.format(retry_after_secs), "\r\n"].concat();
+            let detail = "Too many requests: slow down and retry after the Retry-After seconds.";
+            return self
+                .answer_own_with(
+                    &trip,
+                    429,
+                    "Too Many Requests",
+                    detail,
+                    close,
+                    Some(&"rate limited"),
+                    &extra,
+                )
+                .await;
+        }
         if maybe_local(path) && is_internal(path) {
             let close = head.has_body() || !head.keep_alive;
             return self
@@ -896,8 +927,24 @@ impl ClientConnection<'_> {
         close: bool,
         error: Option<&(dyn std::fmt::Display + Sync)>,
     ) -> Next {
+        self.answer_own_with(trip, status, reason, detail, close, error, "")
+            .await
+    }
+
+    /// [`answer_own`](Self::answer_own) with `extra` header lines (each ending in CRLF).
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_own_with(
+        &mut self,
+        trip: &Trip<'_>,
+        status: u16,
+        reason: &str,
+        detail: &str,
+        close: bool,
+        error: Option<&(dyn std::fmt::Display + Sync)>,
+        extra: &str,
+    ) -> Next {
         let close = close || *self.shutdown.borrow();
-        let answer = own_answer(status, reason, detail, close);
+        let answer = own_answer(status, reason, detail, close, extra);
         if !self.send(&answer).await {
             trip.log(0, false, Some(&"the client went away before its answer"));
             return Next::Close;

@@ -156,6 +156,18 @@ impl Balancer {
         resp.json().await.expect("status JSON")
     }
 
+    /// `METHOD PATH` on the operator listener: the status and the JSON body.
+    pub async fn operator(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
+        let addr = self.metrics.expect("an operator listener (metrics_listen)");
+        let resp = reqwest::Client::new()
+            .request(method.clone(), format!("http://{addr}{path}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// The status entry of the upstream at `addr`.
     pub async fn upstream_status(&self, addr: SocketAddr) -> Value {
         let status = self.status().await;
