@@ -709,3 +709,113 @@ async fn a_drained_primary_gets_no_new_clients_and_its_clients_come_back_when_un
     assert_eq!(mapping(lb.clone(), clients.clone()).await, original);
     assert_eq!(lb.upstream_status(a.addr).await["drained"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_under_requests_fails_none_and_the_old_process_exits() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let echo = EchoUpstream::start("A");
+    let old = Balancer::start(
+        local(free_port()),
+        Some(local(free_port())),
+        &format!(
+            "primaries = [\"{}\"]\nbackups = []\n{}",
+            echo.addr,
+            fast_health(2, 3)
+        ),
+    );
+    let url = old.url("/during-upgrade");
+
+    // A client sends requests one after another, each on a new connection, until told to
+    // stop (bounded in count and time).
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("a client");
+            let started = std::time::Instant::now();
+            let (mut sent, mut failures) = (0u32, Vec::new());
+            while !stop.load(Ordering::SeqCst)
+                && sent < 20_000
+                && started.elapsed() < Duration::from_secs(90)
+            {
+                sent += 1;
+                match client.get(format!("{url}?n={sent}")).send().await {
+                    Ok(resp) if resp.status() == 200 => {}
+                    Ok(resp) => failures.push(format!("#{sent}: {}", resp.status())),
+                    Err(error) => failures.push(format!("#{sent}: {error}")),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (sent, failures)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Both wait on processes: off the runtime's threads.
+    let (mut old, new) = tokio::task::spawn_blocking(move || {
+        let new = old.upgrade();
+        (old, new)
+    })
+    .await
+    .expect("the upgrade");
+    let (exit, old) = tokio::task::spawn_blocking(move || {
+        let exit = old.wait_exit(Duration::from_secs(40));
+        (exit, old)
+    })
+    .await
+    .expect("waiting for the old balancer");
+    assert!(
+        exit.is_some(),
+        "the old balancer did not exit after SIGQUIT"
+    );
+    // A few more requests reach the new balancer alone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (sent, failures) = sender.await.expect("the client");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(sent > 10, "only {sent} requests were sent");
+
+    // Both served some; the new one serves on, with its own operator listener.
+    let served = |lb: &Balancer| {
+        lb.stderr_lines()
+            .iter()
+            .filter(|l| l.contains("path=\"/during-upgrade") && l.contains("status=200"))
+            .count()
+    };
+    let (by_old, by_new) = (served(&old), served(&new));
+    eprintln!("{sent} requests: {by_old} served by the old balancer, {by_new} by the new");
+    assert!(by_old > 0 && by_new > 0, "old {by_old}, new {by_new}");
+    assert_eq!(new.status().await["serving"], "primaries");
+}
+
+#[test]
+fn an_upgrade_with_no_running_balancer_is_refused_at_once() {
+    let run_dir = tempfile::tempdir().expect("temp dir");
+    let output = common::process::soundwave_command()
+        .args(["lb", "--upgrade", "--primary", "127.0.0.1:9"])
+        .arg("--listen")
+        .arg(local(free_port()).to_string())
+        .arg("--metrics-listen")
+        .arg(local(free_port()).to_string())
+        .arg("--run-dir")
+        .arg(run_dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run soundwave lb --upgrade");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot upgrade: no running balancer"),
+        "{stderr}"
+    );
+}

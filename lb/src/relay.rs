@@ -388,16 +388,27 @@ impl ClientConnection<'_> {
     /// balancer shuts down (the request in flight finishes first).
     async fn serve(&mut self) {
         let idle = Duration::from_secs(self.balancer().config.idle_timeout_secs);
+        // A shutdown (SIGTERM, or SIGQUIT handing the sockets to a new balancer) closes a
+        // kept connection between two requests, as any server may (clients send again on a
+        // new one). A new connection's first request is still awaited and answered (with
+        // `connection: close`): its client, accepted just as the listener stopped, cannot
+        // tell it from a refusal. Pingora's grace period bounds that wait.
+        let mut served = false;
         loop {
-            if *self.shutdown.borrow() {
+            if served && *self.shutdown.borrow() {
                 break;
             }
             if self.input.is_empty() {
                 self.input.reserve(READ_CHUNK);
-                let read = tokio::select! {
-                    biased;
-                    _ = self.shutdown.changed() => break,
-                    read = tokio::time::timeout(idle, self.stream.read_buf(&mut self.input)) => read,
+                let reading = tokio::time::timeout(idle, self.stream.read_buf(&mut self.input));
+                let read = if served {
+                    tokio::select! {
+                        biased;
+                        _ = self.shutdown.changed() => break,
+                        read = reading => read,
+                    }
+                } else {
+                    reading.await
                 };
                 if !matches!(read, Ok(Ok(n)) if n > 0) {
                     break;
@@ -406,6 +417,7 @@ impl ClientConnection<'_> {
             let Some(head) = self.read_head().await else {
                 break;
             };
+            served = true;
             if self.relay_request(head).await == Next::Close {
                 break;
             }
