@@ -228,6 +228,19 @@ async fn ip_hash_sticks_fails_over_to_the_other_primary_then_the_backup_and_come
     }
 }
 
+/// A balancer over the one primary `echo`, with `extra` in its `[lb]`.
+fn over_one_primary(echo: &EchoUpstream, extra: &str) -> Balancer {
+    Balancer::start(
+        local(free_port()),
+        Some(local(free_port())),
+        &format!(
+            "primaries = [\"{}\"]\nbackups = []\n{extra}{}",
+            echo.addr,
+            fast_health(2, 3)
+        ),
+    )
+}
+
 async fn get_json(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
     let mut req = client.get(url);
     for (k, v) in headers {
@@ -449,12 +462,10 @@ async fn failed_connects_are_retried_once_for_any_method_in_flight_failures_only
         "POST sent again after it reached an upstream"
     );
     // The access log says the GET was tried twice.
-    wait_for("the access log line of the GET", WAIT, || async {
-        lb.stderr_lines()
-            .iter()
-            .any(|l| l.contains("path=\"/drop-get\"") && l.contains("attempts=2"))
-            .then_some(())
-    })
+    lb.wait_for_line(
+        "the access log line of the GET",
+        &["path=\"/drop-get\"", "attempts=2"],
+    )
     .await;
 
     // A client that hangs up before its (slow) answer: an access line with status 0, and
@@ -466,12 +477,10 @@ async fn failed_connects_are_retried_once_for_any_method_in_flight_failures_only
             .expect("send");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    wait_for("the access line of the client that left", WAIT, || async {
-        lb.stderr_lines()
-            .iter()
-            .any(|l| l.contains("path=\"/slow-gone\"") && l.contains("status=0"))
-            .then_some(())
-    })
+    lb.wait_for_line(
+        "the access line of the client that left",
+        &["path=\"/slow-gone\"", "status=0"],
+    )
     .await;
     let errors: Vec<String> = lb
         .stderr_lines()
@@ -536,15 +545,7 @@ async fn echo_get(client: &reqwest::Client, url: &str) -> (u16, String, Option<S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_gets_429_with_retry_after_while_another_is_served() {
     let echo = EchoUpstream::start("A");
-    let lb = Balancer::start(
-        local(free_port()),
-        Some(local(free_port())),
-        &format!(
-            "primaries = [\"{}\"]\nbackups = []\nrate_limit_per_sec = 1\nrate_limit_burst = 3\n{}",
-            echo.addr,
-            fast_health(2, 3)
-        ),
-    );
+    let lb = over_one_primary(&echo, "rate_limit_per_sec = 1\nrate_limit_burst = 3\n");
     let url = lb.url("/limited");
     let greedy = client_from("127.0.0.20".parse().unwrap());
 
@@ -586,12 +587,10 @@ async fn a_client_over_its_rate_gets_429_with_retry_after_while_another_is_serve
         metrics.contains("soundwave_lb_requests_refused_total{reason=\"rate_limited\"}"),
         "{metrics}"
     );
-    wait_for("the access line of the 429", WAIT, || async {
-        lb.stderr_lines()
-            .iter()
-            .any(|l| l.contains("client=127.0.0.20") && l.contains("status=429"))
-            .then_some(())
-    })
+    lb.wait_for_line(
+        "the access line of the 429",
+        &["client=127.0.0.20", "status=429"],
+    )
     .await;
 
     // The bucket refills: after Retry-After, the greedy client is served again.
@@ -716,15 +715,7 @@ async fn an_upgrade_under_requests_fails_none_and_the_old_process_exits() {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let echo = EchoUpstream::start("A");
-    let old = Balancer::start(
-        local(free_port()),
-        Some(local(free_port())),
-        &format!(
-            "primaries = [\"{}\"]\nbackups = []\n{}",
-            echo.addr,
-            fast_health(2, 3)
-        ),
-    );
+    let old = over_one_primary(&echo, "");
     let url = old.url("/during-upgrade");
 
     // A client sends requests one after another, each on a new connection, until told to

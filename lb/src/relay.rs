@@ -610,7 +610,7 @@ impl ClientConnection<'_> {
             let extra = ["retry-after: ", seconds.format(retry_after_secs), "\r\n"].concat();
             let detail = "Too many requests: slow down and retry after the Retry-After seconds.";
             return self
-                .answer_own_with(
+                .answer_own(
                     &trip,
                     429,
                     "Too Many Requests",
@@ -624,7 +624,7 @@ impl ClientConnection<'_> {
         if maybe_local(path) && is_internal(path) {
             let close = head.has_body() || !head.keep_alive;
             return self
-                .answer_own(&trip, 404, "Not Found", "Not found.", close, None)
+                .answer_own(&trip, 404, "Not Found", "Not found.", close, None, "")
                 .await;
         }
         if head.method() == "CONNECT" {
@@ -636,6 +636,7 @@ impl ClientConnection<'_> {
                     "CONNECT is not proxied.",
                     true,
                     None,
+                    "",
                 )
                 .await;
         }
@@ -646,7 +647,7 @@ impl ClientConnection<'_> {
             Err(BodyFault::TooLarge) => {
                 let detail = "Request body too large.";
                 return self
-                    .answer_own(&trip, 413, "Payload Too Large", detail, true, None)
+                    .answer_own(&trip, 413, "Payload Too Large", detail, true, None, "")
                     .await;
             }
             Err(BodyFault::TimedOut) => {
@@ -657,7 +658,7 @@ impl ClientConnection<'_> {
             Err(BodyFault::Unparsable) => {
                 let detail = "The request body's chunked framing is broken.";
                 return self
-                    .answer_own(&trip, 400, "Bad Request", detail, true, None)
+                    .answer_own(&trip, 400, "Bad Request", detail, true, None, "")
                     .await;
             }
             // The client went away or broke its body: nobody reads an answer.
@@ -797,7 +798,7 @@ impl ClientConnection<'_> {
                 .as_ref()
                 .map(|e| e as &(dyn std::fmt::Display + Sync));
             return self
-                .answer_own(&trip, status, reason, detail, close, error)
+                .answer_own(&trip, status, reason, detail, close, error, "")
                 .await;
         };
         self.relay_answer(&head, response, &trip).await
@@ -929,23 +930,10 @@ impl ClientConnection<'_> {
         }
     }
 
-    /// Answers with the balancer's own JSON and writes the access line.
-    async fn answer_own(
-        &mut self,
-        trip: &Trip<'_>,
-        status: u16,
-        reason: &str,
-        detail: &str,
-        close: bool,
-        error: Option<&(dyn std::fmt::Display + Sync)>,
-    ) -> Next {
-        self.answer_own_with(trip, status, reason, detail, close, error, "")
-            .await
-    }
-
-    /// [`answer_own`](Self::answer_own) with `extra` header lines (each ending in CRLF).
+    /// Answers with the balancer's own JSON (with `extra` header lines, each ending in
+    /// CRLF) and writes the access line.
     #[allow(clippy::too_many_arguments)]
-    async fn answer_own_with(
+    async fn answer_own(
         &mut self,
         trip: &Trip<'_>,
         status: u16,

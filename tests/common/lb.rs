@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::node::Node;
-use crate::process::{Proc, soundwave_command, spawn_line_reader, wait_timeout};
+use crate::process::{Proc, soundwave_command, spawn_line_reader, wait_for, wait_timeout};
 
 /// How long the balancer may take to print its ready line.
 pub const LB_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -234,6 +234,17 @@ impl Balancer {
     /// Waits for the process to exit, at most `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         wait_timeout(&mut self.proc.as_mut()?.child, limit)
+    }
+
+    /// Waits (20 s at most) for a stderr line that has every one of `parts`.
+    pub async fn wait_for_line(&self, what: &str, parts: &[&str]) {
+        wait_for(what, Duration::from_secs(20), || async {
+            self.stderr_lines()
+                .iter()
+                .any(|l| parts.iter().all(|p| l.contains(p)))
+                .then_some(())
+        })
+        .await;
     }
 
     /// Captured stderr lines so far.
