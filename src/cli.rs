@@ -148,6 +148,15 @@ pub struct LbArgs {
     /// Address of the Prometheus endpoint (default 127.0.0.1:9091).
     #[arg(long, env = "SOUNDWAVE_LB_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Directory of the pid file and the upgrade socket (default: `lb.run_dir`, else
+    /// $TMPDIR/soundwave-lb-<listen port>).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Take the listening sockets over from the balancer running with the same run
+    /// directory: start this, then send that one SIGQUIT (within 5 s); it hands them over
+    /// and drains. No connection is refused meanwhile.
+    #[arg(long)]
+    pub upgrade: bool,
 }
 
 impl LbArgs {
@@ -165,6 +174,9 @@ impl LbArgs {
         }
         if let Some(addr) = self.metrics_listen {
             config.metrics_listen = Some(addr);
+        }
+        if let Some(dir) = &self.run_dir {
+            config.run_dir = dir.clone();
         }
         config
             .validate()
@@ -212,6 +224,15 @@ mod tests {
         let config = lb_args(&[]).resolve().expect("defaults are valid");
         assert!(!config.primaries.is_empty());
         assert!(!config.backups.is_empty());
+    }
+
+    #[test]
+    fn the_run_directory_flag_replaces_the_configured_one() {
+        let args = lb_args(&["--run-dir", "/tmp/lb-run", "--upgrade"]);
+        assert!(args.upgrade);
+        let config = args.resolve().expect("valid flags");
+        assert_eq!(config.run_dir, PathBuf::from("/tmp/lb-run"));
+        assert!(!lb_args(&[]).upgrade);
     }
 
     #[test]

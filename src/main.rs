@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
                 config,
                 soundwave::telemetry::prometheus(),
                 soundwave::logging::write_lb_access_line,
+                args.upgrade,
             )
             .context("running the load balancer")?;
         }

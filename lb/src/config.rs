@@ -56,6 +56,11 @@ pub struct LbConfig {
     pub max_connections_per_ip: usize,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` / `X-Forwarded-Proto` are believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Requests per second per client IP (as `client_ip` gives it); more get a JSON 429
+    /// with `Retry-After`. 0: no limit.
+    pub rate_limit_per_sec: u32,
+    /// Requests a client may make at once above that rate (the token bucket's size).
+    pub rate_limit_burst: u32,
     /// Address of the operator listener (`GET /metrics`, `GET /_lb/status`); empty: none.
     #[serde(deserialize_with = "optional_addr")]
     pub metrics_listen: Option<SocketAddr>,
@@ -93,6 +98,8 @@ impl Default for LbConfig {
             max_connections: 10_000,
             max_connections_per_ip: 256,
             trusted_proxies: Vec::new(),
+            rate_limit_per_sec: 0,
+            rate_limit_burst: 50,
             metrics_listen: Some(local(9091)),
             threads: 0,
             grace_period_secs: 5,
@@ -176,6 +183,12 @@ impl LbConfig {
         if self.max_connections == 0 || self.max_connections_per_ip == 0 {
             return invalid(
                 "lb.max_connections and lb.max_connections_per_ip must be at least 1".to_owned(),
+            );
+        }
+        if self.rate_limit_per_sec > 0 && self.rate_limit_burst == 0 {
+            return invalid(
+                "lb.rate_limit_burst must be at least 1 when lb.rate_limit_per_sec is set"
+                    .to_owned(),
             );
         }
         Ok(())

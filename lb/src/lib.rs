@@ -25,7 +25,12 @@
 //!   idle; before Pingora sees a connection, a guard bounds open connections in all and per
 //!   client IP (503), and each request's head and body in total time (408) and the head in
 //!   size (431, 414) and syntax (400), all answered in JSON; SIGTERM drains in-flight
-//!   requests for `grace_period_secs`.
+//!   requests for `grace_period_secs`; requests per second per client IP with a burst
+//!   (`ratelimit.rs`, JSON 429 with `Retry-After`).
+//! - **Operations**: an upstream can be drained (`POST /_lb/upstreams/{addr}/drain`, on the
+//!   operator listener; ketama skips it as it skips a down one) and brought back; `run`
+//!   with `upgrade` takes the listening sockets from the running balancer (Pingora's
+//!   hand-off on SIGQUIT), so a new binary replaces the old without refusing a connection.
 //! - **Visibility**: on the operator listener `metrics_listen` only, `GET /_lb/status`
 //!   (JSON) and Prometheus `GET /metrics`; one
 //!   access line per request, through the [`AccessLog`] the caller passes to [`run`].
@@ -41,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
-use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::{
     BackgroundService, GenBackgroundService, background_service,
@@ -56,6 +61,7 @@ mod health;
 mod http1;
 mod metrics;
 mod proxy;
+mod ratelimit;
 mod relay;
 mod upstream;
 
@@ -83,6 +89,13 @@ pub enum LbError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write the pid file {path}: {source}")]
+    PidFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot upgrade: {0}")]
+    Upgrade(String),
 }
 
 /// Points per upstream on pingora's ketama ring (as nginx).
@@ -95,10 +108,16 @@ fn check_bindable(what: &'static str, addr: SocketAddr) -> Result<(), LbError> {
         .map_err(|source| LbError::Listen { what, addr, source })
 }
 
+/// The pid file in the run directory: written once the balancer holds its listeners, read
+/// by `--upgrade` to find the process it takes them from.
+fn pid_file(run_dir: &std::path::Path) -> PathBuf {
+    run_dir.join("lb.pid")
+}
+
 fn pingora_conf(config: &LbConfig, run_dir: &std::path::Path) -> ServerConf {
     ServerConf {
         threads: config.worker_threads(),
-        pid_file: run_dir.join("lb.pid").to_string_lossy().into_owned(),
+        pid_file: pid_file(run_dir).to_string_lossy().into_owned(),
         upgrade_sock: run_dir
             .join("lb-upgrade.sock")
             .to_string_lossy()
@@ -211,29 +230,80 @@ fn within_descriptor_limit(configured: usize) -> usize {
     configured.min(allowed)
 }
 
-/// Runs the balancer until SIGTERM (drains in-flight requests for `grace_period_secs`) or
-/// SIGINT (stops at once). Pingora builds its own runtimes: call this from a plain thread,
-/// not from inside an async runtime. `metrics_handle` renders the process's Prometheus
-/// recorder, where the balancer records its metrics; `access_log` writes the line of each
-/// finished request.
+/// The process named by the pid file of `run_dir`, when it is alive: the balancer an
+/// upgrade takes the listeners from.
+fn running_balancer(run_dir: &std::path::Path) -> Result<libc::pid_t, LbError> {
+    let path = pid_file(run_dir);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        LbError::Upgrade(format!(
+            "no running balancer: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    let pid: libc::pid_t = text
+        .trim()
+        .parse()
+        .map_err(|_| LbError::Upgrade(format!("{} does not hold a process id", path.display())))?;
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
+        return Err(LbError::Upgrade(format!(
+            "the balancer of {} (pid {pid}) is not running",
+            path.display()
+        )));
+    }
+    Ok(pid)
+}
+
+/// Runs the balancer until SIGTERM (drains in-flight requests for `grace_period_secs`),
+/// SIGINT (stops at once) or SIGQUIT (hands its listening sockets to a new balancer started
+/// with `upgrade`, then drains). Pingora builds its own runtimes: call this from a plain
+/// thread, not from inside an async runtime. `metrics_handle` renders the process's
+/// Prometheus recorder, where the balancer records its metrics; `access_log` writes the
+/// line of each finished request.
+///
+/// With `upgrade`, the listeners are not bound but taken from the balancer named by the pid
+/// file of the run directory (Pingora's hand-off over the upgrade socket there), once that
+/// one gets SIGQUIT; if it does not hand them over within about five seconds, this process
+/// exits with status 1.
 pub fn run(
     config: LbConfig,
     metrics_handle: PrometheusHandle,
     access_log: AccessLog,
+    upgrade: bool,
 ) -> Result<(), LbError> {
     config.validate()?;
-    check_bindable("listen", config.listen)?;
-    if let Some(addr) = config.metrics_listen {
-        check_bindable("metrics_listen", addr)?;
-    }
     let run_dir = config.effective_run_dir();
+    if upgrade {
+        let old = running_balancer(&run_dir)?;
+        tracing::info!(
+            target: "soundwave::lb",
+            old_pid = old,
+            "upgrading: waiting for the running balancer's sockets (send it SIGQUIT)"
+        );
+    } else {
+        check_bindable("listen", config.listen)?;
+        if let Some(addr) = config.metrics_listen {
+            check_bindable("metrics_listen", addr)?;
+        }
+    }
     std::fs::create_dir_all(&run_dir).map_err(|source| LbError::RunDir {
         path: run_dir.clone(),
         source,
     })?;
 
-    let mut server = Server::new_with_opt_and_conf(None, pingora_conf(&config, &run_dir));
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, pingora_conf(&config, &run_dir));
     server.bootstrap();
+    let pid_path = pid_file(&run_dir);
+    std::fs::write(&pid_path, format!("{}\n", std::process::id())).map_err(|source| {
+        LbError::PidFile {
+            path: pid_path,
+            source,
+        }
+    })?;
 
     let config = Arc::new(config);
     let upstreams = Arc::new(upstream::Upstreams::new(

@@ -3,9 +3,13 @@
 //! - `soundwave_lb_requests_total{upstream,status}`: requests answered (upstream `-` when the
 //!   balancer answered itself),
 //! - `soundwave_lb_upstream_failures_total{upstream,phase}`: connect / in-flight failures,
+//! - `soundwave_lb_requests_refused_total{reason}`: requests the balancer answered itself
+//!   instead of relaying (limits broken, `rate_limited`),
+//! - `soundwave_lb_connections_refused_total`: connections refused past the bounds,
 //! - `soundwave_lb_retries_total`: requests sent a second time to another upstream,
 //! - `soundwave_lb_ejections_total{upstream}`: passive ejections,
-//! - `soundwave_lb_upstream_up{upstream,role}`: 1 while the upstream can be chosen,
+//! - `soundwave_lb_upstream_up{upstream,role}`: 1 while the upstream can be chosen (healthy,
+//!   not ejected, not drained),
 //! - `soundwave_lb_request_duration_seconds{upstream}`: latency histogram.
 
 use std::cell::RefCell;
@@ -75,7 +79,7 @@ pub fn connection_refused() {
 }
 
 /// A request the balancer gave up on before relaying it (`reason`: timed_out, too_large,
-/// uri_too_long, unparsable).
+/// uri_too_long, unparsable, rate_limited).
 pub fn request_refused(reason: &'static str) {
     metrics::counter!("soundwave_lb_requests_refused_total", "reason" => reason).increment(1);
 }
@@ -96,50 +100,113 @@ pub fn upstream_up(upstream: &str, role: &'static str, up: bool) {
     });
 }
 
-/// The operator listener: `GET /metrics` in the Prometheus text format and
-/// `GET /_lb/status` (JSON); anything else is a JSON 404 (405 for another method).
+/// The operator listener: `GET /metrics` in the Prometheus text format, `GET /_lb/status`
+/// (JSON), and `POST /_lb/upstreams/{addr}/drain` and `.../undrain`; anything else is a
+/// JSON 404 (405 for another method on a known path).
 pub struct MetricsApp {
     pub handle: PrometheusHandle,
     pub balancer: crate::proxy::Balancer,
+}
+
+/// One answer of the operator listener.
+struct OperatorAnswer {
+    status: u16,
+    content_type: &'static str,
+    /// The methods a 405 names.
+    allow: Option<&'static str>,
+    body: Vec<u8>,
+}
+
+fn json_answer(status: u16, body: &serde_json::Value) -> OperatorAnswer {
+    OperatorAnswer {
+        status,
+        content_type: "application/json",
+        allow: None,
+        body: body.to_string().into_bytes(),
+    }
+}
+
+fn not_allowed(method: &http::Method, allow: &'static str) -> OperatorAnswer {
+    let detail = format!("Method \"{method}\" not allowed.");
+    OperatorAnswer {
+        allow: Some(allow),
+        ..json_answer(405, &serde_json::json!({ "detail": detail }))
+    }
+}
+
+impl MetricsApp {
+    fn answer(&self, method: &http::Method, path: &str) -> OperatorAnswer {
+        let readable = method == http::Method::GET || method == http::Method::HEAD;
+        match path {
+            "/metrics" | "/metrics/" | "/_lb/status" | "/_lb/status/" if !readable => {
+                not_allowed(method, "GET, HEAD")
+            }
+            "/metrics" | "/metrics/" => {
+                self.handle.run_upkeep();
+                OperatorAnswer {
+                    status: 200,
+                    content_type: "text/plain; version=0.0.4",
+                    allow: None,
+                    body: self.handle.render().into_bytes(),
+                }
+            }
+            "/_lb/status" | "/_lb/status/" => OperatorAnswer {
+                status: 200,
+                content_type: "application/json",
+                allow: None,
+                body: self.balancer.status().to_vec(),
+            },
+            _ => match path.strip_prefix("/_lb/upstreams/") {
+                Some(rest) => self.drain(method, rest.trim_end_matches('/')),
+                None => json_answer(404, &serde_json::json!({ "detail": "Not found." })),
+            },
+        }
+    }
+
+    /// `POST /_lb/upstreams/{addr}/drain` or `/undrain` (`rest` is what follows
+    /// `/_lb/upstreams/`): the upstream's drain state, and whether this changed it.
+    fn drain(&self, method: &http::Method, rest: &str) -> OperatorAnswer {
+        let not_found = |detail: String| json_answer(404, &serde_json::json!({ "detail": detail }));
+        let Some((addr, action)) = rest.rsplit_once('/') else {
+            return not_found("Not found.".to_owned());
+        };
+        let drained = match action {
+            "drain" => true,
+            "undrain" => false,
+            _ => return not_found("Not found.".to_owned()),
+        };
+        let addr = crate::proxy::percent_decode(addr);
+        let upstreams = &self.balancer.upstreams;
+        let Some(index) = addr.parse().ok().and_then(|a| upstreams.position(a)) else {
+            return not_found(format!("No upstream {addr}."));
+        };
+        if method != http::Method::POST {
+            return not_allowed(method, "POST");
+        }
+        let changed = upstreams.set_drained(index, drained);
+        json_answer(
+            200,
+            &serde_json::json!({
+                "address": upstreams.get(index).label,
+                "drained": drained,
+                "changed": changed,
+            }),
+        )
+    }
 }
 
 #[async_trait]
 impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let req = session.req_header();
-        let path = req.uri.path();
-        let readable = req.method == http::Method::GET || req.method == http::Method::HEAD;
-        let known = matches!(
-            path,
-            "/metrics" | "/metrics/" | "/_lb/status" | "/_lb/status/"
-        );
-        let (status, content_type, body) = if known && !readable {
-            let detail = format!(
-                "{{\"detail\":\"Method \\\"{}\\\" not allowed.\"}}",
-                req.method
-            );
-            (405, "application/json", detail.into_bytes())
-        } else if path.starts_with("/metrics") && known {
-            self.handle.run_upkeep();
-            (
-                200,
-                "text/plain; version=0.0.4",
-                self.handle.render().into_bytes(),
-            )
-        } else if known {
-            (200, "application/json", self.balancer.status().to_vec())
-        } else {
-            (
-                404,
-                "application/json",
-                br#"{"detail":"Not found."}"#.to_vec(),
-            )
-        };
-        http::Response::builder()
-            .status(status)
-            .header(http::header::CONTENT_TYPE, content_type)
-            .header(http::header::CONTENT_LENGTH, body.len())
-            .body(body)
-            .unwrap_or_default()
+        let answer = self.answer(&req.method, req.uri.path());
+        let mut response = http::Response::builder()
+            .status(answer.status)
+            .header(http::header::CONTENT_TYPE, answer.content_type)
+            .header(http::header::CONTENT_LENGTH, answer.body.len());
+        if let Some(allow) = answer.allow {
+            response = response.header(http::header::ALLOW, allow);
+        }
+        response.body(answer.body).unwrap_or_default()
     }
 }

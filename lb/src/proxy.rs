@@ -57,7 +57,7 @@ pub struct AccessRecord<'a> {
 pub type AccessLog = fn(&AccessRecord<'_>);
 
 /// Percent-decodes a path (bytes that do not decode are kept as they are).
-fn percent_decode(path: &str) -> String {
+pub(crate) fn percent_decode(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -157,14 +157,17 @@ pub fn client_ip(peer: IpAddr, trusted: &[IpAddr], headers: &http::HeaderMap) ->
 
 impl Balancer {
     /// The upstream for `key`: the first available primary on the ring, else the first
-    /// available backup. Available: healthy by the probes, not ejected, not in `exclude`.
+    /// available backup. Available: healthy by the probes, not ejected, not drained, not in
+    /// `exclude`. A drained upstream is skipped on the ring as a down one is: only its
+    /// clients move.
     pub(crate) fn choose(&self, key: &[u8], exclude: &[usize]) -> Option<usize> {
         let accept = |backend: &pingora_load_balancing::Backend, healthy: bool| {
             healthy
-                && self
-                    .upstreams
-                    .index_of(backend)
-                    .is_some_and(|i| !exclude.contains(&i) && !self.upstreams.is_ejected(i))
+                && self.upstreams.index_of(backend).is_some_and(|i| {
+                    !exclude.contains(&i)
+                        && !self.upstreams.is_ejected(i)
+                        && !self.upstreams.is_drained(i)
+                })
         };
         self.primaries
             .select_with(key, self.max_ring_steps, accept)
@@ -186,9 +189,10 @@ impl Balancer {
             .status(|u| self.active_healthy(u.role, &u.backend));
         status["listen"] = self.config.listen.to_string().into();
         let serving = |role: &str| {
-            status["upstreams"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|u| u["role"] == role && u["healthy"] == true))
+            status["upstreams"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|u| u["role"] == role && u["healthy"] == true && u["drained"] == false)
+            })
         };
         let tier = if serving("primary") {
             "primaries"

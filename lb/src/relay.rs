@@ -33,6 +33,7 @@ use crate::http1::{
 };
 use crate::metrics;
 use crate::proxy::{Balancer, MAX_ATTEMPTS, client_ip, is_internal, maybe_local};
+use crate::ratelimit::{RateLimiter, Verdict};
 use crate::upstream::FailurePhase;
 
 mod access;
@@ -60,15 +61,22 @@ pub struct Relay {
     counter: Arc<ConnectionCounter>,
     limits: RequestLimits,
     answers: GuardAnswers,
+    /// Per client IP requests per second; `None` when `rate_limit_per_sec` is 0.
+    limiter: Option<RateLimiter>,
 }
 
 impl Relay {
     pub fn new(balancer: Balancer, counter: Arc<ConnectionCounter>, limits: RequestLimits) -> Self {
+        let limiter = RateLimiter::new(
+            balancer.config.rate_limit_per_sec,
+            balancer.config.rate_limit_burst,
+        );
         Relay {
             balancer: Arc::new(balancer),
             counter,
             limits,
             answers: GuardAnswers::new(),
+            limiter,
         }
     }
 }
@@ -152,13 +160,14 @@ enum BodyFault {
     Unparsable,
 }
 
-/// A JSON answer of the balancer's own, whole.
-fn own_answer(status: u16, reason: &str, detail: &str, close: bool) -> Bytes {
+/// A JSON answer of the balancer's own, whole; `extra` is more header lines, each ending
+/// in CRLF.
+fn own_answer(status: u16, reason: &str, detail: &str, close: bool, extra: &str) -> Bytes {
     let body = serde_json::json!({ "detail": detail }).to_string();
     let connection = if close { "connection: close\r\n" } else { "" };
     Bytes::from(format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         cache-control: no-store\r\n{connection}\r\n{body}",
+         cache-control: no-store\r\n{extra}{connection}\r\n{body}",
         body.len()
     ))
 }
@@ -194,16 +203,27 @@ impl ClientConnection<'_> {
     /// balancer shuts down (the request in flight finishes first).
     async fn serve(&mut self) {
         let idle = Duration::from_secs(self.balancer().config.idle_timeout_secs);
+        // A shutdown (SIGTERM, or SIGQUIT handing the sockets to a new balancer) closes a
+        // kept connection between two requests, as any server may (clients send again on a
+        // new one). A new connection's first request is still awaited and answered (with
+        // `connection: close`): its client, accepted just as the listener stopped, cannot
+        // tell it from a refusal. Pingora's grace period bounds that wait.
+        let mut served = false;
         loop {
-            if *self.shutdown.borrow() {
+            if served && *self.shutdown.borrow() {
                 break;
             }
             if self.input.is_empty() {
                 self.input.reserve(READ_CHUNK);
-                let read = tokio::select! {
-                    biased;
-                    _ = self.shutdown.changed() => break,
-                    read = tokio::time::timeout(idle, self.stream.read_buf(&mut self.input)) => read,
+                let reading = tokio::time::timeout(idle, self.stream.read_buf(&mut self.input));
+                let read = if served {
+                    tokio::select! {
+                        biased;
+                        _ = self.shutdown.changed() => break,
+                        read = reading => read,
+                    }
+                } else {
+                    reading.await
                 };
                 if !matches!(read, Ok(Ok(n)) if n > 0) {
                     break;
@@ -212,6 +232,7 @@ impl ClientConnection<'_> {
             let Some(head) = self.read_head().await else {
                 break;
             };
+            served = true;
             if self.relay_request(head).await == Next::Close {
                 break;
             }
@@ -393,10 +414,32 @@ impl ClientConnection<'_> {
             attempts: 0,
             upstream: None,
         };
+        // One branch when there is no limit; a lookup in a preallocated table when there is.
+        if let (Some(limiter), Some(ip)) = (&self.relay.limiter, client)
+            && let Verdict::Limited { retry_after_secs } = limiter.check(ip)
+        {
+            metrics::request_refused("rate_limited");
+            // The body is not read: the connection closes after the answer.
+            let close = head.has_body() || !head.keep_alive;
+            let mut seconds = itoa::Buffer::new();
+            let extra = ["retry-after: ", seconds.format(retry_after_secs), "\r\n"].concat();
+            let detail = "Too many requests: slow down and retry after the Retry-After seconds.";
+            return self
+                .answer_own(
+                    &trip,
+                    429,
+                    "Too Many Requests",
+                    detail,
+                    close,
+                    Some(&"rate limited"),
+                    &extra,
+                )
+                .await;
+        }
         if maybe_local(path) && is_internal(path) {
             let close = head.has_body() || !head.keep_alive;
             return self
-                .answer_own(&trip, 404, "Not Found", "Not found.", close, None)
+                .answer_own(&trip, 404, "Not Found", "Not found.", close, None, "")
                 .await;
         }
         if head.method() == "CONNECT" {
@@ -408,6 +451,7 @@ impl ClientConnection<'_> {
                     "CONNECT is not proxied.",
                     true,
                     None,
+                    "",
                 )
                 .await;
         }
@@ -418,7 +462,7 @@ impl ClientConnection<'_> {
             Err(BodyFault::TooLarge) => {
                 let detail = "Request body too large.";
                 return self
-                    .answer_own(&trip, 413, "Payload Too Large", detail, true, None)
+                    .answer_own(&trip, 413, "Payload Too Large", detail, true, None, "")
                     .await;
             }
             Err(BodyFault::TimedOut) => {
@@ -429,7 +473,7 @@ impl ClientConnection<'_> {
             Err(BodyFault::Unparsable) => {
                 let detail = "The request body's chunked framing is broken.";
                 return self
-                    .answer_own(&trip, 400, "Bad Request", detail, true, None)
+                    .answer_own(&trip, 400, "Bad Request", detail, true, None, "")
                     .await;
             }
             // The client went away or broke its body: nobody reads an answer.
@@ -569,7 +613,7 @@ impl ClientConnection<'_> {
                 .as_ref()
                 .map(|e| e as &(dyn std::fmt::Display + Sync));
             return self
-                .answer_own(&trip, status, reason, detail, close, error)
+                .answer_own(&trip, status, reason, detail, close, error, "")
                 .await;
         };
         self.relay_answer(&head, response, &trip).await
@@ -701,7 +745,9 @@ impl ClientConnection<'_> {
         }
     }
 
-    /// Answers with the balancer's own JSON and writes the access line.
+    /// Answers with the balancer's own JSON (with `extra` header lines, each ending in
+    /// CRLF) and writes the access line.
+    #[allow(clippy::too_many_arguments)]
     async fn answer_own(
         &mut self,
         trip: &Trip<'_>,
@@ -710,9 +756,10 @@ impl ClientConnection<'_> {
         detail: &str,
         close: bool,
         error: Option<&(dyn std::fmt::Display + Sync)>,
+        extra: &str,
     ) -> Next {
         let close = close || *self.shutdown.borrow();
-        let answer = own_answer(status, reason, detail, close);
+        let answer = own_answer(status, reason, detail, close, extra);
         if !self.send(&answer).await {
             trip.log(0, false, Some(&"the client went away before its answer"));
             return Next::Close;

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use pingora_load_balancing::Backend;
@@ -72,7 +72,9 @@ pub struct Upstream {
     failures_total: AtomicU64,
     requests_total: AtomicU64,
     ejections_total: AtomicU64,
-    active_healthy: std::sync::atomic::AtomicBool,
+    active_healthy: AtomicBool,
+    /// Drained by the operator: no new client is sent to it.
+    drained: AtomicBool,
     probe: Mutex<Option<ProbeRecord>>,
 }
 
@@ -117,7 +119,8 @@ impl Upstreams {
                 failures_total: AtomicU64::new(0),
                 requests_total: AtomicU64::new(0),
                 ejections_total: AtomicU64::new(0),
-                active_healthy: std::sync::atomic::AtomicBool::new(true),
+                active_healthy: AtomicBool::new(true),
+                drained: AtomicBool::new(false),
                 probe: Mutex::new(None),
             })
             .collect();
@@ -140,8 +143,31 @@ impl Upstreams {
 
     /// The index of the upstream a pingora backend stands for.
     pub fn index_of(&self, backend: &Backend) -> Option<usize> {
-        let addr = backend.addr.as_inet()?;
-        self.list.iter().position(|u| u.addr == *addr)
+        self.position(*backend.addr.as_inet()?)
+    }
+
+    /// The index of the upstream at `addr`.
+    pub fn position(&self, addr: SocketAddr) -> Option<usize> {
+        self.list.iter().position(|u| u.addr == addr)
+    }
+
+    /// Is the upstream drained by the operator?
+    pub fn is_drained(&self, index: usize) -> bool {
+        self.list[index].drained.load(Ordering::Relaxed)
+    }
+
+    /// Drains the upstream (no new client goes to it; requests in flight finish, and the
+    /// clients on its kept connections move at their next request) or brings it back.
+    /// Returns whether that changed anything.
+    pub fn set_drained(&self, index: usize, drained: bool) -> bool {
+        let upstream = &self.list[index];
+        let changed = upstream.drained.swap(drained, Ordering::Relaxed) != drained;
+        if changed {
+            let what = if drained { "drained" } else { "undrained" };
+            tracing::info!(target: "soundwave::lb", upstream = %upstream.addr, role = upstream.role.as_str(), "upstream {what} by the operator");
+            self.publish_availability(index);
+        }
+        changed
     }
 
     fn now_ms(&self) -> u64 {
@@ -240,11 +266,14 @@ impl Upstreams {
 
     fn publish_availability(&self, index: usize) {
         let upstream = &self.list[index];
-        let up = upstream.active_healthy.load(Ordering::Relaxed) && !self.is_ejected(index);
+        let up = upstream.active_healthy.load(Ordering::Relaxed)
+            && !self.is_ejected(index)
+            && !self.is_drained(index);
         metrics::upstream_up(&upstream.label, upstream.role.as_str(), up);
     }
 
-    /// `GET /_lb/status`: each upstream with its role, health, failures and last probe.
+    /// `GET /_lb/status`: each upstream with its role, health, drain, failures and last
+    /// probe.
     /// `active` answers the active health of an upstream (from its pingora load balancer).
     pub fn status(&self, active: impl Fn(&Upstream) -> bool) -> Value {
         let now_ms = self.now_ms();
@@ -281,6 +310,7 @@ impl Upstreams {
                     "active_healthy": active_healthy,
                     "ejected": ejected,
                     "ejected_until": ejected_until,
+                    "drained": u.drained.load(Ordering::Relaxed),
                     "recent_failures": recent_failures,
                     "failures_total": u.failures_total.load(Ordering::Relaxed),
                     "ejections_total": u.ejections_total.load(Ordering::Relaxed),
@@ -337,6 +367,24 @@ mod tests {
         assert!(t.is_ejected(0));
         t.active_health_changed(&backend, true);
         assert!(!t.is_ejected(0));
+    }
+
+    #[test]
+    fn draining_is_shown_and_undone() {
+        let t = table(3);
+        let addr = t.get(0).addr;
+        assert_eq!(t.position(addr), Some(0));
+        assert!(t.set_drained(0, true));
+        assert!(!t.set_drained(0, true), "already drained");
+        assert!(t.is_drained(0) && !t.is_drained(1));
+        let status = t.status(|_| true);
+        assert_eq!(status["upstreams"][0]["drained"], true);
+        assert_eq!(
+            status["upstreams"][0]["healthy"], true,
+            "drained is not unhealthy"
+        );
+        assert!(t.set_drained(0, false));
+        assert!(!t.is_drained(0));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::node::Node;
-use crate::process::{Proc, soundwave_command, spawn_line_reader, wait_timeout};
+use crate::process::{Proc, soundwave_command, spawn_line_reader, wait_for, wait_timeout};
 
 /// How long the balancer may take to print its ready line.
 pub const LB_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -107,10 +107,20 @@ fn spawn_until_ready(mut cmd: Command, ready: &str) -> Proc {
 pub struct Balancer {
     pub addr: SocketAddr,
     pub metrics: Option<SocketAddr>,
-    /// Kept for its drop: the directory goes with the balancer.
-    _dir: tempfile::TempDir,
+    /// Holds the config file and the run directory; goes with the last balancer using it.
+    dir: Arc<tempfile::TempDir>,
     proc: Option<Proc>,
 }
+
+/// `soundwave lb --config FILE` with access lines on stderr.
+fn lb_command(config: &std::path::Path) -> Command {
+    let mut cmd = soundwave_command();
+    cmd.arg("lb").arg("--config").arg(config);
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+const READY: &str = "soundwave lb listening on http://";
 
 impl Balancer {
     /// Starts `soundwave lb --config FILE` where FILE holds `[lb]` with `lb_toml` and a
@@ -130,14 +140,37 @@ impl Balancer {
         );
         let path = dir.path().join("lb.toml");
         std::fs::write(&path, config).expect("write lb config");
-        let mut cmd = soundwave_command();
-        cmd.arg("lb").arg("--config").arg(&path);
-        cmd.env("RUST_LOG", "info");
-        let proc = spawn_until_ready(cmd, "soundwave lb listening on http://");
+        let proc = spawn_until_ready(lb_command(&path), READY);
         Balancer {
             addr,
             metrics,
-            _dir: dir,
+            dir: Arc::new(dir),
+            proc: Some(proc),
+        }
+    }
+
+    /// A zero-downtime upgrade: starts `soundwave lb --upgrade` with this balancer's config
+    /// and, once the new process waits on the upgrade socket, sends this one SIGQUIT; returns
+    /// the new balancer when it is ready. This one hands its sockets over and drains.
+    pub fn upgrade(&self) -> Balancer {
+        let socket = self.dir.path().join("run").join("lb-upgrade.sock");
+        let old = self.pid();
+        // The new process binds the socket before it waits for the sockets (5 s at most).
+        let signaller = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !socket.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            signal(old, "QUIT");
+        });
+        let mut cmd = lb_command(&self.dir.path().join("lb.toml"));
+        cmd.arg("--upgrade");
+        let proc = spawn_until_ready(cmd, READY);
+        signaller.join().expect("the SIGQUIT sender");
+        Balancer {
+            addr: self.addr,
+            metrics: self.metrics,
+            dir: self.dir.clone(),
             proc: Some(proc),
         }
     }
@@ -154,6 +187,18 @@ impl Balancer {
             .expect("GET /_lb/status");
         assert_eq!(resp.status(), 200, "GET /_lb/status");
         resp.json().await.expect("status JSON")
+    }
+
+    /// `METHOD PATH` on the operator listener: the status and the JSON body.
+    pub async fn operator(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
+        let addr = self.metrics.expect("an operator listener (metrics_listen)");
+        let resp = reqwest::Client::new()
+            .request(method.clone(), format!("http://{addr}{path}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     /// The status entry of the upstream at `addr`.
@@ -183,18 +228,23 @@ impl Balancer {
 
     /// Sends SIGTERM (graceful drain).
     pub fn sigterm(&self) {
-        // The shell's builtin `kill`: no dependency on a procps binary.
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!("kill -TERM {}", self.pid()))
-            .status()
-            .expect("run sh -c kill");
-        assert!(status.success(), "kill -TERM failed");
+        signal(self.pid(), "TERM");
     }
 
     /// Waits for the process to exit, at most `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         wait_timeout(&mut self.proc.as_mut()?.child, limit)
+    }
+
+    /// Waits (20 s at most) for a stderr line that has every one of `parts`.
+    pub async fn wait_for_line(&self, what: &str, parts: &[&str]) {
+        wait_for(what, Duration::from_secs(20), || async {
+            self.stderr_lines()
+                .iter()
+                .any(|l| parts.iter().all(|p| l.contains(p)))
+                .then_some(())
+        })
+        .await;
     }
 
     /// Captured stderr lines so far.
@@ -217,6 +267,17 @@ impl Drop for Balancer {
             kill9(proc);
         }
     }
+}
+
+/// Sends `SIG{name}` to `pid`, with the shell's builtin `kill`: no dependency on a procps
+/// binary.
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{name} {pid}"))
+        .status()
+        .expect("run sh -c kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
 }
 
 /// One request an [`EchoUpstream`] received.
