@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::LbError;
+use crate::error::LbError;
 
 /// Settings of `soundwave lb`. Every field has a default (see `config.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

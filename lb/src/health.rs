@@ -9,8 +9,8 @@ use pingora_http::RequestHeader;
 use pingora_load_balancing::Backend;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
 
-use crate::LbError;
 use crate::config::LbConfig;
+use crate::error::LbError;
 use crate::upstream::Upstreams;
 
 /// [`HttpHealthCheck`] plus bookkeeping in [`Upstreams`].

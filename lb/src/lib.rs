@@ -57,9 +57,11 @@ use pingora_load_balancing::selection::Consistent;
 
 mod config;
 mod connection;
+mod error;
 mod health;
 mod http1;
 mod metrics;
+mod operator;
 mod proxy;
 mod ratelimit;
 mod relay;
@@ -67,36 +69,12 @@ mod upstream;
 
 pub use config::LbConfig;
 pub use connection::{ConnectionCounter, ConnectionSlot, closing_json_response};
+pub use error::LbError;
 pub use proxy::{
     AccessLog, AccessRecord, MAX_ATTEMPTS, OPERATOR_PREFIXES, RESERVED_PREFIXES, client_ip,
     is_internal,
 };
 pub use upstream::Role;
-
-/// Everything that can stop the balancer from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum LbError {
-    #[error("invalid load balancer configuration: {0}")]
-    Invalid(String),
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Listen {
-        what: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot create the run directory {path}: {source}")]
-    RunDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot write the pid file {path}: {source}")]
-    PidFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot upgrade: {0}")]
-    Upgrade(String),
-}
 
 /// Points per upstream on pingora's ketama ring (as nginx).
 const RING_POINTS_PER_UPSTREAM: usize = 160;
@@ -346,7 +324,7 @@ pub fn run(
     if let Some(addr) = config.metrics_listen {
         let mut service = Service::new(
             "lb metrics".to_owned(),
-            metrics::MetricsApp {
+            operator::OperatorApp {
                 handle: metrics_handle,
                 balancer: operator_view,
             },
