@@ -242,10 +242,10 @@ fn record_answer(
 /// The cache in front of the router: a plain public catalog read (`GET` of a product, a
 /// category or a list of either, without a body or `consistency=strong`) whose body the
 /// cache holds is answered here, before routing, with what the handler would have sent
-/// (the same cache key, headers, encoding, metrics and access line). Everything else, and every miss,
-/// goes to the router. Profiled under oha, routing a cached read (the boxed route service,
-/// path matching, path parameters, the middleware's boxed future, request extensions) cost
-/// about as much as the rest of the node's work on it.
+/// (the same cache key, headers, encoding, metrics and access line). Everything else, and
+/// every miss, goes to the router. Profiled under oha, routing a cached read (the boxed
+/// route service, path matching, path parameters, the middleware's boxed future, request
+/// extensions) cost about as much as the rest of the node's work on it.
 #[derive(Clone)]
 pub struct CachedReads {
     state: Arc<AppState>,
