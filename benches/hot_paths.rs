@@ -1,8 +1,9 @@
 //! Criterion benches of in-process hot paths: an order written as the node writes it
 //! (through a one-member cluster), a cached product-list hit through the whole router,
 //! building the uncached list of 1,000 products, filtered product lists over 100,000
-//! products (in the store and uncached through the router), catalog writes, and verifying a
-//! JWT. Run with `cargo bench --bench hot_paths`.
+//! products (in the store and uncached through the router), catalog writes, verifying a
+//! JWT, and compressing the 1,000-product list (br and gzip at several levels). Run with
+//! `cargo bench --bench hot_paths`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -124,16 +125,21 @@ fn apply_order(c: &mut Criterion) {
     runtime.block_on(state.cluster.shutdown());
 }
 
-fn product_list(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = demo_store(&dir);
-    let query = ProductQuery {
+/// The query of the 1,000-product list (`GET /api/products/?limit=1000`).
+fn first_thousand() -> ProductQuery {
+    ProductQuery {
         category: None,
         name_contains: None,
         sort: ProductSort::Id,
         limit: 1000,
         offset: 0,
-    };
+    }
+}
+
+fn product_list(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = demo_store(&dir);
+    let query = first_thousand();
     c.bench_function("uncached list of 1,000 products (read + JSON)", |b| {
         b.iter(|| {
             let page = store.read().expect("read").products(&query).expect("query");
@@ -162,6 +168,39 @@ fn product_list(c: &mut Criterion) {
         })
     });
     runtime.block_on(state.cluster.shutdown());
+}
+
+/// The one-time cost of compressing the cached 1,000-product list, at the node's settings
+/// (brotli 5, gzip 6) and their neighbours; the sizes are printed once.
+fn compression(c: &mut Criterion) {
+    use soundwave::compression::{brotli_at, gzip_at};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = demo_store(&dir);
+    let query = first_thousand();
+    let page = store.read().expect("read").products(&query).expect("query");
+    let json: Vec<ProductJson> = page.items.iter().map(ProductJson::from).collect();
+    let plain = json_bytes(&json);
+    let mut group = c.benchmark_group("compress the 1,000-product list");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3));
+    let brotli = [4, 5, 6, 7].map(|q| (format!("br {q}"), q));
+    for (name, quality) in &brotli {
+        let size = brotli_at(&plain, *quality).expect("br").len();
+        eprintln!("{name}: {} -> {size} bytes", plain.len());
+        group.bench_function(name.as_str(), |b| {
+            b.iter(|| black_box(brotli_at(&plain, *quality).expect("br")))
+        });
+    }
+    for level in [1, 6, 9] {
+        let name = format!("gzip {level}");
+        let size = gzip_at(&plain, level).expect("gzip").len();
+        eprintln!("{name}: {} -> {size} bytes", plain.len());
+        group.bench_function(name.as_str(), |b| {
+            b.iter(|| black_box(gzip_at(&plain, level).expect("gzip")))
+        });
+    }
+    group.finish();
 }
 
 /// The node's state over `store`, its writes going through a one-member cluster as
@@ -347,6 +386,7 @@ criterion_group!(
     product_list,
     filtered_lists,
     jwt,
-    price_total
+    price_total,
+    compression
 );
 criterion_main!(benches);

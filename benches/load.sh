@@ -26,6 +26,9 @@
 #            default 8: argon2id at 19 MiB per hash is slow on purpose)
 #   detail, list20, filtered, orders, detail-single: the single-URL scenarios of the node
 #            and cluster issues
+#   compressed  the cached 1,000-product list (GET /api/products/?limit=1000) plain, with
+#            Accept-Encoding: br and with gzip, in turn (list1000, list1000.br,
+#            list1000.gzip); prints the sizes and each compressed/plain req/s ratio
 # TOPOLOGY=nginx-vs-lb: two standalone demo nodes, `soundwave lb` over them and nginx
 #   (2 workers, ip_hash, keepalive 64, HTTP/1.1 upstream, forwarding headers; Debian's,
 #   installed when missing) over the same two; every scenario runs through the balancer,
@@ -64,7 +67,7 @@ fi
 case $TOPOLOGY in node | cluster | up | nginx-vs-lb) ;; *) echo "TOPOLOGY is node, cluster, up or nginx-vs-lb" >&2; exit 2 ;; esac
 for scenario in "${SCENARIOS[@]}"; do
   case $scenario in
-    browse | buy | mixed | login | detail | list20 | filtered | orders) ;;
+    browse | buy | mixed | login | detail | list20 | filtered | orders | compressed) ;;
     detail-single) [ "$TOPOLOGY" = cluster ] || { echo "detail-single needs TOPOLOGY=cluster" >&2; exit 2; } ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
   esac
@@ -83,8 +86,8 @@ fi
 if [ -n "$side_by_side" ]; then
   for scenario in "${SCENARIOS[@]}"; do
     case $scenario in
-      browse | detail | list20 | filtered) ;;
-      *) echo "$side_by_side runs the read scenarios: browse, detail, list20, filtered" >&2; exit 2 ;;
+      browse | detail | list20 | filtered | compressed) ;;
+      *) echo "$side_by_side runs the read scenarios: browse, detail, list20, filtered, compressed" >&2; exit 2 ;;
     esac
   done
 fi
@@ -365,10 +368,13 @@ if [[ " ${SCENARIOS[*]} " == *" list20 "* ]]; then
   list_baseline=$(grep -o "http://[0-9.:]*" "$out/baseline.list20.out" | head -1)
 fi
 
-# oha NAME CONNECTIONS ARGS...: one bounded oha run, JSON in $round/NAME.json.
+# oha NAME CONNECTIONS ARGS...: one bounded oha run, JSON in $round/NAME.json. oha sends
+# `Accept-Encoding: gzip, compress, deflate, br` unless told not to, and the node now
+# compresses bodies of 1 KiB or more: every run is a plain client (as the baselines are)
+# unless its ARGS set Accept-Encoding (the compressed scenario).
 oha_run() {
   local name=$1 connections=$2; shift 2
-  oha -z "$DURATION" -c "$connections" --no-tui --output-format json "$@" >"$round/$name.json"
+  oha -z "$DURATION" -c "$connections" --no-tui --disable-compression --output-format json "$@" >"$round/$name.json"
 }
 # buy_runs PREFIX CONNECTIONS: CONNECTIONS connections spread over one oha process per
 # shopper (at most USERS, at least one connection each), in parallel; PREFIX-<i>.json each.
@@ -413,6 +419,18 @@ for ((r = 1; r <= ROUNDS; r++)); do
         ;;
       login) oha_run "login$sfx" "$LOGIN_CONNECTIONS" -m POST -T application/json -Z "$out/login-bodies.txt" "$base/api/token/" ;;
       detail) oha_run "detail$sfx" "$CONNECTIONS" "$base/api/products/1/" ;;
+      compressed)
+        list1000="$base/api/products/?limit=1000"
+        oha_run "list1000$sfx" "$CONNECTIONS" "$list1000"
+        oha_run "list1000.br$sfx" "$CONNECTIONS" -H 'Accept-Encoding: br' "$list1000"
+        oha_run "list1000.gzip$sfx" "$CONNECTIONS" -H 'Accept-Encoding: gzip' "$list1000"
+        if [ "$r" -eq 1 ]; then
+          rows+=("list1000$sfx" "list1000.br$sfx" "list1000.gzip$sfx")
+          for coding in identity br gzip; do
+            echo "list1000$sfx $coding: $(curl -sf -H "Accept-Encoding: $coding" "$list1000" | wc -c) bytes"
+          done | tee -a "$out/sizes.txt"
+        fi
+        ;;
       detail-single) oha_run detail-single "$CONNECTIONS" "$single/api/products/1/" ;;
       list20) oha_run "list20$sfx" "$CONNECTIONS" "$base/api/products/?limit=20" ;;
       filtered) oha_run "filtered$sfx" "$CONNECTIONS" "$base/api/products/?category=2&name=guitar&order_by_name=asc" ;;
@@ -420,7 +438,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         oha_run "orders$sfx" "$CONNECTIONS" -m POST -T application/json -H "authorization: Bearer ${tokens[0]}" \
           -d '{"items":[{"product":5,"quantity":1}]}' "$base/api/orders/" ;;
     esac
-    [ "$r" -gt 1 ] || [ "$scenario" = mixed ] || rows+=("$scenario$sfx")
+    [ "$r" -gt 1 ] || [ "$scenario" = mixed ] || [ "$scenario" = compressed ] || rows+=("$scenario$sfx")
   done
   done
 done
@@ -543,6 +561,14 @@ for name in [n for n in names if f"{n}@nginx" in rps]:
                  f"nginx {(p50[name + '@nginx'] - direct) * 1000:.2f} ms")
     print(note)
     lines.append(note)
+# compressed: each compressed list's req/s over the plain one's, the median of the rounds.
+for name in [n for n in names if n.startswith("list1000.")]:
+    plain = "list1000" + (name[name.index("@"):] if "@" in name else "")
+    pairs = [m[name][0] / m[plain][0] for m in rounds if name in m and plain in m]
+    if pairs:
+        note = f"{name}: of plain {median(pairs):.2f}"
+        print(note)
+        lines.append(note)
 for name, reports, non2xx, errors, codes in rows:
     if non2xx:
         print(f"{name}: status codes {codes}")

@@ -127,11 +127,7 @@ pub async fn me(State(state): State<Arc<AppState>>, principal: Principal) -> Api
             .read()?
             .user(principal.id)?
             .ok_or(ApiError::InvalidToken)?;
-        Ok(CachedBody {
-            body: json_bytes(&UserJson::from(&user)),
-            total_count: None,
-            next_link: None,
-        })
+        Ok(CachedBody::new(json_bytes(&UserJson::from(&user))))
     })
 }
 

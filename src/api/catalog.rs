@@ -36,11 +36,11 @@ pub async fn list_categories(
             .take(page.limit)
             .map(CategoryJson::from)
             .collect();
-        Ok(CachedBody {
-            body: json_bytes(&json),
-            total_count: Some(categories.len()),
-            next_link: page.next_link("/api/categories/", &params, categories.len()),
-        })
+        Ok(CachedBody::list(
+            json_bytes(&json),
+            Some(categories.len()),
+            page.next_link("/api/categories/", &params, categories.len()),
+        ))
     })
 }
 
@@ -51,11 +51,7 @@ pub async fn get_category(
     let key = category_key(&state, id);
     cached(&state, key, || {
         let category = state.read()?.category(id)?.ok_or(ApiError::NotFound)?;
-        Ok(CachedBody {
-            body: json_bytes(&CategoryJson::from(&category)),
-            total_count: None,
-            next_link: None,
-        })
+        Ok(CachedBody::new(json_bytes(&CategoryJson::from(&category))))
     })
 }
 
@@ -275,11 +271,11 @@ pub async fn list_products(
             limit: query.limit,
             offset: query.offset,
         };
-        Ok(CachedBody {
+        Ok(CachedBody::list(
             body,
-            total_count: Some(total),
-            next_link: request.next_link("/api/products/", &params, total),
-        })
+            Some(total),
+            request.next_link("/api/products/", &params, total),
+        ))
     })
 }
 
@@ -294,11 +290,7 @@ pub async fn get_product(
             .product(id)?
             .filter(|p| !p.archived)
             .ok_or(ApiError::NotFound)?;
-        Ok(CachedBody {
-            body: json_bytes(&ProductJson::from(&product)),
-            total_count: None,
-            next_link: None,
-        })
+        Ok(CachedBody::new(json_bytes(&ProductJson::from(&product))))
     })
 }
 

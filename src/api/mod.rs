@@ -133,6 +133,7 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         Some(read) => request.map(|body| Body::new(EndTracked::new(body, read.clone()))),
         None => request,
     };
+    let accepted = crate::compression::negotiate(request.headers());
     let strong = wants_strong_read(&request);
     let local_read = !strong && (method == http::Method::GET || method == http::Method::HEAD);
     let mut response = if local_read {
@@ -189,6 +190,7 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
             response = Response::from_parts(parts, Body::from(body));
         }
     }
+    response::encode(&mut response, accepted);
     response
         .headers_mut()
         .insert("x-soundwave-node", state.node_header.clone());
@@ -240,10 +242,10 @@ fn record_answer(
 /// The cache in front of the router: a plain public catalog read (`GET` of a product, a
 /// category or a list of either, without a body or `consistency=strong`) whose body the
 /// cache holds is answered here, before routing, with what the handler would have sent
-/// (the same cache key, headers, metrics and access line). Everything else, and every miss,
-/// goes to the router. Profiled under oha, routing a cached read (the boxed route service,
-/// path matching, path parameters, the middleware's boxed future, request extensions) cost
-/// about as much as the rest of the node's work on it.
+/// (the same cache key, headers, encoding, metrics and access line). Everything else, and
+/// every miss, goes to the router. Profiled under oha, routing a cached read (the boxed
+/// route service, path matching, path parameters, the middleware's boxed future, request
+/// extensions) cost about as much as the rest of the node's work on it.
 #[derive(Clone)]
 pub struct CachedReads {
     state: Arc<AppState>,
@@ -270,6 +272,10 @@ impl CachedReads {
         let route = read.route();
         let hit = state.cache.get_body(&read.cache_key(state))?;
         let mut response = response::send(StatusCode::OK, &hit);
+        response::encode(
+            &mut response,
+            crate::compression::negotiate(request.headers()),
+        );
         response
             .headers_mut()
             .insert("x-soundwave-node", state.node_header.clone());

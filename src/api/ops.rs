@@ -48,14 +48,9 @@ fn check_database(state: &AppState) -> (bool, Value) {
 fn check_cache(state: &AppState) -> (bool, Value) {
     let started = Instant::now();
     let probe = Bytes::from_static(b"ok");
-    state.cache.put_body(
-        CacheKey::HealthProbe,
-        CachedBody {
-            body: probe.clone(),
-            total_count: None,
-            next_link: None,
-        },
-    );
+    state
+        .cache
+        .put_body(CacheKey::HealthProbe, CachedBody::new(probe.clone()));
     // The probe may be evicted at once under pressure; that is not a failure of the cache.
     let found = state.cache.peek_body(&CacheKey::HealthProbe);
     let (entries, weight) = state.cache.usage();

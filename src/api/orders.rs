@@ -51,11 +51,11 @@ pub async fn list_order_items(
             .read()?
             .order_items(owner_filter(&principal), page.offset, page.limit)?;
         let json: Vec<OrderItemJson> = items.items.iter().map(OrderItemJson::from).collect();
-        Ok(CachedBody {
-            body: json_bytes(&json),
-            total_count: Some(items.total),
-            next_link: page.next_link("/api/orderitems/", &params, items.total),
-        })
+        Ok(CachedBody::list(
+            json_bytes(&json),
+            Some(items.total),
+            page.next_link("/api/orderitems/", &params, items.total),
+        ))
     })
 }
 
@@ -79,11 +79,7 @@ pub async fn get_order_item(
     };
     cached(&state, key, || {
         let view = visible_item(&state, &principal, id)?;
-        Ok(CachedBody {
-            body: json_bytes(&OrderItemJson::from(&view)),
-            total_count: None,
-            next_link: None,
-        })
+        Ok(CachedBody::new(json_bytes(&OrderItemJson::from(&view))))
     })
 }
 
@@ -179,11 +175,11 @@ pub async fn list_orders(
             .read()?
             .orders(owner_filter(&principal), page.offset, page.limit)?;
         let json: Vec<OrderJson> = orders.items.iter().map(OrderJson::from).collect();
-        Ok(CachedBody {
-            body: json_bytes(&json),
-            total_count: Some(orders.total),
-            next_link: page.next_link("/api/orders/", &params, orders.total),
-        })
+        Ok(CachedBody::list(
+            json_bytes(&json),
+            Some(orders.total),
+            page.next_link("/api/orders/", &params, orders.total),
+        ))
     })
 }
 
@@ -206,11 +202,7 @@ pub async fn get_order(
     };
     cached(&state, key, || {
         let view = visible_order(&state, &principal, id)?;
-        Ok(CachedBody {
-            body: json_bytes(&OrderJson::from(&view)),
-            total_count: None,
-            next_link: None,
-        })
+        Ok(CachedBody::new(json_bytes(&OrderJson::from(&view))))
     })
 }
 

@@ -5,6 +5,10 @@
 //! answered with `304`. The pages are `no-cache` (revalidated on every load, so a new binary
 //! shows at once) and refer to the assets as `/assets/NAME?v=HASH`; an asset asked for with
 //! its current hash is cached for a year as `immutable`, since new content means a new URL.
+//!
+//! Compression: a file of at least [`compression::MIN_SIZE`] is sent as br or gzip when the
+//! request accepts it, compressed once at its first such request, with `Vary:
+//! Accept-Encoding` and an ETag per encoding (the hash, then `-br` or `-gz`).
 
 use std::sync::LazyLock;
 
@@ -14,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
+use crate::compression::{self, Encoding, Variants};
 use crate::error::{ApiError, ApiResult};
 
 /// The assets under `/assets/`: name, content type, bytes.
@@ -52,44 +57,70 @@ const VERSIONED_CACHE: &str = "public, max-age=31536000, immutable";
 const PAGE_CSP: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; \
                         base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// One embedded file with its content hash.
+/// One embedded file with its content hash, and its br and gzip forms (made once, at the
+/// first request for each), each with an ETag of its own.
 struct File {
     content_type: &'static str,
     body: Bytes,
     hash: String,
-    etag: HeaderValue,
+    /// The tag of each encoding (indexed by `Encoding as usize`) and its `ETag` value.
+    etags: [(String, HeaderValue); 3],
+    /// `None` for a file below [`compression::MIN_SIZE`]: always sent plain.
+    variants: Option<Variants>,
 }
 
 impl File {
     fn new(content_type: &'static str, body: Bytes) -> File {
         let hash = format!("{:016x}", fnv1a(&body));
-        let etag = HeaderValue::from_str(&format!("\"{hash}\"")).expect("hex is a valid header");
+        let etags = [Encoding::Identity, Encoding::Brotli, Encoding::Gzip].map(|encoding| {
+            let tag = format!("{hash}{}", encoding.etag_suffix());
+            let value =
+                HeaderValue::from_str(&format!("\"{tag}\"")).expect("hex is a valid header");
+            (tag, value)
+        });
         File {
             content_type,
+            variants: Variants::new(body.clone()),
             body,
             hash,
-            etag,
+            etags,
         }
     }
 
-    /// `200` with the body, or `304` when the client already holds this version.
+    /// `200` with the body in the encoding the request accepts, or `304` when the client
+    /// already holds that version in that encoding.
     fn respond(&self, request: &HeaderMap, cache_control: &'static str) -> Response {
+        let accepted = compression::negotiate(request);
+        let compressed = self.variants.as_ref().and_then(|v| v.get(accepted));
+        let encoding = match compressed {
+            Some(_) => accepted,
+            None => Encoding::Identity,
+        };
+        let (tag, etag) = &self.etags[encoding as usize];
         let fresh = request
             .get_all(header::IF_NONE_MATCH)
             .iter()
-            .any(|value| etag_matches(value, &self.hash));
+            .any(|value| etag_matches(value, tag));
         let mut response = if fresh {
             StatusCode::NOT_MODIFIED.into_response()
         } else {
-            let mut ok = (StatusCode::OK, Body::from(self.body.clone())).into_response();
-            ok.headers_mut().insert(
+            let body = compressed.unwrap_or_else(|| self.body.clone());
+            let mut ok = (StatusCode::OK, Body::from(body)).into_response();
+            let headers = ok.headers_mut();
+            headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(self.content_type),
             );
+            if let Some(coding) = encoding.header() {
+                headers.insert(header::CONTENT_ENCODING, coding);
+            }
             ok
         };
         let headers = response.headers_mut();
-        headers.insert(header::ETAG, self.etag.clone());
+        headers.insert(header::ETAG, etag.clone());
+        if self.variants.is_some() {
+            headers.insert(header::VARY, compression::vary());
+        }
         headers.insert(
             header::CACHE_CONTROL,
             HeaderValue::from_static(cache_control),
