@@ -23,6 +23,19 @@ const BROTLI_QUALITY: i32 = 5;
 /// log2 of brotli's window: 4 MiB, more than any body the node sends.
 const BROTLI_WINDOW: i32 = 22;
 const GZIP_LEVEL: u32 = 6;
+/// Bodies from this size on are compressed with the runtime told that the thread blocks.
+const LARGE_BODY: usize = 64 * 1024;
+
+/// Runs blocking `work` on a worker of a multi-threaded tokio runtime with
+/// `block_in_place` (its other tasks move elsewhere meanwhile), or as it is elsewhere.
+fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
 
 /// A content coding the node answers with (`as usize`: 0, 1, 2, for tables by encoding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,15 +187,28 @@ impl Variants {
             Encoding::Brotli => (&self.br, brotli_bytes),
             Encoding::Gzip => (&self.gzip, gzip_bytes),
         };
-        slot.get_or_init(|| match compress(&self.plain) {
-            Ok(packed) if packed.len() < self.plain.len() => Some(Bytes::from(packed)),
-            Ok(_) => None,
-            Err(error) => {
-                tracing::warn!(%error, ?encoding, "compressing a response body failed; sent plain");
-                None
-            }
-        })
-        .clone()
+        if let Some(made) = slot.get() {
+            return made.clone();
+        }
+        // Compressing a large body takes milliseconds (2 ms for the 1,000-product list), and
+        // others asking for it meanwhile wait on the slot: the runtime is told, so its other
+        // tasks move to another worker.
+        let make = || {
+            slot.get_or_init(|| match compress(&self.plain) {
+                Ok(packed) if packed.len() < self.plain.len() => Some(Bytes::from(packed)),
+                Ok(_) => None,
+                Err(error) => {
+                    tracing::warn!(%error, ?encoding, "compressing a response body failed; sent plain");
+                    None
+                }
+            })
+            .clone()
+        };
+        if self.plain.len() >= LARGE_BODY {
+            off_the_runtime(make)
+        } else {
+            make()
+        }
     }
 
     pub fn plain(&self) -> &Bytes {
