@@ -72,7 +72,10 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .serve_connection(
-                TokioIo::new(ParseErrorsAsJson::new(stream, &limits.node_header)),
+                TokioIo::new(ParseErrorsAsJson::new(
+                    LingeringClose::new(stream),
+                    &limits.node_header,
+                )),
                 RouterService::new(&app, cached.as_ref(), peer, &limits.node_header),
             );
         let connection = graceful.watch(connection);
@@ -92,6 +95,92 @@ pub async fn serve(
             "requests still in flight after {}s: closing their connections",
             drain.as_secs()
         );
+    }
+}
+
+/// How long a closing connection keeps reading (and dropping) what its client still sends.
+const LINGER: Duration = Duration::from_millis(500);
+
+pin_project_lite::pin_project! {
+    /// A client's stream whose shutdown lingers, as nginx's `lingering_close`: the sending
+    /// side is shut (the client sees the end), then whatever the client still sends is read
+    /// and dropped until it closes too or `LINGER` passes. An answer given before its
+    /// request's body was read (a 413 on `Content-Length`) would otherwise be lost to the
+    /// reset that closing over unread bytes sends, while the client is still writing.
+    struct LingeringClose<S> {
+        #[pin]
+        inner: S,
+        // Set once the sending side is shut: the end of the lingering.
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<S> LingeringClose<S> {
+    fn new(inner: S) -> Self {
+        LingeringClose {
+            inner,
+            deadline: None,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead> tokio::io::AsyncRead for LingeringClose<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite> tokio::io::AsyncWrite for LingeringClose<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut this = self.project();
+        if this.deadline.is_none() {
+            std::task::ready!(this.inner.as_mut().poll_shutdown(cx))?;
+            *this.deadline = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut sink = [0u8; 8192];
+        loop {
+            if let Some(deadline) = this.deadline.as_mut()
+                && deadline.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Ok(()));
+            }
+            let mut dropped = tokio::io::ReadBuf::new(&mut sink);
+            match this.inner.as_mut().poll_read(cx, &mut dropped) {
+                // More of what the client sends: dropped; go on until it closes.
+                Poll::Ready(Ok(())) if !dropped.filled().is_empty() => {}
+                // The client closed (or broke) its side: done.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

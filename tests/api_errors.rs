@@ -568,3 +568,41 @@ async fn metrics_are_prometheus_text() {
         truncate(&r.text, 1500)
     );
 }
+
+/// A client still sending a body the node refused on its `Content-Length` (413) reads the
+/// answer: the node lingers, reading and dropping the rest, instead of closing over unread
+/// bytes (which resets the connection and loses the answer on the client's side).
+#[test]
+fn a_refused_body_still_being_sent_does_not_lose_its_413() {
+    use std::io::{Read, Write};
+    let node = Node::start();
+    let length = 2 * 1024 * 1024;
+    let mut stream = std::net::TcpStream::connect(lb::node_addr(&node)).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("a read timeout");
+    write!(
+        stream,
+        "POST /api/users/ HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\n\r\n"
+    )
+    .expect("send the head");
+    let chunk = vec![b'x'; 64 * 1024];
+    stream.write_all(&chunk).expect("send the first part");
+    // The node answers on the head and closes its side meanwhile.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // As an HTTP client does, it sends the whole body before it reads: a reset here is
+    // what clients report instead of the 413.
+    for part in 1..length / chunk.len() {
+        if let Err(error) = stream.write_all(&chunk) {
+            panic!("the rest of the body (part {part}) could not be sent: {error}");
+        }
+    }
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "read {read:?}, answer {answer:?}"
+    );
+}
