@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::node::Node;
-use crate::process::{Proc, soundwave_command, spawn_line_reader, wait_for, wait_timeout};
+use crate::process::{
+    Proc, free_port, soundwave_command, spawn_line_reader, wait_for, wait_timeout,
+};
 
 /// How long the balancer may take to print its ready line.
 pub const LB_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -437,4 +439,35 @@ fn serve_echo(stream: TcpStream, name: &str, seen: &Mutex<Vec<Seen>>, slow_tx: &
             return;
         }
     }
+}
+
+/// Fast probes so that health changes are seen within a second or so.
+pub fn fast_health(fall: usize, max_fails: u32) -> String {
+    format!(
+        "health_interval_ms = 200\nhealth_timeout_ms = 500\nrise = 2\nfall = {fall}\n\
+         max_fails = {max_fails}\nfail_timeout_secs = 5\ngrace_period_secs = 2\n\
+         graceful_shutdown_timeout_secs = 2\nthreads = 2\n"
+    )
+}
+
+pub type Clients = Vec<(IpAddr, reqwest::Client)>;
+
+pub fn clients(n: u8) -> Clients {
+    client_ips(n)
+        .into_iter()
+        .map(|ip| (ip, client_from(ip)))
+        .collect()
+}
+
+/// A balancer over the one primary `echo`, with `extra` in its `[lb]`.
+pub fn over_one_primary(echo: &EchoUpstream, extra: &str) -> Balancer {
+    Balancer::start(
+        local(free_port()),
+        Some(local(free_port())),
+        &format!(
+            "primaries = [\"{}\"]\nbackups = []\n{extra}{}",
+            echo.addr,
+            fast_health(2, 3)
+        ),
+    )
 }
