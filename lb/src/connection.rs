@@ -84,14 +84,26 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// The whole answer, closing the connection, of a request the balancer ends itself.
-pub fn closing_json_response(status_line: &str, extra_headers: &str, detail: &str) -> Bytes {
+/// A whole JSON answer of the balancer's own (`{"detail": ...}`), with `extra_headers`
+/// (each ending in CRLF) and, when `close`, `Connection: close`.
+pub(crate) fn json_answer(
+    status_line: &str,
+    extra_headers: &str,
+    detail: &str,
+    close: bool,
+) -> Bytes {
     let body = serde_json::json!({ "detail": detail }).to_string();
+    let connection = if close { "connection: close\r\n" } else { "" };
     Bytes::from(format!(
         "HTTP/1.1 {status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n{extra_headers}\r\n{body}",
+         {connection}{extra_headers}\r\n{body}",
         body.len()
     ))
+}
+
+/// The whole answer, closing the connection, of a request the balancer ends itself.
+fn closing_json_response(status_line: &str, extra_headers: &str, detail: &str) -> Bytes {
+    json_answer(status_line, extra_headers, detail, true)
 }
 
 /// What a client's request must keep to: its head within `header_timeout` of its first byte

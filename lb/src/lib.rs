@@ -68,7 +68,7 @@ mod relay;
 mod upstream;
 
 pub use config::LbConfig;
-pub use connection::{ConnectionCounter, ConnectionSlot, closing_json_response};
+pub use connection::{ConnectionCounter, ConnectionSlot};
 pub use error::LbError;
 pub use proxy::{
     AccessLog, AccessRecord, MAX_ATTEMPTS, OPERATOR_PREFIXES, RESERVED_PREFIXES, client_ip,

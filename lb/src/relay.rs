@@ -26,7 +26,7 @@ use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::connection::{ConnectionCounter, GuardAnswer, GuardAnswers, RequestLimits};
+use crate::connection::{ConnectionCounter, GuardAnswer, GuardAnswers, RequestLimits, json_answer};
 use crate::http1::{
     ChunkedBody, Forwarding, Framing, RequestHead, ResponseHead, head_end, write_client_head,
     write_upstream_head,
@@ -160,16 +160,11 @@ enum BodyFault {
     Unparsable,
 }
 
-/// A JSON answer of the balancer's own, whole; `extra` is more header lines, each ending
-/// in CRLF.
+/// A JSON answer of the balancer's own to a request, never cached; `extra` is more header
+/// lines, each ending in CRLF.
 fn own_answer(status: u16, reason: &str, detail: &str, close: bool, extra: &str) -> Bytes {
-    let body = serde_json::json!({ "detail": detail }).to_string();
-    let connection = if close { "connection: close\r\n" } else { "" };
-    Bytes::from(format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         cache-control: no-store\r\n{extra}{connection}\r\n{body}",
-        body.len()
-    ))
+    let headers = format!("cache-control: no-store\r\n{extra}");
+    json_answer(&format!("{status} {reason}"), &headers, detail, close)
 }
 
 /// The request target in origin form (an absolute-form target loses scheme and authority).
