@@ -495,10 +495,9 @@ impl ClientConnection<'_> {
         }
         let body_apart: &[u8] = if coalesced { &[] } else { &body };
         let head_request = head.method() == "HEAD";
-        let idempotent = matches!(
-            head.method(),
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        );
+        // RFC 9110's idempotent methods, as the http crate lists them.
+        let idempotent = http::Method::from_bytes(head.method().as_bytes())
+            .is_ok_and(|method| method.is_idempotent());
 
         // The ketama key: the client address's octets (on the stack).
         let mut octets = [0u8; 16];
