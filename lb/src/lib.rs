@@ -5,12 +5,16 @@
 //!
 //! - **IP hash** with ketama consistent hashing ([`selection::Consistent`]) over the
 //!   primaries, keyed on the client IP, so a client stays on one primary while it is
-//!   available and only the clients of a failed primary move. Selection walks the ring with
-//!   `select_with` and an accept closure that skips upstreams that are down or ejected.
-//! - **A backup tier**: a second load balancer whose upstreams are chosen only when no
-//!   primary is available.
-//! - **Active health checks**: `GET /health/` on every upstream every `health_interval_ms`,
-//!   with `rise` / `fall` counts (pingora's `HttpHealthCheck`, wrapped to record each probe).
+//!   available and only the clients of a failed primary move. Selection walks the ring and
+//!   skips upstreams that are down, ejected or drained.
+//! - **A backup tier**: a second ring whose upstreams are chosen only when no primary is
+//!   available.
+//! - **A replaceable upstream set** ([`Upstreams::replace`]): the tiers can change while
+//!   the balancer runs; upstreams that stay keep their state, an added one takes only its
+//!   share of clients, requests in flight to a removed one finish.
+//! - **Active health checks**: `GET /health/` on every upstream every `health_interval_ms`
+//!   (pingora's `HttpHealthCheck`), with `rise` / `fall` counts; an upstream gets no client
+//!   before a probe passed (at start, or when added).
 //! - **Passive ejection** as nginx does it: `max_fails` failures within `fail_timeout_secs`
 //!   take an upstream out for `fail_timeout_secs`, or until the probes see it come back up.
 //! - **One retry**: a failed connect is retried at once on the next available upstream,
@@ -48,12 +52,8 @@ use async_trait::async_trait;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownWatch};
-use pingora_core::services::background::{
-    BackgroundService, GenBackgroundService, background_service,
-};
+use pingora_core::services::background::{BackgroundService, background_service};
 use pingora_core::services::listening::Service;
-use pingora_load_balancing::LoadBalancer;
-use pingora_load_balancing::selection::Consistent;
 
 mod config;
 mod connection;
@@ -74,10 +74,7 @@ pub use proxy::{
     AccessLog, AccessRecord, MAX_ATTEMPTS, OPERATOR_PREFIXES, RESERVED_PREFIXES, client_ip,
     is_internal,
 };
-pub use upstream::Role;
-
-/// Points per upstream on pingora's ketama ring (as nginx).
-const RING_POINTS_PER_UPSTREAM: usize = 160;
+pub use upstream::{Role, Upstream, UpstreamChange, Upstreams};
 
 /// Fails early, with a clear message, when an address is taken.
 fn check_bindable(what: &'static str, addr: SocketAddr) -> Result<(), LbError> {
@@ -111,24 +108,6 @@ fn pingora_conf(config: &LbConfig, run_dir: &std::path::Path) -> ServerConf {
         work_stealing: false,
         ..ServerConf::default()
     }
-}
-
-/// One tier: a ketama load balancer over `addrs`, probed in the background.
-fn tier(
-    name: &str,
-    addrs: &[SocketAddr],
-    config: &LbConfig,
-    upstreams: &Arc<upstream::Upstreams>,
-) -> Result<GenBackgroundService<LoadBalancer<Consistent>>, LbError> {
-    let mut lb = LoadBalancer::<Consistent>::try_from_iter(addrs.iter().copied())
-        .map_err(|e| LbError::Invalid(format!("{name}: {e}")))?;
-    lb.set_health_check(Box::new(health::RecordingCheck::new(
-        config,
-        upstreams.clone(),
-    )?));
-    lb.health_check_frequency = Some(Duration::from_millis(config.health_interval_ms));
-    lb.parallel_health_check = true;
-    Ok(background_service(name, lb))
 }
 
 /// Prints the ready line once the listener accepts connections and every upstream has been
@@ -290,15 +269,11 @@ pub fn run(
         config.max_fails,
         config.fail_timeout(),
     ));
-    let primaries = tier("lb primaries", &config.primaries, &config, &upstreams)?;
-    let backups = tier("lb backups", &config.backups, &config, &upstreams)?;
-    let largest_tier = config.primaries.len().max(config.backups.len());
+    let prober = health::Prober::new(&config, upstreams.clone())?;
+    let prober = background_service("lb probes", prober);
     let balancer = proxy::Balancer {
-        primaries: primaries.task(),
-        backups: backups.task(),
         upstreams: upstreams.clone(),
         config: config.clone(),
-        max_ring_steps: RING_POINTS_PER_UPSTREAM * largest_tier + 1,
         access_log,
     };
     let operator_view = balancer.clone();
@@ -318,8 +293,7 @@ pub fn run(
         ListenerConfig::tcp(config.listen.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
     );
     server.add_service(proxy_service);
-    server.add_service(primaries);
-    server.add_service(backups);
+    server.add_service(prober);
 
     if let Some(addr) = config.metrics_listen {
         let mut service = Service::new(

@@ -34,7 +34,7 @@ use crate::http1::{
 use crate::metrics;
 use crate::proxy::{Balancer, MAX_ATTEMPTS, client_ip, is_internal, maybe_local};
 use crate::ratelimit::{RateLimiter, Verdict};
-use crate::upstream::FailurePhase;
+use crate::upstream::{FailurePhase, Upstream};
 
 mod access;
 mod link;
@@ -514,7 +514,7 @@ impl ClientConnection<'_> {
         };
 
         // The attempts, while watching the client: one who leaves ends the request.
-        let mut failed: Vec<usize> = Vec::new();
+        let mut failed: Vec<Arc<Upstream>> = Vec::new();
         let mut last_error = None;
         let mut answered = None;
         let client_left = {
@@ -528,19 +528,19 @@ impl ClientConnection<'_> {
             let relay: &Relay = relay;
             let attempts = async {
                 while trip.attempts < MAX_ATTEMPTS {
-                    let Some(index) = balancer.choose(key, &failed) else {
+                    let Some(upstream) = balancer.choose(key, &failed) else {
                         break;
                     };
                     if trip.attempts > 0 {
                         metrics::retry();
                     }
                     trip.attempts += 1;
-                    trip.upstream = Some(index);
-                    balancer.upstreams.record_request(index);
+                    trip.upstream = Some(upstream.clone());
+                    balancer.upstreams.record_request(&upstream);
                     let sent = attempt(
                         &balancer,
                         link,
-                        index,
+                        &upstream,
                         &request,
                         body_apart,
                         head_request,
@@ -553,8 +553,8 @@ impl ClientConnection<'_> {
                                 AttemptError::Connect(_) => FailurePhase::Connect,
                                 _ => FailurePhase::Proxy,
                             };
-                            balancer.upstreams.record_failure(index, phase);
-                            failed.push(index);
+                            balancer.upstreams.record_failure(&upstream, phase);
+                            failed.push(upstream);
                             // A request that may have reached the upstream is sent again
                             // only when it is idempotent; one that never connected may go
                             // anywhere.
