@@ -33,6 +33,8 @@ fn main() -> anyhow::Result<()> {
                 soundwave::telemetry::prometheus(),
                 soundwave::logging::write_lb_access_line,
                 args.upgrade,
+                // SIGHUP loads the file again, with the same environment and flags.
+                Some(Box::new(move || args.resolve().map_err(|e| e.to_string()))),
             )
             .context("running the load balancer")?;
         }

@@ -1,7 +1,8 @@
 //! Active health checks: every `health_interval_ms`, pingora's [`HttpHealthCheck`] sends
 //! `GET /health/` to every upstream of the current set at once, and each result is
 //! recorded in the upstream table ([`Upstreams::record_probe`]: rise / fall, the last
-//! probe); upstreams added to the table are probed at once.
+//! probe). The settings (path, interval, timeout, rise, fall) can be replaced while it
+//! runs ([`Prober::reconfigure`]); upstreams added to the table are probed at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +52,8 @@ impl ProbeSettings {
 pub struct Prober {
     upstreams: Arc<Upstreams>,
     settings: ArcSwap<ProbeSettings>,
+    /// Woken by `reconfigure`, so a new interval takes effect at once.
+    reconfigured: tokio::sync::Notify,
 }
 
 impl Prober {
@@ -58,7 +61,16 @@ impl Prober {
         Ok(Prober {
             upstreams,
             settings: ArcSwap::from_pointee(ProbeSettings::new(config)?),
+            reconfigured: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Takes the probe settings of `config` from the next round on (each upstream's health
+    /// so far is kept).
+    pub fn reconfigure(&self, config: &LbConfig) -> Result<(), LbError> {
+        self.settings.store(Arc::new(ProbeSettings::new(config)?));
+        self.reconfigured.notify_one();
+        Ok(())
     }
 
     /// Probes every upstream of the current set at once and records the results.
@@ -100,6 +112,7 @@ impl BackgroundService for Prober {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(interval) => {}
                 _ = self.upstreams.added() => {}
+                _ = self.reconfigured.notified() => {}
             }
         }
     }

@@ -65,6 +65,7 @@ mod operator;
 mod proxy;
 mod ratelimit;
 mod relay;
+mod reload;
 mod upstream;
 
 pub use config::LbConfig;
@@ -74,6 +75,7 @@ pub use proxy::{
     AccessLog, AccessRecord, MAX_ATTEMPTS, OPERATOR_PREFIXES, RESERVED_PREFIXES, client_ip,
     is_internal,
 };
+pub use reload::{ConfigSource, Reloaded};
 pub use upstream::{Role, Upstream, UpstreamChange, Upstreams};
 
 /// Fails early, with a clear message, when an address is taken.
@@ -111,17 +113,31 @@ fn pingora_conf(config: &LbConfig, run_dir: &std::path::Path) -> ServerConf {
 }
 
 /// Prints the ready line once the listener accepts connections and every upstream has been
-/// probed once (or the first probes ran out of time).
+/// probed once (or the first probes ran out of time), then reloads the configuration on
+/// each SIGHUP. SIGHUP is taken before the ready line: a balancer said ready never dies of
+/// one.
 struct Announcer {
     listen: SocketAddr,
     metrics_listen: Option<SocketAddr>,
     upstreams: Arc<upstream::Upstreams>,
     probe_wait: Duration,
+    reloader: Option<reload::Reloader>,
 }
 
 #[async_trait]
 impl BackgroundService for Announcer {
-    async fn start(&self, _shutdown: ShutdownWatch) {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match &self.reloader {
+            Some(_) => match signal(SignalKind::hangup()) {
+                Ok(hangups) => Some(hangups),
+                Err(error) => {
+                    tracing::error!(target: "soundwave::lb", %error, "cannot take SIGHUP: no reloads");
+                    None
+                }
+            },
+            None => None,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         let wanted = std::iter::once(self.listen).chain(self.metrics_listen);
         for addr in wanted {
@@ -143,6 +159,24 @@ impl BackgroundService for Announcer {
         println!("soundwave lb listening on http://{}", self.listen);
         use std::io::Write;
         let _ = std::io::stdout().flush();
+
+        let (Some(reloader), Some(hangups)) = (&self.reloader, hangups.as_mut()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                signal = hangups.recv() => {
+                    if signal.is_none() {
+                        return;
+                    }
+                    tracing::info!(target: "soundwave::lb", "SIGHUP: reloading the configuration");
+                    // A small file read and a few swaps: short enough for this task.
+                    let _ = reloader.reload();
+                }
+            }
+        }
     }
 }
 
@@ -222,13 +256,24 @@ fn running_balancer(run_dir: &std::path::Path) -> Result<libc::pid_t, LbError> {
 /// file of the run directory (Pingora's hand-off over the upgrade socket there), once that
 /// one gets SIGQUIT; if it does not hand them over within about five seconds, this process
 /// exits with status 1.
+///
+/// With `reload`, SIGHUP loads the configuration again through it and applies the
+/// upstreams, probe, passive-failure and rate-limit settings (see `reload.rs`); without,
+/// SIGHUP is ignored.
 pub fn run(
     config: LbConfig,
     metrics_handle: PrometheusHandle,
     access_log: AccessLog,
     upgrade: bool,
+    reload: Option<ConfigSource>,
 ) -> Result<(), LbError> {
     config.validate()?;
+    // Until the SIGHUP handler is in place (before the ready line), a SIGHUP must not end
+    // the process, as its default action would.
+    // SAFETY: setting a signal's disposition to "ignore" has no other effect.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     let run_dir = config.effective_run_dir();
     if upgrade {
         let old = running_balancer(&run_dir)?;
@@ -269,8 +314,10 @@ pub fn run(
         config.max_fails,
         config.fail_timeout(),
     ));
-    let prober = health::Prober::new(&config, upstreams.clone())?;
-    let prober = background_service("lb probes", prober);
+    let prober = background_service(
+        "lb probes",
+        health::Prober::new(&config, upstreams.clone())?,
+    );
     let balancer = proxy::Balancer {
         upstreams: upstreams.clone(),
         config: config.clone(),
@@ -283,10 +330,17 @@ pub fn run(
         config.max_connections_per_ip,
         config.trusted_proxies.clone(),
     );
-    let mut proxy_service = Service::new(
-        "soundwave lb".to_owned(),
-        relay::Relay::new(balancer, counter, config.request_limits()),
-    );
+    let relay = relay::Relay::new(balancer, counter, config.request_limits());
+    let reloader = reload.map(|source| {
+        reload::Reloader::new(
+            source,
+            LbConfig::clone(&config),
+            upstreams.clone(),
+            prober.task(),
+            relay.limiter(),
+        )
+    });
+    let mut proxy_service = Service::new("soundwave lb".to_owned(), relay);
     // Unbuffered: the relay keeps buffers of its own, and Pingora's (64 KiB for reads, one
     // MSS for writes) would copy every request and answer once more.
     proxy_service.add_listener(
@@ -315,6 +369,7 @@ pub fn run(
             metrics_listen: config.metrics_listen,
             upstreams,
             probe_wait,
+            reloader,
         },
     ));
 

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
 use pingora_core::apps::ServerApp;
@@ -34,6 +35,7 @@ use crate::http1::{
 use crate::metrics;
 use crate::proxy::{Balancer, MAX_ATTEMPTS, client_ip, is_internal, maybe_local};
 use crate::ratelimit::{RateLimiter, Verdict};
+use crate::reload::SharedLimiter;
 use crate::upstream::{FailurePhase, Upstream};
 
 mod access;
@@ -61,8 +63,9 @@ pub struct Relay {
     counter: Arc<ConnectionCounter>,
     limits: RequestLimits,
     answers: GuardAnswers,
-    /// Per client IP requests per second; `None` when `rate_limit_per_sec` is 0.
-    limiter: Option<RateLimiter>,
+    /// Per client IP requests per second; `None` when `rate_limit_per_sec` is 0. Replaced
+    /// whole by a reload that changes the limit.
+    limiter: SharedLimiter,
 }
 
 impl Relay {
@@ -71,6 +74,7 @@ impl Relay {
             balancer.config.rate_limit_per_sec,
             balancer.config.rate_limit_burst,
         );
+        let limiter = Arc::new(ArcSwapOption::from(limiter.map(Arc::new)));
         Relay {
             balancer: Arc::new(balancer),
             counter,
@@ -78,6 +82,11 @@ impl Relay {
             answers: GuardAnswers::new(),
             limiter,
         }
+    }
+
+    /// The rate limiter this relay consults, for a reload to replace.
+    pub fn limiter(&self) -> SharedLimiter {
+        self.limiter.clone()
     }
 }
 
@@ -410,7 +419,8 @@ impl ClientConnection<'_> {
             upstream: None,
         };
         // One branch when there is no limit; a lookup in a preallocated table when there is.
-        if let (Some(limiter), Some(ip)) = (&self.relay.limiter, client)
+        let limiter = self.relay.limiter.load();
+        if let (Some(limiter), Some(ip)) = (&*limiter, client)
             && let Verdict::Limited { retry_after_secs } = limiter.check(ip)
         {
             metrics::request_refused("rate_limited");
