@@ -30,7 +30,7 @@ use crate::state::AppState;
 /// as Django REST framework spells it, and `/api/products/1`): both are registered, so no
 /// request pays for rewriting its path before routing.
 pub fn router(state: Arc<AppState>) -> Router {
-    let routes: [(&str, MethodRouter<Arc<AppState>>); 18] = [
+    let routes: [(&str, MethodRouter<Arc<AppState>>); 20] = [
         ("/api/token", post(accounts::obtain_token)),
         ("/api/token/refresh", post(accounts::refresh_token)),
         ("/api/users", post(accounts::sign_up)),
@@ -75,6 +75,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         ("/api/orders/{id}/cancel", post(orders::cancel_order)),
         (HEALTH_ROUTE, get(ops::health)),
         ("/metrics", get(ops::metrics)),
+        // Behind the cluster secret; `soundwave lb` never forwards `/_cluster/` paths.
+        ("/_cluster/backup", get(ops::backup)),
+        ("/_cluster/digest", get(ops::digest)),
         ("/admin", get(pages::admin)),
         ("/assets/{name}", get(pages::asset)),
         ("/", get(pages::storefront)),

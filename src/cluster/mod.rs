@@ -7,8 +7,9 @@
 //! runtime (`runtime.rs`) with the members and settings of `config.rs`; `proposer.rs` gets
 //! commands into the log; `waiters.rs` answers the callers once applied; `snapshot.rs` is
 //! the snapshot policy; `health.rs` what the cluster reports; `network.rs` and
-//! `peer_api.rs` the two sides of the peer network.
+//! `peer_api.rs` the two sides of the peer network; `backup.rs` the backup endpoint.
 
+mod backup;
 mod config;
 mod health;
 mod network;
@@ -20,5 +21,7 @@ mod snapshot;
 mod start;
 mod waiters;
 
+pub use backup::{backup_response, has_cluster_secret};
 pub use config::ClusterError;
+pub use network::SECRET_HEADER;
 pub use node::Cluster;
