@@ -33,8 +33,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let routes: [(&str, MethodRouter<Arc<AppState>>); 20] = [
         ("/api/token", post(accounts::obtain_token)),
         ("/api/token/refresh", post(accounts::refresh_token)),
+        ("/api/token/blacklist", post(accounts::blacklist_token)),
         ("/api/users", post(accounts::sign_up)),
         ("/api/users/me", get(accounts::me)),
+        ("/api/users/me/password", post(accounts::change_password)),
         (
             "/api/categories",
             get(catalog::list_categories).post(catalog::create_category),

@@ -70,6 +70,13 @@ pub enum Command {
         expires_at: Timestamp,
         now: Timestamp,
     },
+    /// Replaces a user's password hash and ends every session begun before `at`: refresh
+    /// tokens issued before the change are refused from then on.
+    ChangePassword {
+        user: Id,
+        password_hash: String,
+        at: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
