@@ -397,6 +397,13 @@ impl Model {
                 self.used_refresh.insert(jti.clone(), *expires_at);
                 Ok(Expected::Done)
             }
+            // The generators make no status or staff changes: those commands are tested
+            // beside their apply code (apply/order_status.rs, apply/staff.rs).
+            Command::SetOrderStatus { .. }
+            | Command::SetUserStaff { .. }
+            | Command::SetUserActive { .. } => {
+                panic!("the model does not predict {command:?}; the generators never make it")
+            }
         }
     }
 
