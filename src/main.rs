@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
                 .context("running the node")?;
         }
         Command::Up(args) => {
-            soundwave::up::run(&args.config).context("running the topology")?;
+            soundwave::up::run(&args.config, args.tls).context("running the topology")?;
         }
         Command::Lb(args) => {
             let config = args.resolve().context("loading the configuration")?;
