@@ -97,6 +97,11 @@ async fn backup(State(cluster): State<Arc<Cluster>>, headers: http::HeaderMap) -
     backup_response(&cluster, &headers)
 }
 
+/// This member's view of the cluster, for a starting peer's identity check.
+async fn members(State(cluster): State<Arc<Cluster>>) -> Response {
+    reply(&cluster.member_view().await)
+}
+
 async fn ping() -> &'static str {
     "pong"
 }
@@ -124,6 +129,7 @@ pub fn peer_router(cluster: Arc<Cluster>) -> Router {
         .route("/_cluster/ping", get(ping))
         .route("/_cluster/digest", get(digest))
         .route("/_cluster/backup", get(backup))
+        .route("/_cluster/members", post(members))
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
         .layer(middleware::from_fn_with_state(
             cluster.clone(),
