@@ -7,11 +7,13 @@
 //! runtime (`runtime.rs`) with the members and settings of `config.rs`; `proposer.rs` gets
 //! commands into the log; `waiters.rs` answers the callers once applied; `snapshot.rs` is
 //! the snapshot policy; `health.rs` what the cluster reports; `network.rs` and
-//! `peer_api.rs` the two sides of the peer network; `backup.rs` the backup endpoint.
+//! `peer_api.rs` the two sides of the peer network; `backup.rs` the backup endpoint;
+//! `identity.rs` the refusal of a member that lost its log.
 
 mod backup;
 mod config;
 mod health;
+mod identity;
 mod network;
 mod node;
 mod peer_api;
