@@ -21,8 +21,8 @@ mod writer;
 
 pub use apply::{ChangeSet, MAX_CART_LINES, MAX_LINE_QUANTITY, MAX_ORDER_LINES};
 pub use command::{
-    Command, CommandOutcome, NewProduct, NewUser, OrderLine, OrderLines, ProductChanges, Rejection,
-    StockShortage,
+    Command, CommandOutcome, MemberRecord, NewProduct, NewUser, OrderLine, OrderLines,
+    ProductChanges, Rejection, StockShortage,
 };
 pub use db::{DEFAULT_PAGE_CACHE_BYTES, REPAIR_WARNING, Store};
 pub use error::StoreError;

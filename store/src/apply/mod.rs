@@ -11,6 +11,7 @@
 mod accounts;
 mod cart;
 mod catalog;
+mod members;
 mod orders;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -315,6 +316,7 @@ pub(crate) fn apply_command(
             expires_at,
             now,
         } => accounts::consume_refresh_token(t, jti, *expires_at, *now),
+        Command::RecordMember(record) => members::record_member(t, record),
     };
     match result {
         Ok(outcome) => Ok(Ok(outcome)),

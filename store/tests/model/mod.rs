@@ -397,6 +397,8 @@ impl Model {
                 self.used_refresh.insert(jti.clone(), *expires_at);
                 Ok(Expected::Done)
             }
+            // Not generated: members are no part of the shop's model.
+            Command::RecordMember(_) => Ok(Expected::Done),
         }
     }
 
