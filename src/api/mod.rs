@@ -87,6 +87,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         router = router.route(path, methods);
     }
     router
+        .nest_service(
+            "/_cluster",
+            crate::cluster::member_router(state.cluster.clone()),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)

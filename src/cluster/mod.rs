@@ -7,10 +7,13 @@
 //! runtime (`runtime.rs`) with the members and settings of `config.rs`; `proposer.rs` gets
 //! commands into the log; `waiters.rs` answers the callers once applied; `snapshot.rs` is
 //! the snapshot policy; `health.rs` what the cluster reports; `network.rs` and
-//! `peer_api.rs` the two sides of the peer network.
+//! `peer_api.rs` the two sides of the peer network; `membership.rs` joins, promotions,
+//! removals and the members' view, `member_api.rs` their JSON endpoints on the API address.
 
 mod config;
 mod health;
+mod member_api;
+mod membership;
 mod network;
 mod node;
 mod peer_api;
@@ -21,4 +24,6 @@ mod start;
 mod waiters;
 
 pub use config::ClusterError;
+pub use member_api::member_router;
+pub use membership::{JoinRequest, MemberView, MembersView, MembershipError};
 pub use node::Cluster;
