@@ -88,9 +88,25 @@ impl TokenService {
             .map_err(|e| ApiError::Internal(format!("cannot sign a token: {e}")))
     }
 
+    /// How long a refresh token lives, in seconds (the refresh cookie's `Max-Age`).
+    pub fn refresh_lifetime_secs(&self) -> u64 {
+        self.refresh_lifetime.as_secs()
+    }
+
     /// A fresh `(access, refresh)` pair.
     pub fn issue_pair(&self, user_id: Id) -> ApiResult<(String, String)> {
-        let now = unix_seconds();
+        self.issue_pair_from(user_id, None)
+    }
+
+    /// A fresh `(access, refresh)` pair issued no earlier than `valid_from` (the second
+    /// from which a user's sessions count after a password change, which may be the next
+    /// second): a pair issued just after a change is not taken for one from before it.
+    pub fn issue_pair_from(
+        &self,
+        user_id: Id,
+        valid_from: Option<i64>,
+    ) -> ApiResult<(String, String)> {
+        let now = unix_seconds().max(valid_from.unwrap_or(i64::MIN));
         Ok((
             self.issue(user_id, TokenType::Access, now)?,
             self.issue(user_id, TokenType::Refresh, now)?,

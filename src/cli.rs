@@ -27,6 +27,11 @@ pub enum Command {
     Lb(LbArgs),
     /// Start every node of the config and the balancer, until Ctrl-C.
     Up(UpArgs),
+    /// Fetch an online, consistent backup of a node's state into one checked file.
+    Backup(BackupArgs),
+    /// Make a data directory from a backup file: `soundwave node --data-dir DIR` then starts
+    /// a new cluster with the backup's users, catalog and orders.
+    Restore(RestoreArgs),
     /// Look at or change a running cluster's membership, through any member's API.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -60,6 +65,28 @@ pub struct MemberApi {
     /// The cluster's shared secret.
     #[arg(long, env = "SOUNDWAVE_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// A node's API (or peer) address, such as http://127.0.0.1:8000.
+    #[arg(long)]
+    pub from: String,
+    /// The backup file to write (through a temporary file, renamed once checked).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The cluster's shared secret.
+    #[arg(long, env = "SOUNDWAVE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file (from `soundwave backup`).
+    pub file: PathBuf,
+    /// The new data directory (must not exist or be empty).
+    #[arg(long)]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

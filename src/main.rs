@@ -48,8 +48,41 @@ fn main() -> anyhow::Result<()> {
                 soundwave::telemetry::prometheus(),
                 soundwave::logging::write_lb_access_line,
                 args.upgrade,
+                // SIGHUP loads the file again, with the same environment and flags.
+                Some(Box::new(move || args.resolve().map_err(|e| e.to_string()))),
             )
             .context("running the load balancer")?;
+        }
+        Command::Backup(args) => {
+            let secret = args.cluster_secret.unwrap_or_default();
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let backup = runtime
+                .block_on(soundwave::backup::backup(&args.from, &args.out, &secret))
+                .context("backing up")?;
+            println!(
+                "{}",
+                soundwave::backup::Outcome {
+                    done: "backup written to",
+                    path: &args.out,
+                    backup,
+                }
+            );
+        }
+        Command::Restore(args) => {
+            let backup =
+                soundwave::backup::restore(&args.file, &args.data_dir).context("restoring")?;
+            println!(
+                "{}",
+                soundwave::backup::Outcome {
+                    done: "restored into",
+                    path: &args.data_dir,
+                    backup,
+                }
+            );
+            println!(
+                "start it with: soundwave node --data-dir {} (a new cluster; alone, one member)",
+                args.data_dir.display()
+            );
         }
     }
     Ok(())

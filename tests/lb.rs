@@ -358,9 +358,11 @@ async fn forwarding_headers_internal_paths_limits_and_sigterm_drain() {
 async fn failed_connects_are_retried_once_for_any_method_in_flight_failures_only_when_idempotent() {
     let a = EchoUpstream::start("A");
     let b = EchoUpstream::start("B");
-    // A primary that refuses connections, but that probes and ejection never take out, so
-    // the retry policy alone has to save its clients.
-    let dead = local(free_port());
+    // A primary that passes its first probe, then refuses connections: probes (fall 1000)
+    // and ejection (max_fails 0) never take it out, so the retry policy alone has to save
+    // its clients. (An upstream never seen up gets no client at all.)
+    let doomed = EchoUpstream::start("C");
+    let dead = doomed.addr;
     let lb = Balancer::start(
         local(free_port()),
         Some(local(free_port())),
@@ -371,6 +373,11 @@ async fn failed_connects_are_retried_once_for_any_method_in_flight_failures_only
             fast_health(1000, 0)
         ),
     );
+    drop(doomed);
+    wait_for("the dead primary refuses connections", WAIT, || async {
+        std::net::TcpStream::connect(dead).is_err().then_some(())
+    })
+    .await;
 
     // Every POST succeeds and reached exactly one upstream exactly once.
     let clients = clients(24);

@@ -304,4 +304,23 @@ async fn joins_that_cannot_be_done_say_why() {
         .await
         .expect("answer");
     assert_eq!(response.status(), 403);
+    // A node without a secret has no membership endpoints anyone can use.
+    let alone = tokio::task::block_in_place(Node::start);
+    for path in ["/_cluster/members", "/_cluster/join", "/_cluster/remove"] {
+        let response = reqwest::Client::new()
+            .request(
+                if path.ends_with("members") {
+                    Method::GET
+                } else {
+                    Method::POST
+                },
+                alone.url(path),
+            )
+            .header(SECRET_HEADER, "")
+            .body("{\"id\": 1}")
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(response.status(), 403, "{path}");
+    }
 }

@@ -124,17 +124,8 @@ impl LbConfig {
     /// Checks what serde cannot: non-empty tiers, no address twice, sane numbers.
     pub fn validate(&self) -> Result<(), LbError> {
         let invalid = |what: String| Err(LbError::Invalid(what));
-        if self.primaries.is_empty() {
-            return invalid("lb.primaries needs at least one address".to_owned());
-        }
-        let mut seen = std::collections::HashSet::new();
+        crate::upstream::check_tiers(&self.primaries, &self.backups).map_err(LbError::Invalid)?;
         for addr in self.primaries.iter().chain(&self.backups) {
-            if !seen.insert(*addr) {
-                return invalid(format!("upstream {addr} is listed twice"));
-            }
-            if addr.port() == 0 || addr.ip().is_unspecified() {
-                return invalid(format!("upstream {addr} needs a concrete address and port"));
-            }
             if *addr == self.listen || Some(*addr) == self.metrics_listen {
                 return invalid(format!("upstream {addr} is the balancer itself"));
             }

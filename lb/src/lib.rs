@@ -5,12 +5,16 @@
 //!
 //! - **IP hash** with ketama consistent hashing ([`selection::Consistent`]) over the
 //!   primaries, keyed on the client IP, so a client stays on one primary while it is
-//!   available and only the clients of a failed primary move. Selection walks the ring with
-//!   `select_with` and an accept closure that skips upstreams that are down or ejected.
-//! - **A backup tier**: a second load balancer whose upstreams are chosen only when no
-//!   primary is available.
-//! - **Active health checks**: `GET /health/` on every upstream every `health_interval_ms`,
-//!   with `rise` / `fall` counts (pingora's `HttpHealthCheck`, wrapped to record each probe).
+//!   available and only the clients of a failed primary move. Selection walks the ring and
+//!   skips upstreams that are down, ejected or drained.
+//! - **A backup tier**: a second ring whose upstreams are chosen only when no primary is
+//!   available.
+//! - **A replaceable upstream set** ([`Upstreams::replace`]): the tiers can change while
+//!   the balancer runs; upstreams that stay keep their state, an added one takes only its
+//!   share of clients, requests in flight to a removed one finish.
+//! - **Active health checks**: `GET /health/` on every upstream every `health_interval_ms`
+//!   (pingora's `HttpHealthCheck`), with `rise` / `fall` counts; an upstream gets no client
+//!   before a probe passed (at start, or when added).
 //! - **Passive ejection** as nginx does it: `max_fails` failures within `fail_timeout_secs`
 //!   take an upstream out for `fail_timeout_secs`, or until the probes see it come back up.
 //! - **One retry**: a failed connect is retried at once on the next available upstream,
@@ -48,12 +52,8 @@ use async_trait::async_trait;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownWatch};
-use pingora_core::services::background::{
-    BackgroundService, GenBackgroundService, background_service,
-};
+use pingora_core::services::background::{BackgroundService, background_service};
 use pingora_core::services::listening::Service;
-use pingora_load_balancing::LoadBalancer;
-use pingora_load_balancing::selection::Consistent;
 
 mod config;
 mod connection;
@@ -65,6 +65,7 @@ mod operator;
 mod proxy;
 mod ratelimit;
 mod relay;
+mod reload;
 mod upstream;
 
 pub use config::LbConfig;
@@ -74,10 +75,8 @@ pub use proxy::{
     AccessLog, AccessRecord, MAX_ATTEMPTS, OPERATOR_PREFIXES, RESERVED_PREFIXES, client_ip,
     is_internal,
 };
-pub use upstream::Role;
-
-/// Points per upstream on pingora's ketama ring (as nginx).
-const RING_POINTS_PER_UPSTREAM: usize = 160;
+pub use reload::{ConfigSource, Reloaded};
+pub use upstream::{Role, Upstream, UpstreamChange, Upstreams};
 
 /// Fails early, with a clear message, when an address is taken.
 fn check_bindable(what: &'static str, addr: SocketAddr) -> Result<(), LbError> {
@@ -113,36 +112,32 @@ fn pingora_conf(config: &LbConfig, run_dir: &std::path::Path) -> ServerConf {
     }
 }
 
-/// One tier: a ketama load balancer over `addrs`, probed in the background.
-fn tier(
-    name: &str,
-    addrs: &[SocketAddr],
-    config: &LbConfig,
-    upstreams: &Arc<upstream::Upstreams>,
-) -> Result<GenBackgroundService<LoadBalancer<Consistent>>, LbError> {
-    let mut lb = LoadBalancer::<Consistent>::try_from_iter(addrs.iter().copied())
-        .map_err(|e| LbError::Invalid(format!("{name}: {e}")))?;
-    lb.set_health_check(Box::new(health::RecordingCheck::new(
-        config,
-        upstreams.clone(),
-    )?));
-    lb.health_check_frequency = Some(Duration::from_millis(config.health_interval_ms));
-    lb.parallel_health_check = true;
-    Ok(background_service(name, lb))
-}
-
 /// Prints the ready line once the listener accepts connections and every upstream has been
-/// probed once (or the first probes ran out of time).
+/// probed once (or the first probes ran out of time), then reloads the configuration on
+/// each SIGHUP. SIGHUP is taken before the ready line: a balancer said ready never dies of
+/// one.
 struct Announcer {
     listen: SocketAddr,
     metrics_listen: Option<SocketAddr>,
     upstreams: Arc<upstream::Upstreams>,
     probe_wait: Duration,
+    reloader: Option<reload::Reloader>,
 }
 
 #[async_trait]
 impl BackgroundService for Announcer {
-    async fn start(&self, _shutdown: ShutdownWatch) {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match &self.reloader {
+            Some(_) => match signal(SignalKind::hangup()) {
+                Ok(hangups) => Some(hangups),
+                Err(error) => {
+                    tracing::error!(target: "soundwave::lb", %error, "cannot take SIGHUP: no reloads");
+                    None
+                }
+            },
+            None => None,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         let wanted = std::iter::once(self.listen).chain(self.metrics_listen);
         for addr in wanted {
@@ -164,6 +159,24 @@ impl BackgroundService for Announcer {
         println!("soundwave lb listening on http://{}", self.listen);
         use std::io::Write;
         let _ = std::io::stdout().flush();
+
+        let (Some(reloader), Some(hangups)) = (&self.reloader, hangups.as_mut()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                signal = hangups.recv() => {
+                    if signal.is_none() {
+                        return;
+                    }
+                    tracing::info!(target: "soundwave::lb", "SIGHUP: reloading the configuration");
+                    // A small file read and a few swaps: short enough for this task.
+                    let _ = reloader.reload();
+                }
+            }
+        }
     }
 }
 
@@ -243,13 +256,24 @@ fn running_balancer(run_dir: &std::path::Path) -> Result<libc::pid_t, LbError> {
 /// file of the run directory (Pingora's hand-off over the upgrade socket there), once that
 /// one gets SIGQUIT; if it does not hand them over within about five seconds, this process
 /// exits with status 1.
+///
+/// With `reload`, SIGHUP loads the configuration again through it and applies the
+/// upstreams, probe, passive-failure and rate-limit settings (see `reload.rs`); without,
+/// SIGHUP is ignored.
 pub fn run(
     config: LbConfig,
     metrics_handle: PrometheusHandle,
     access_log: AccessLog,
     upgrade: bool,
+    reload: Option<ConfigSource>,
 ) -> Result<(), LbError> {
     config.validate()?;
+    // Until the SIGHUP handler is in place (before the ready line), a SIGHUP must not end
+    // the process, as its default action would.
+    // SAFETY: setting a signal's disposition to "ignore" has no other effect.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     let run_dir = config.effective_run_dir();
     if upgrade {
         let old = running_balancer(&run_dir)?;
@@ -290,15 +314,13 @@ pub fn run(
         config.max_fails,
         config.fail_timeout(),
     ));
-    let primaries = tier("lb primaries", &config.primaries, &config, &upstreams)?;
-    let backups = tier("lb backups", &config.backups, &config, &upstreams)?;
-    let largest_tier = config.primaries.len().max(config.backups.len());
+    let prober = background_service(
+        "lb probes",
+        health::Prober::new(&config, upstreams.clone())?,
+    );
     let balancer = proxy::Balancer {
-        primaries: primaries.task(),
-        backups: backups.task(),
         upstreams: upstreams.clone(),
         config: config.clone(),
-        max_ring_steps: RING_POINTS_PER_UPSTREAM * largest_tier + 1,
         access_log,
     };
     let operator_view = balancer.clone();
@@ -308,18 +330,24 @@ pub fn run(
         config.max_connections_per_ip,
         config.trusted_proxies.clone(),
     );
-    let mut proxy_service = Service::new(
-        "soundwave lb".to_owned(),
-        relay::Relay::new(balancer, counter, config.request_limits()),
-    );
+    let relay = relay::Relay::new(balancer, counter, config.request_limits());
+    let reloader = reload.map(|source| {
+        reload::Reloader::new(
+            source,
+            LbConfig::clone(&config),
+            upstreams.clone(),
+            prober.task(),
+            relay.limiter(),
+        )
+    });
+    let mut proxy_service = Service::new("soundwave lb".to_owned(), relay);
     // Unbuffered: the relay keeps buffers of its own, and Pingora's (64 KiB for reads, one
     // MSS for writes) would copy every request and answer once more.
     proxy_service.add_listener(
         ListenerConfig::tcp(config.listen.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
     );
     server.add_service(proxy_service);
-    server.add_service(primaries);
-    server.add_service(backups);
+    server.add_service(prober);
 
     if let Some(addr) = config.metrics_listen {
         let mut service = Service::new(
@@ -341,6 +369,7 @@ pub fn run(
             metrics_listen: config.metrics_listen,
             upstreams,
             probe_wait,
+            reloader,
         },
     ));
 

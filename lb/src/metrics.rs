@@ -10,7 +10,8 @@
 //! - `soundwave_lb_ejections_total{upstream}`: passive ejections,
 //! - `soundwave_lb_upstream_up{upstream,role}`: 1 while the upstream can be chosen (healthy,
 //!   not ejected, not drained),
-//! - `soundwave_lb_request_duration_seconds{upstream}`: latency histogram.
+//! - `soundwave_lb_request_duration_seconds{upstream}`: latency histogram,
+//! - `soundwave_lb_reloads_total{result}`: configuration reloads (SIGHUP), `ok` or `failed`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -94,4 +95,9 @@ pub fn upstream_up(upstream: &str, role: &'static str, up: bool) {
     } else {
         0.0
     });
+}
+
+/// A configuration reload (`result`: ok, failed).
+pub fn reload(result: &'static str) {
+    metrics::counter!("soundwave_lb_reloads_total", "result" => result).increment(1);
 }

@@ -85,17 +85,17 @@ impl OperatorApp {
         };
         let addr = percent_decode(addr);
         let upstreams = &self.balancer.upstreams;
-        let Some(index) = addr.parse().ok().and_then(|a| upstreams.position(a)) else {
+        let Some(upstream) = addr.parse().ok().and_then(|a| upstreams.find(a)) else {
             return not_found(format!("No upstream {addr}."));
         };
         if method != http::Method::POST {
             return not_allowed(method, "POST");
         }
-        let changed = upstreams.set_drained(index, drained);
+        let changed = upstreams.set_drained(&upstream, drained);
         json_answer(
             200,
             &serde_json::json!({
-                "address": upstreams.get(index).label,
+                "address": upstream.label,
                 "drained": drained,
                 "changed": changed,
             }),

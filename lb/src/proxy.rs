@@ -7,11 +7,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pingora_load_balancing::LoadBalancer;
-use pingora_load_balancing::selection::Consistent;
 
 use crate::config::LbConfig;
-use crate::upstream::{Role, Upstreams};
+use crate::upstream::{Upstream, Upstreams};
 
 /// A request is sent to at most this many upstreams (the first try and one retry).
 pub const MAX_ATTEMPTS: u8 = 2;
@@ -23,15 +21,14 @@ pub const RESERVED_PREFIXES: [&str; 2] = ["_internal", "_cluster"];
 /// operator listener (`metrics_listen`) instead.
 pub const OPERATOR_PREFIXES: [&str; 2] = ["_lb", "metrics"];
 
-/// The balancer: two pingora load balancers (primaries, backups) over one upstream table.
+/// The balancer: the upstream table (with a ketama ring per tier) and the settings it
+/// started with.
 #[derive(Clone)]
 pub struct Balancer {
-    pub primaries: Arc<LoadBalancer<Consistent>>,
-    pub backups: Arc<LoadBalancer<Consistent>>,
     pub upstreams: Arc<Upstreams>,
+    /// The configuration the balancer started with: what a reload cannot change (listeners,
+    /// timeouts, limits) is read from here.
     pub config: Arc<LbConfig>,
-    /// Bound on ring steps of one selection (every point of the largest ring).
-    pub max_ring_steps: usize,
     pub access_log: AccessLog,
 }
 
@@ -156,37 +153,14 @@ pub fn client_ip(peer: IpAddr, trusted: &[IpAddr], headers: &http::HeaderMap) ->
 }
 
 impl Balancer {
-    /// The upstream for `key`: the first available primary on the ring, else the first
-    /// available backup. Available: healthy by the probes, not ejected, not drained, not in
-    /// `exclude`. A drained upstream is skipped on the ring as a down one is: only its
-    /// clients move.
-    pub(crate) fn choose(&self, key: &[u8], exclude: &[usize]) -> Option<usize> {
-        let accept = |backend: &pingora_load_balancing::Backend, healthy: bool| {
-            healthy
-                && self.upstreams.index_of(backend).is_some_and(|i| {
-                    !exclude.contains(&i)
-                        && !self.upstreams.is_ejected(i)
-                        && !self.upstreams.is_drained(i)
-                })
-        };
-        self.primaries
-            .select_with(key, self.max_ring_steps, accept)
-            .or_else(|| self.backups.select_with(key, self.max_ring_steps, accept))
-            .and_then(|b| self.upstreams.index_of(&b))
-    }
-
-    fn active_healthy(&self, role: Role, backend: &pingora_load_balancing::Backend) -> bool {
-        match role {
-            Role::Primary => self.primaries.backends().ready(backend),
-            Role::Backup => self.backups.backends().ready(backend),
-        }
+    /// The upstream for `key`: see [`Upstreams::choose`].
+    pub(crate) fn choose(&self, key: &[u8], exclude: &[Arc<Upstream>]) -> Option<Arc<Upstream>> {
+        self.upstreams.choose(key, exclude)
     }
 
     /// `GET /_lb/status` of the operator listener: each upstream and the serving tier.
     pub(crate) fn status(&self) -> Bytes {
-        let mut status = self
-            .upstreams
-            .status(|u| self.active_healthy(u.role, &u.backend));
+        let mut status = self.upstreams.status();
         status["listen"] = self.config.listen.to_string().into();
         let serving = |role: &str| {
             status["upstreams"].as_array().is_some_and(|a| {

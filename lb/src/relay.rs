@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
 use pingora_core::apps::ServerApp;
@@ -34,7 +35,8 @@ use crate::http1::{
 use crate::metrics;
 use crate::proxy::{Balancer, MAX_ATTEMPTS, client_ip, is_internal, maybe_local};
 use crate::ratelimit::{RateLimiter, Verdict};
-use crate::upstream::FailurePhase;
+use crate::reload::SharedLimiter;
+use crate::upstream::{FailurePhase, Upstream};
 
 mod access;
 mod link;
@@ -61,8 +63,9 @@ pub struct Relay {
     counter: Arc<ConnectionCounter>,
     limits: RequestLimits,
     answers: GuardAnswers,
-    /// Per client IP requests per second; `None` when `rate_limit_per_sec` is 0.
-    limiter: Option<RateLimiter>,
+    /// Per client IP requests per second; `None` when `rate_limit_per_sec` is 0. Replaced
+    /// whole by a reload that changes the limit.
+    limiter: SharedLimiter,
 }
 
 impl Relay {
@@ -71,6 +74,7 @@ impl Relay {
             balancer.config.rate_limit_per_sec,
             balancer.config.rate_limit_burst,
         );
+        let limiter = Arc::new(ArcSwapOption::from(limiter.map(Arc::new)));
         Relay {
             balancer: Arc::new(balancer),
             counter,
@@ -78,6 +82,11 @@ impl Relay {
             answers: GuardAnswers::new(),
             limiter,
         }
+    }
+
+    /// The rate limiter this relay consults, for a reload to replace.
+    pub fn limiter(&self) -> SharedLimiter {
+        self.limiter.clone()
     }
 }
 
@@ -410,7 +419,8 @@ impl ClientConnection<'_> {
             upstream: None,
         };
         // One branch when there is no limit; a lookup in a preallocated table when there is.
-        if let (Some(limiter), Some(ip)) = (&self.relay.limiter, client)
+        let limiter = self.relay.limiter.load();
+        if let (Some(limiter), Some(ip)) = (&*limiter, client)
             && let Verdict::Limited { retry_after_secs } = limiter.check(ip)
         {
             metrics::request_refused("rate_limited");
@@ -514,7 +524,7 @@ impl ClientConnection<'_> {
         };
 
         // The attempts, while watching the client: one who leaves ends the request.
-        let mut failed: Vec<usize> = Vec::new();
+        let mut failed: Vec<Arc<Upstream>> = Vec::new();
         let mut last_error = None;
         let mut answered = None;
         let client_left = {
@@ -528,19 +538,19 @@ impl ClientConnection<'_> {
             let relay: &Relay = relay;
             let attempts = async {
                 while trip.attempts < MAX_ATTEMPTS {
-                    let Some(index) = balancer.choose(key, &failed) else {
+                    let Some(upstream) = balancer.choose(key, &failed) else {
                         break;
                     };
                     if trip.attempts > 0 {
                         metrics::retry();
                     }
                     trip.attempts += 1;
-                    trip.upstream = Some(index);
-                    balancer.upstreams.record_request(index);
+                    trip.upstream = Some(upstream.clone());
+                    balancer.upstreams.record_request(&upstream);
                     let sent = attempt(
                         &balancer,
                         link,
-                        index,
+                        &upstream,
                         &request,
                         body_apart,
                         head_request,
@@ -553,8 +563,8 @@ impl ClientConnection<'_> {
                                 AttemptError::Connect(_) => FailurePhase::Connect,
                                 _ => FailurePhase::Proxy,
                             };
-                            balancer.upstreams.record_failure(index, phase);
-                            failed.push(index);
+                            balancer.upstreams.record_failure(&upstream, phase);
+                            failed.push(upstream);
                             // A request that may have reached the upstream is sent again
                             // only when it is idempotent; one that never connected may go
                             // anywhere.

@@ -1,19 +1,25 @@
-//! The upstream table: each upstream's role, its passive failure window and ejection (nginx's
-//! `max_fails` / `fail_timeout`), request counters and the last active probe.
+//! The upstream table: the current set of upstreams (replaceable while the balancer runs:
+//! [`Upstreams::replace`]), the ketama choice over it, and for each upstream its role, its
+//! active health (rise / fall), its passive failure window and ejection (nginx's
+//! `max_fails` / `fail_timeout`), the operator's drain, request counters and the last probe.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use pingora_load_balancing::Backend;
+use pingora_load_balancing::selection::{BackendIter, BackendSelection, Consistent};
 use serde_json::{Value, json};
 
+use crate::error::LbError;
 use crate::metrics;
 
 /// Which tier an upstream belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Role {
     /// Chosen by consistent hashing of the client IP.
     Primary,
@@ -57,14 +63,25 @@ struct ProbeRecord {
     latency: Duration,
 }
 
-/// One upstream and everything the balancer knows about it.
+/// The active health of an upstream as the probes found it: unknown (never probed: not
+/// sent traffic), then up or down after `rise` or `fall` probes in a row.
+#[derive(Debug, Default)]
+struct ProbeHealth {
+    /// `None` until the first probe.
+    healthy: Option<bool>,
+    /// Probes in a row that disagree with `healthy`.
+    streak: usize,
+}
+
+/// One upstream and everything the balancer knows about it. Shared (`Arc`) between the
+/// table and the requests in flight to it: a request holds its upstream to the end even
+/// when a reload removed it meanwhile.
 pub struct Upstream {
     pub addr: SocketAddr,
     /// `addr` as text, the `upstream` label of the metrics.
     pub label: String,
-    pub role: Role,
-    /// The pingora backend of this address (to ask its load balancer for active health).
-    pub backend: Backend,
+    /// 0: primary, 1: backup (a reload may move an upstream between tiers).
+    role: AtomicU8,
     /// Milliseconds since the table's epoch until which it is ejected; 0: not ejected.
     ejected_until_ms: AtomicU64,
     /// Failures within the current `fail_timeout` window.
@@ -72,19 +89,134 @@ pub struct Upstream {
     failures_total: AtomicU64,
     requests_total: AtomicU64,
     ejections_total: AtomicU64,
+    /// Healthy by the active probes: false until a probe passed.
     active_healthy: AtomicBool,
+    probe_health: Mutex<ProbeHealth>,
     /// Drained by the operator: no new client is sent to it.
     drained: AtomicBool,
     probe: Mutex<Option<ProbeRecord>>,
 }
 
-/// Every upstream, primaries first, in configuration order.
+impl Upstream {
+    fn new(addr: SocketAddr, role: Role) -> Upstream {
+        Upstream {
+            addr,
+            label: addr.to_string(),
+            role: AtomicU8::new(role as u8),
+            ejected_until_ms: AtomicU64::new(0),
+            failures: Mutex::new(VecDeque::new()),
+            failures_total: AtomicU64::new(0),
+            requests_total: AtomicU64::new(0),
+            ejections_total: AtomicU64::new(0),
+            active_healthy: AtomicBool::new(false),
+            probe_health: Mutex::new(ProbeHealth::default()),
+            drained: AtomicBool::new(false),
+            probe: Mutex::new(None),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        if self.role.load(Ordering::Relaxed) == Role::Backup as u8 {
+            Role::Backup
+        } else {
+            Role::Primary
+        }
+    }
+
+    /// Healthy by the active probes (false until the first probe passed).
+    pub fn active_healthy(&self) -> bool {
+        self.active_healthy.load(Ordering::Relaxed)
+    }
+
+    /// Is it drained by the operator?
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+}
+
+/// One published set of upstreams: primaries then backups in configuration order, and a
+/// ketama ring per tier built over their addresses.
+struct UpstreamSet {
+    list: Vec<Arc<Upstream>>,
+    by_addr: HashMap<SocketAddr, usize>,
+    primary_ring: Arc<Consistent>,
+    backup_ring: Arc<Consistent>,
+    /// Bound on ring steps of one selection (every point of the largest ring).
+    max_ring_steps: usize,
+}
+
+impl UpstreamSet {
+    fn build(list: Vec<Arc<Upstream>>) -> UpstreamSet {
+        let ring = |role: Role| {
+            let backends: BTreeSet<Backend> = list
+                .iter()
+                .filter(|u| u.role() == role)
+                .map(|u| backend_of(u.addr))
+                .collect();
+            (backends.len(), Arc::new(Consistent::build(&backends)))
+        };
+        let (primaries, primary_ring) = ring(Role::Primary);
+        let (backups, backup_ring) = ring(Role::Backup);
+        let by_addr = list.iter().enumerate().map(|(i, u)| (u.addr, i)).collect();
+        UpstreamSet {
+            list,
+            by_addr,
+            primary_ring,
+            backup_ring,
+            max_ring_steps: RING_POINTS_PER_UPSTREAM * primaries.max(backups) + 1,
+        }
+    }
+
+    /// The first upstream on `ring` from `key` that `accept` takes.
+    fn walk(
+        &self,
+        ring: &Arc<Consistent>,
+        key: &[u8],
+        accept: &impl Fn(&Arc<Upstream>) -> bool,
+    ) -> Option<Arc<Upstream>> {
+        let mut iter = ring.iter(key);
+        for _ in 0..self.max_ring_steps {
+            let backend = iter.next()?;
+            let addr = backend.addr.as_inet()?;
+            let upstream = &self.list[*self.by_addr.get(addr)?];
+            if accept(upstream) {
+                return Some(upstream.clone());
+            }
+        }
+        None
+    }
+}
+
+/// Points per upstream on pingora's ketama ring (as nginx).
+const RING_POINTS_PER_UPSTREAM: usize = 160;
+
+/// What [`Upstreams::replace`] changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UpstreamChange {
+    pub added: Vec<SocketAddr>,
+    pub removed: Vec<SocketAddr>,
+    /// Kept, but moved to the other tier.
+    pub moved: Vec<SocketAddr>,
+}
+
+impl UpstreamChange {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.moved.is_empty()
+    }
+}
+
+/// The upstream table: the current set (replaceable at run time, [`Upstreams::replace`]),
+/// the passive-failure settings, and the choice of an upstream for a client.
 pub struct Upstreams {
     epoch: Instant,
     epoch_wall: SystemTime,
-    list: Vec<Upstream>,
-    max_fails: u32,
-    fail_timeout: Duration,
+    set: ArcSwap<UpstreamSet>,
+    /// Replacements one at a time (readers never wait for it).
+    replacing: Mutex<()>,
+    /// Woken when upstreams are added, so the probes see them at once.
+    added: tokio::sync::Notify,
+    max_fails: AtomicU32,
+    fail_timeout_ms: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -97,75 +229,153 @@ fn rfc3339(at: SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// Checks a tier pair: at least one primary, no address twice, concrete addresses.
+pub fn check_tiers(primaries: &[SocketAddr], backups: &[SocketAddr]) -> Result<(), String> {
+    if primaries.is_empty() {
+        return Err("lb.primaries needs at least one address".to_owned());
+    }
+    let mut seen = HashSet::new();
+    for addr in primaries.iter().chain(backups) {
+        if !seen.insert(*addr) {
+            return Err(format!("upstream {addr} is listed twice"));
+        }
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(format!("upstream {addr} needs a concrete address and port"));
+        }
+    }
+    Ok(())
+}
+
 impl Upstreams {
+    /// A table over `primaries` and `backups`; every upstream starts unprobed, so it is not
+    /// sent traffic before a probe passed.
     pub fn new(
         primaries: &[SocketAddr],
         backups: &[SocketAddr],
         max_fails: u32,
         fail_timeout: Duration,
     ) -> Upstreams {
+        let upstreams = Upstreams {
+            epoch: Instant::now(),
+            epoch_wall: SystemTime::now(),
+            set: ArcSwap::from_pointee(UpstreamSet::build(Vec::new())),
+            replacing: Mutex::new(()),
+            added: tokio::sync::Notify::new(),
+            max_fails: AtomicU32::new(0),
+            fail_timeout_ms: AtomicU64::new(0),
+        };
+        upstreams.set_passive(max_fails, fail_timeout);
+        upstreams.install(primaries, backups);
+        upstreams
+    }
+
+    /// Replaces the set of upstreams: an address already known keeps its record (health,
+    /// failures, ejection, drain, counters), even across tiers; a new one starts unprobed
+    /// (no traffic until a probe passes); a removed one leaves the rings at once while
+    /// requests in flight to it finish (they hold it), and connections kept to it are
+    /// dropped at their next request. Each tier's ring is built over its addresses alone,
+    /// so an added upstream takes only its share of clients (ketama).
+    pub fn replace(
+        &self,
+        primaries: &[SocketAddr],
+        backups: &[SocketAddr],
+    ) -> Result<UpstreamChange, LbError> {
+        check_tiers(primaries, backups).map_err(LbError::Invalid)?;
+        Ok(self.install(primaries, backups))
+    }
+
+    fn install(&self, primaries: &[SocketAddr], backups: &[SocketAddr]) -> UpstreamChange {
+        let _one_at_a_time = lock(&self.replacing);
+        let old = self.set.load_full();
+        let mut change = UpstreamChange::default();
         let tiers = primaries
             .iter()
             .map(|a| (*a, Role::Primary))
             .chain(backups.iter().map(|a| (*a, Role::Backup)));
-        let list = tiers
-            .map(|(addr, role)| Upstream {
-                addr,
-                label: addr.to_string(),
-                role,
-                backend: backend_of(addr),
-                ejected_until_ms: AtomicU64::new(0),
-                failures: Mutex::new(VecDeque::new()),
-                failures_total: AtomicU64::new(0),
-                requests_total: AtomicU64::new(0),
-                ejections_total: AtomicU64::new(0),
-                active_healthy: AtomicBool::new(true),
-                drained: AtomicBool::new(false),
-                probe: Mutex::new(None),
+        let list: Vec<Arc<Upstream>> = tiers
+            .map(|(addr, role)| match old.by_addr.get(&addr) {
+                Some(&i) => {
+                    let kept = old.list[i].clone();
+                    if kept.role.swap(role as u8, Ordering::Relaxed) != role as u8 {
+                        change.moved.push(addr);
+                    }
+                    kept
+                }
+                None => {
+                    change.added.push(addr);
+                    Arc::new(Upstream::new(addr, role))
+                }
             })
             .collect();
-        let upstreams = Upstreams {
-            epoch: Instant::now(),
-            epoch_wall: SystemTime::now(),
-            list,
-            max_fails,
-            fail_timeout,
-        };
-        for index in 0..upstreams.list.len() {
-            upstreams.publish_availability(index);
+        let new = UpstreamSet::build(list);
+        for upstream in &old.list {
+            if !new.by_addr.contains_key(&upstream.addr) {
+                change.removed.push(upstream.addr);
+                metrics::upstream_up(&upstream.label, upstream.role().as_str(), false);
+            }
         }
-        upstreams
+        self.set.store(Arc::new(new));
+        for upstream in self.set.load().list.iter() {
+            self.publish_availability(upstream);
+        }
+        if !change.added.is_empty() {
+            self.added.notify_one();
+        }
+        change
     }
 
-    pub fn get(&self, index: usize) -> &Upstream {
-        &self.list[index]
+    /// Sets the passive-failure settings (`max_fails` within `fail_timeout`).
+    pub fn set_passive(&self, max_fails: u32, fail_timeout: Duration) {
+        self.max_fails.store(max_fails, Ordering::Relaxed);
+        let ms = u64::try_from(fail_timeout.as_millis()).unwrap_or(u64::MAX);
+        self.fail_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// The index of the upstream a pingora backend stands for.
-    pub fn index_of(&self, backend: &Backend) -> Option<usize> {
-        self.position(*backend.addr.as_inet()?)
+    fn fail_timeout(&self) -> Duration {
+        Duration::from_millis(self.fail_timeout_ms.load(Ordering::Relaxed))
     }
 
-    /// The index of the upstream at `addr`.
-    pub fn position(&self, addr: SocketAddr) -> Option<usize> {
-        self.list.iter().position(|u| u.addr == addr)
+    /// Every upstream of the current set, primaries first, in configuration order.
+    pub fn list(&self) -> Vec<Arc<Upstream>> {
+        self.set.load().list.clone()
     }
 
-    /// Is the upstream drained by the operator?
-    pub fn is_drained(&self, index: usize) -> bool {
-        self.list[index].drained.load(Ordering::Relaxed)
+    /// The upstream at `addr` in the current set.
+    pub fn find(&self, addr: SocketAddr) -> Option<Arc<Upstream>> {
+        let set = self.set.load();
+        set.by_addr.get(&addr).map(|&i| set.list[i].clone())
+    }
+
+    /// Waits until upstreams are added (the probes then run at once).
+    pub async fn added(&self) {
+        self.added.notified().await;
+    }
+
+    /// The upstream for `key`: the first available primary on its ring, else the first
+    /// available backup. Available: healthy by the probes, not ejected, not drained, not in
+    /// `exclude`. A drained upstream is skipped on the ring as a down one is: only its
+    /// clients move.
+    pub fn choose(&self, key: &[u8], exclude: &[Arc<Upstream>]) -> Option<Arc<Upstream>> {
+        let set = self.set.load();
+        let accept = |u: &Arc<Upstream>| {
+            u.active_healthy()
+                && !u.is_drained()
+                && !self.is_ejected(u)
+                && !exclude.iter().any(|e| Arc::ptr_eq(e, u))
+        };
+        set.walk(&set.primary_ring, key, &accept)
+            .or_else(|| set.walk(&set.backup_ring, key, &accept))
     }
 
     /// Drains the upstream (no new client goes to it; requests in flight finish, and the
     /// clients on its kept connections move at their next request) or brings it back.
     /// Returns whether that changed anything.
-    pub fn set_drained(&self, index: usize, drained: bool) -> bool {
-        let upstream = &self.list[index];
+    pub fn set_drained(&self, upstream: &Upstream, drained: bool) -> bool {
         let changed = upstream.drained.swap(drained, Ordering::Relaxed) != drained;
         if changed {
             let what = if drained { "drained" } else { "undrained" };
-            tracing::info!(target: "soundwave::lb", upstream = %upstream.addr, role = upstream.role.as_str(), "upstream {what} by the operator");
-            self.publish_availability(index);
+            tracing::info!(target: "soundwave::lb", upstream = %upstream.addr, role = upstream.role().as_str(), "upstream {what} by the operator");
+            self.publish_availability(upstream);
         }
         changed
     }
@@ -176,40 +386,39 @@ impl Upstreams {
     }
 
     /// Is the upstream passively ejected right now?
-    pub fn is_ejected(&self, index: usize) -> bool {
-        let until = self.list[index].ejected_until_ms.load(Ordering::Relaxed);
+    pub fn is_ejected(&self, upstream: &Upstream) -> bool {
+        let until = upstream.ejected_until_ms.load(Ordering::Relaxed);
         until != 0 && self.now_ms() < until
     }
 
     /// Counts a request that was sent (or tried) to the upstream.
-    pub fn record_request(&self, index: usize) {
-        self.list[index]
-            .requests_total
-            .fetch_add(1, Ordering::Relaxed);
+    pub fn record_request(&self, upstream: &Upstream) {
+        upstream.requests_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a failure; `max_fails` of them within `fail_timeout` eject the upstream for
     /// `fail_timeout`. Returns whether this failure ejected it.
-    pub fn record_failure(&self, index: usize, phase: FailurePhase) -> bool {
-        let upstream = &self.list[index];
+    pub fn record_failure(&self, upstream: &Upstream, phase: FailurePhase) -> bool {
         upstream.failures_total.fetch_add(1, Ordering::Relaxed);
         metrics::upstream_failure(&upstream.label, phase.as_str());
-        if self.max_fails == 0 {
+        let max_fails = self.max_fails.load(Ordering::Relaxed);
+        if max_fails == 0 {
             return false;
         }
+        let fail_timeout = self.fail_timeout();
         let now = Instant::now();
         let mut window = lock(&upstream.failures);
         while window
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= self.fail_timeout)
+            .is_some_and(|t| now.duration_since(*t) >= fail_timeout)
         {
             window.pop_front();
         }
         window.push_back(now);
-        if window.len() < self.max_fails as usize || self.is_ejected(index) {
+        if window.len() < max_fails as usize || self.is_ejected(upstream) {
             return false;
         }
-        let until = self.now_ms() + self.fail_timeout.as_millis() as u64;
+        let until = self.now_ms() + fail_timeout.as_millis() as u64;
         upstream.ejected_until_ms.store(until, Ordering::Relaxed);
         upstream.ejections_total.fetch_add(1, Ordering::Relaxed);
         drop(window);
@@ -217,78 +426,105 @@ impl Upstreams {
         tracing::warn!(
             target: "soundwave::lb",
             upstream = %upstream.addr,
-            role = upstream.role.as_str(),
-            max_fails = self.max_fails,
-            fail_timeout_secs = self.fail_timeout.as_secs(),
+            role = upstream.role().as_str(),
+            max_fails,
+            fail_timeout_secs = fail_timeout.as_secs(),
             "upstream ejected after repeated failures"
         );
-        self.publish_availability(index);
+        self.publish_availability(upstream);
         true
     }
 
-    /// Records the result of an active probe.
-    pub fn record_probe(&self, backend: &Backend, error: Option<String>, latency: Duration) {
-        let Some(index) = self.index_of(backend) else {
-            return;
+    /// Records the result of an active probe and counts it towards `rise` or `fall`: the
+    /// first probe of an upstream decides its health alone; after that, `rise` good probes
+    /// in a row bring it up and `fall` bad ones take it down. Coming up also lifts a
+    /// passive ejection: the upstream was seen down and recovered.
+    pub fn record_probe(
+        &self,
+        upstream: &Upstream,
+        error: Option<String>,
+        latency: Duration,
+        rise: usize,
+        fall: usize,
+    ) {
+        let ok = error.is_none();
+        let flipped = {
+            let mut health = lock(&upstream.probe_health);
+            match health.healthy {
+                None => {
+                    health.healthy = Some(ok);
+                    health.streak = 0;
+                    ok
+                }
+                Some(healthy) if healthy == ok => {
+                    health.streak = 0;
+                    false
+                }
+                Some(_) => {
+                    health.streak += 1;
+                    let threshold = if ok { rise } else { fall };
+                    if health.streak >= threshold.max(1) {
+                        health.healthy = Some(ok);
+                        health.streak = 0;
+                        true
+                    } else {
+                        false
+                    }
+                }
+            }
         };
-        *lock(&self.list[index].probe) = Some(ProbeRecord {
+        let why = error.clone();
+        *lock(&upstream.probe) = Some(ProbeRecord {
             at: SystemTime::now(),
-            ok: error.is_none(),
+            ok,
             error,
             latency,
         });
-        // Also notices an ejection that ran out since the last probe.
-        self.publish_availability(index);
-    }
-
-    /// The active checker flipped the upstream's health. Coming back up (after `rise`
-    /// good probes) also lifts a passive ejection: the upstream was seen down and recovered.
-    pub fn active_health_changed(&self, backend: &Backend, healthy: bool) {
-        let Some(index) = self.index_of(backend) else {
-            return;
-        };
-        let upstream = &self.list[index];
-        upstream.active_healthy.store(healthy, Ordering::Relaxed);
-        if healthy {
-            upstream.ejected_until_ms.store(0, Ordering::Relaxed);
-            lock(&upstream.failures).clear();
-            tracing::info!(target: "soundwave::lb", upstream = %upstream.addr, role = upstream.role.as_str(), "upstream is up (active probes)");
-        } else {
-            tracing::warn!(target: "soundwave::lb", upstream = %upstream.addr, role = upstream.role.as_str(), "upstream is down (active probes)");
+        if flipped {
+            upstream.active_healthy.store(ok, Ordering::Relaxed);
+            if ok {
+                upstream.ejected_until_ms.store(0, Ordering::Relaxed);
+                lock(&upstream.failures).clear();
+                tracing::info!(target: "soundwave::lb", upstream = %upstream.addr, role = upstream.role().as_str(), "upstream is up (active probes)");
+            } else {
+                tracing::warn!(target: "soundwave::lb", upstream = %upstream.addr, role = upstream.role().as_str(), error = why.as_deref().unwrap_or(""), "upstream is down (active probes)");
+            }
         }
-        self.publish_availability(index);
+        // Also notices an ejection that ran out since the last probe.
+        self.publish_availability(upstream);
     }
 
     /// Has every upstream been probed at least once?
     pub fn all_probed(&self) -> bool {
-        self.list.iter().all(|u| lock(&u.probe).is_some())
+        self.set
+            .load()
+            .list
+            .iter()
+            .all(|u| lock(&u.probe).is_some())
     }
 
-    fn publish_availability(&self, index: usize) {
-        let upstream = &self.list[index];
-        let up = upstream.active_healthy.load(Ordering::Relaxed)
-            && !self.is_ejected(index)
-            && !self.is_drained(index);
-        metrics::upstream_up(&upstream.label, upstream.role.as_str(), up);
+    fn publish_availability(&self, upstream: &Upstream) {
+        let up = upstream.active_healthy() && !self.is_ejected(upstream) && !upstream.is_drained();
+        metrics::upstream_up(&upstream.label, upstream.role().as_str(), up);
     }
 
     /// `GET /_lb/status`: each upstream with its role, health, drain, failures and last
     /// probe.
-    /// `active` answers the active health of an upstream (from its pingora load balancer).
-    pub fn status(&self, active: impl Fn(&Upstream) -> bool) -> Value {
+    pub fn status(&self) -> Value {
         let now_ms = self.now_ms();
+        let fail_timeout = self.fail_timeout();
         let upstreams: Vec<Value> = self
-            .list
+            .list()
             .iter()
             .map(|u| {
-                let active_healthy = active(u);
+                let active_healthy = u.active_healthy();
                 let until = u.ejected_until_ms.load(Ordering::Relaxed);
                 let ejected = until != 0 && now_ms < until;
                 let recent_failures = {
                     let now = Instant::now();
                     lock(&u.failures)
                         .iter()
-                        .filter(|t| now.duration_since(**t) < self.fail_timeout)
+                        .filter(|t| now.duration_since(**t) < fail_timeout)
                         .count()
                 };
                 let probe = lock(&u.probe).clone();
@@ -305,12 +541,12 @@ impl Upstreams {
                 });
                 json!({
                     "address": u.label,
-                    "role": u.role.as_str(),
+                    "role": u.role().as_str(),
                     "healthy": active_healthy && !ejected,
                     "active_healthy": active_healthy,
                     "ejected": ejected,
                     "ejected_until": ejected_until,
-                    "drained": u.drained.load(Ordering::Relaxed),
+                    "drained": u.is_drained(),
                     "recent_failures": recent_failures,
                     "failures_total": u.failures_total.load(Ordering::Relaxed),
                     "ejections_total": u.ejections_total.load(Ordering::Relaxed),
@@ -336,22 +572,34 @@ pub fn backend_of(addr: SocketAddr) -> Backend {
 mod tests {
     use super::*;
 
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Probed once and found healthy.
+    fn probed_up(t: &Upstreams, u: &Upstream) {
+        t.record_probe(u, None, Duration::ZERO, 2, 2);
+    }
+
     fn table(max_fails: u32) -> Upstreams {
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        Upstreams::new(&[a], &[b], max_fails, Duration::from_secs(30))
+        let t = Upstreams::new(&[addr(1)], &[addr(2)], max_fails, Duration::from_secs(30));
+        for u in t.list() {
+            probed_up(&t, &u);
+        }
+        t
     }
 
     #[test]
     fn max_fails_within_the_window_eject() {
         let t = table(3);
-        assert!(!t.record_failure(0, FailurePhase::Connect));
-        assert!(!t.record_failure(0, FailurePhase::Proxy));
-        assert!(!t.is_ejected(0));
-        assert!(t.record_failure(0, FailurePhase::Connect));
-        assert!(t.is_ejected(0));
-        assert!(!t.is_ejected(1));
-        let status = t.status(|_| true);
+        let (a, b) = (t.find(addr(1)).unwrap(), t.find(addr(2)).unwrap());
+        assert!(!t.record_failure(&a, FailurePhase::Connect));
+        assert!(!t.record_failure(&a, FailurePhase::Proxy));
+        assert!(!t.is_ejected(&a));
+        assert!(t.record_failure(&a, FailurePhase::Connect));
+        assert!(t.is_ejected(&a));
+        assert!(!t.is_ejected(&b));
+        let status = t.status();
         assert_eq!(status["upstreams"][0]["ejected"], true);
         assert_eq!(status["upstreams"][0]["healthy"], false);
         assert_eq!(status["upstreams"][0]["failures_total"], 3);
@@ -361,38 +609,143 @@ mod tests {
     #[test]
     fn coming_back_up_lifts_an_ejection() {
         let t = table(1);
-        assert!(t.record_failure(0, FailurePhase::Connect));
-        let backend = t.get(0).backend.clone();
-        t.active_health_changed(&backend, false);
-        assert!(t.is_ejected(0));
-        t.active_health_changed(&backend, true);
-        assert!(!t.is_ejected(0));
+        let a = t.find(addr(1)).unwrap();
+        assert!(t.record_failure(&a, FailurePhase::Connect));
+        for _ in 0..2 {
+            t.record_probe(&a, Some("down".into()), Duration::ZERO, 2, 2);
+        }
+        assert!(!a.active_healthy());
+        assert!(t.is_ejected(&a));
+        t.record_probe(&a, None, Duration::ZERO, 2, 2);
+        assert!(!a.active_healthy(), "rise is 2");
+        t.record_probe(&a, None, Duration::ZERO, 2, 2);
+        assert!(a.active_healthy());
+        assert!(!t.is_ejected(&a));
+    }
+
+    #[test]
+    fn an_upstream_gets_no_client_before_a_probe_passed() {
+        let t = Upstreams::new(&[addr(1)], &[addr(2)], 3, Duration::from_secs(30));
+        assert!(t.choose(b"client", &[]).is_none(), "nothing probed yet");
+        let backup = t.find(addr(2)).unwrap();
+        probed_up(&t, &backup);
+        assert_eq!(t.choose(b"client", &[]).unwrap().addr, addr(2));
+        let primary = t.find(addr(1)).unwrap();
+        t.record_probe(&primary, Some("503".into()), Duration::ZERO, 2, 2);
+        assert_eq!(
+            t.choose(b"client", &[]).unwrap().addr,
+            addr(2),
+            "failed probe"
+        );
+        probed_up(&t, &primary);
+        assert_eq!(
+            t.choose(b"client", &[]).unwrap().addr,
+            addr(2),
+            "seen down: rise 2"
+        );
+        probed_up(&t, &primary);
+        assert_eq!(t.choose(b"client", &[]).unwrap().addr, addr(1));
+        assert!(t.all_probed());
     }
 
     #[test]
     fn draining_is_shown_and_undone() {
         let t = table(3);
-        let addr = t.get(0).addr;
-        assert_eq!(t.position(addr), Some(0));
-        assert!(t.set_drained(0, true));
-        assert!(!t.set_drained(0, true), "already drained");
-        assert!(t.is_drained(0) && !t.is_drained(1));
-        let status = t.status(|_| true);
+        let a = t.find(addr(1)).unwrap();
+        assert!(t.set_drained(&a, true));
+        assert!(!t.set_drained(&a, true), "already drained");
+        assert!(a.is_drained() && !t.find(addr(2)).unwrap().is_drained());
+        let status = t.status();
         assert_eq!(status["upstreams"][0]["drained"], true);
         assert_eq!(
             status["upstreams"][0]["healthy"], true,
             "drained is not unhealthy"
         );
-        assert!(t.set_drained(0, false));
-        assert!(!t.is_drained(0));
+        assert!(t.set_drained(&a, false));
+        assert!(!a.is_drained());
     }
 
     #[test]
     fn zero_max_fails_never_ejects() {
         let t = table(0);
+        let a = t.find(addr(1)).unwrap();
         for _ in 0..10 {
-            assert!(!t.record_failure(0, FailurePhase::Connect));
+            assert!(!t.record_failure(&a, FailurePhase::Connect));
         }
-        assert!(!t.is_ejected(0));
+        assert!(!t.is_ejected(&a));
+    }
+
+    /// The primary each of `clients` keys is sent to.
+    fn choices(t: &Upstreams, clients: u32) -> Vec<SocketAddr> {
+        (0..clients)
+            .map(|c| t.choose(&c.to_be_bytes(), &[]).unwrap().addr)
+            .collect()
+    }
+
+    #[test]
+    fn replacing_keeps_what_stays_and_moves_only_the_added_share() {
+        let t = Upstreams::new(
+            &[addr(1), addr(2), addr(3)],
+            &[addr(9)],
+            3,
+            Duration::from_secs(30),
+        );
+        for u in t.list() {
+            probed_up(&t, &u);
+        }
+        let kept = t.find(addr(2)).unwrap();
+        t.set_drained(&kept, true);
+        t.record_failure(&kept, FailurePhase::Connect);
+        t.set_drained(&kept, false);
+        let before = choices(&t, 2000);
+
+        let change = t
+            .replace(&[addr(1), addr(2), addr(3), addr(4)], &[addr(9)])
+            .unwrap();
+        assert_eq!(change.added, vec![addr(4)]);
+        assert!(change.removed.is_empty() && change.moved.is_empty());
+        let same = t.find(addr(2)).unwrap();
+        assert!(Arc::ptr_eq(&kept, &same), "the record is kept");
+        assert_eq!(t.status()["upstreams"][1]["failures_total"], 1);
+        assert_eq!(choices(&t, 2000), before, "the new one is not probed yet");
+
+        probed_up(&t, &t.find(addr(4)).unwrap());
+        let after = choices(&t, 2000);
+        let moved: Vec<_> = before.iter().zip(&after).filter(|(b, a)| b != a).collect();
+        assert!(
+            moved.iter().all(|(_, a)| **a == addr(4)),
+            "only to the new one"
+        );
+        // About a quarter of the clients move; well within 10% and 40%.
+        assert!((200..800).contains(&moved.len()), "{} moved", moved.len());
+    }
+
+    #[test]
+    fn a_removed_upstream_leaves_the_ring_but_stays_usable_by_its_holders() {
+        let t = table(3);
+        let held = t.choose(b"client", &[]).unwrap();
+        assert_eq!(held.addr, addr(1));
+        let change = t.replace(&[addr(2)], &[addr(1)]).unwrap();
+        assert_eq!(change.moved, vec![addr(2), addr(1)]);
+        assert_eq!(held.role(), Role::Backup);
+        assert_eq!(t.choose(b"client", &[]).unwrap().addr, addr(2));
+
+        let change = t.replace(&[addr(2)], &[]).unwrap();
+        assert_eq!(change.removed, vec![addr(1)]);
+        assert!(t.find(addr(1)).is_none());
+        // A request in flight still records on the record it holds.
+        t.record_request(&held);
+        t.record_failure(&held, FailurePhase::Proxy);
+        assert_eq!(held.failures_total.load(Ordering::Relaxed), 1);
+        assert_eq!(t.list().len(), 1);
+    }
+
+    #[test]
+    fn an_invalid_set_is_refused_and_the_old_one_kept() {
+        let t = table(3);
+        assert!(t.replace(&[], &[addr(2)]).is_err());
+        assert!(t.replace(&[addr(1)], &[addr(1)]).is_err());
+        assert!(t.replace(&["0.0.0.0:80".parse().unwrap()], &[]).is_err());
+        assert_eq!(t.list().len(), 2);
     }
 }

@@ -1,12 +1,13 @@
-//! Sign-up, the caller's own user, and the token endpoints (obtain with a failed-login
-//! throttle, refresh with rotation).
+//! Sign-up, the caller's own user and password change, and the token endpoints (obtain
+//! with a failed-login throttle, refresh with rotation, blacklist), with the refresh token
+//! also in an HttpOnly cookie for the web pages.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, StatusCode, header};
 use serde_json::json;
 use store::{Command, CommandOutcome, NewUser};
 
@@ -131,12 +132,19 @@ pub async fn me(State(state): State<Arc<AppState>>, principal: Principal) -> Api
     })
 }
 
-fn token_pair_response(state: &AppState, user_id: u64) -> ApiResult<Response> {
-    let (access, refresh) = state.tokens.issue_pair(user_id)?;
-    Ok(send_json(
+/// A new token pair in the body (simplejwt's shape, for API clients) and the refresh token
+/// also in the HttpOnly cookie (for the web pages, so a new tab is signed in). Issued no
+/// earlier than the user's last password change, so it outlives that change.
+fn token_pair_response(state: &AppState, user_id: u64, https: bool) -> ApiResult<Response> {
+    let valid_from = state.read()?.credentials_changed_at(user_id)?;
+    let (access, refresh) = state.tokens.issue_pair_from(user_id, valid_from)?;
+    let mut response = send_json(
         StatusCode::OK,
         json_bytes(&json!({ "access": access, "refresh": refresh })),
-    ))
+    );
+    let cookie = refresh_cookie::set(&refresh, state.tokens.refresh_lifetime_secs(), https);
+    response.headers_mut().append(header::SET_COOKIE, cookie);
+    Ok(response)
 }
 
 pub async fn obtain_token(
@@ -165,7 +173,11 @@ pub async fn obtain_token(
     match user {
         Some(user) if verified => {
             attempt.finish(true);
-            token_pair_response(&state, user.id)
+            token_pair_response(
+                &state,
+                user.id,
+                refresh_cookie::https(&state, peer, &headers),
+            )
         }
         _ => {
             attempt.finish(false);
@@ -175,15 +187,24 @@ pub async fn obtain_token(
     }
 }
 
-pub async fn refresh_token(
-    State(state): State<Arc<AppState>>,
-    body: JsonObject,
-) -> ApiResult<Response> {
+/// The refresh token a request presents: `refresh` in the body (simplejwt's API clients),
+/// or, when the body has no such field, the refresh cookie (the web pages).
+fn presented_refresh_token(body: &JsonObject, headers: &HeaderMap) -> ApiResult<String> {
+    if !body.0.contains_key("refresh")
+        && let Some(token) = refresh_cookie::read(headers)
+    {
+        return Ok(token);
+    }
     let mut fields = Fields::new(&body.0, false);
     let token = fields.raw_text("refresh", 1, 4096);
     fields.finish()?;
-    let token = token.ok_or(ApiError::InvalidToken)?;
-    let claims = state.tokens.verify(&token, TokenType::Refresh)?;
+    token.ok_or(ApiError::InvalidToken)
+}
+
+/// The claims of a refresh token that is still good: valid, of a user who exists, issued
+/// after the user's last password or staff change.
+fn live_refresh_claims(state: &AppState, token: &str) -> ApiResult<auth::Claims> {
+    let claims = state.tokens.verify(token, TokenType::Refresh)?;
     if state.principal(claims.user_id)?.is_none() {
         return Err(ApiError::InvalidToken);
     }
@@ -192,16 +213,199 @@ pub async fn refresh_token(
     if changed.is_some_and(|second| claims.iat < second) {
         return Err(ApiError::InvalidToken);
     }
-    // Rotation: the old refresh token is used up, through the log like every write, so a
-    // replay is refused on every node.
+    Ok(claims)
+}
+
+/// Uses a refresh token up, through the log like every write, so a replay is refused on
+/// every node; a token used before is refused (401).
+async fn consume_refresh_token(state: &AppState, claims: &auth::Claims) -> ApiResult<()> {
     state
         .submit(Command::ConsumeRefreshToken {
-            jti: claims.jti,
+            jti: claims.jti.clone(),
             expires_at: claims.exp.saturating_mul(1_000_000),
             now: crate::clock::unix_micros(),
         })
         .await?;
-    token_pair_response(&state, claims.user_id)
+    Ok(())
+}
+
+pub async fn refresh_token(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let token = presented_refresh_token(&body, &headers)?;
+    let claims = live_refresh_claims(&state, &token)?;
+    // Rotation: the old refresh token is used up.
+    consume_refresh_token(&state, &claims).await?;
+    token_pair_response(
+        &state,
+        claims.user_id,
+        refresh_cookie::https(&state, peer, &headers),
+    )
+}
+
+/// Logout, simplejwt's `TokenBlacklistView`: `{"refresh": ...}` (or the refresh cookie) is
+/// refused from then on; `200 {}`. The cookie is cleared.
+pub async fn blacklist_token(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let token = presented_refresh_token(&body, &headers)?;
+    let claims = state.tokens.verify(&token, TokenType::Refresh)?;
+    consume_refresh_token(&state, &claims).await?;
+    let mut response = send_json(StatusCode::OK, json_bytes(&json!({})));
+    let https = refresh_cookie::https(&state, peer, &headers);
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, refresh_cookie::clear(https));
+    Ok(response)
+}
+
+/// `POST /api/users/me/password/`: `current_password` and `new_password` (the sign-up
+/// rules). Every refresh token of the user issued before the change is refused from then
+/// on; the answer is a new token pair for the caller, as a login gives.
+pub async fn change_password(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    principal: Principal,
+    body: JsonObject,
+) -> ApiResult<Response> {
+    let mut fields = Fields::new(&body.0, false);
+    let current = fields.raw_text("current_password", 1, PASSWORD_MAX_CHARS);
+    let new = fields.raw_text("new_password", PASSWORD_MIN_CHARS, PASSWORD_MAX_CHARS);
+    if let Some(new) = &new
+        && let Some(problem) = weak_password(new, &principal.username)
+    {
+        fields.error("new_password", problem);
+    }
+    if let (Some(current), Some(new)) = (&current, &new)
+        && current == new
+    {
+        fields.error(
+            "new_password",
+            "The new password must differ from the current one.",
+        );
+    }
+    fields.finish()?;
+    let (Some(current), Some(new)) = (current, new) else {
+        return Err(ApiError::BadRequest("Missing password.".into()));
+    };
+    // The current password is guessed against the login throttle, so a stolen access
+    // token cannot try passwords faster than a login form.
+    let ip = state.client_ip(peer, &headers);
+    let attempt = state
+        .throttle
+        .begin(ip, &principal.username)
+        .map_err(|retry_after_secs| ApiError::TooManyRequests { retry_after_secs })?;
+    let user = state
+        .read()?
+        .user(principal.id)?
+        .ok_or(ApiError::InvalidToken)?;
+    let verified = auth::verify_password(current, Some(user.password_hash)).await?;
+    attempt.finish(verified);
+    if !verified {
+        return Err(ApiError::field(
+            "current_password",
+            "Your current password was entered incorrectly.",
+        ));
+    }
+    let password_hash = auth::hash_password(new).await?;
+    state
+        .submit(Command::ChangePassword {
+            user: principal.id,
+            password_hash,
+            at: crate::clock::unix_micros(),
+        })
+        .await?;
+    token_pair_response(
+        &state,
+        principal.id,
+        refresh_cookie::https(&state, peer, &headers),
+    )
+}
+
+/// The refresh token's cookie, for the web pages: `HttpOnly` (no script reads it),
+/// `SameSite=Strict` (no other site's page sends it), `Path=/api/token/` (sent only to the
+/// refresh and logout endpoints, which return tokens in the body, never act on the
+/// caller's behalf otherwise), `Secure` when the request came over https.
+mod refresh_cookie {
+    use std::net::SocketAddr;
+
+    use http::{HeaderMap, HeaderValue, header};
+
+    use crate::state::AppState;
+
+    pub(super) const NAME: &str = "sw_refresh";
+    const ATTRIBUTES: &str = "Path=/api/token/; HttpOnly; SameSite=Strict";
+
+    /// Whether the client's request came over https: the balancer (a trusted proxy) says so
+    /// in `X-Forwarded-Proto`.
+    pub(super) fn https(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> bool {
+        state.trusted_proxies.contains(&peer.ip())
+            && headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+    }
+
+    fn header_value(text: String) -> HeaderValue {
+        // Tokens are base64url and dots: always a valid header value.
+        HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    pub(super) fn set(token: &str, max_age_secs: u64, https: bool) -> HeaderValue {
+        let secure = if https { "; Secure" } else { "" };
+        header_value(format!(
+            "{NAME}={token}; Max-Age={max_age_secs}; {ATTRIBUTES}{secure}"
+        ))
+    }
+
+    pub(super) fn clear(https: bool) -> HeaderValue {
+        let secure = if https { "; Secure" } else { "" };
+        header_value(format!("{NAME}=; Max-Age=0; {ATTRIBUTES}{secure}"))
+    }
+
+    /// The refresh token in the request's `Cookie` headers, if any.
+    pub(super) fn read(headers: &HeaderMap) -> Option<String> {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|line| line.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, value)| *name == NAME && !value.is_empty())
+            .map(|(_, value)| value.to_owned())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_cookie_is_read_among_others_and_set_with_its_attributes() {
+            let mut headers = HeaderMap::new();
+            headers.append(
+                header::COOKIE,
+                HeaderValue::from_static("a=1; sw_refresh=x.y.z"),
+            );
+            assert_eq!(read(&headers).as_deref(), Some("x.y.z"));
+            assert_eq!(read(&HeaderMap::new()), None);
+            let mut cleared = HeaderMap::new();
+            cleared.append(header::COOKIE, HeaderValue::from_static("sw_refresh="));
+            assert_eq!(read(&cleared), None);
+            assert_eq!(
+                set("t", 60, false),
+                "sw_refresh=t; Max-Age=60; Path=/api/token/; HttpOnly; SameSite=Strict"
+            );
+            assert!(set("t", 60, true).to_str().unwrap().ends_with("; Secure"));
+            assert!(clear(false).to_str().unwrap().contains("Max-Age=0"));
+        }
+    }
 }
 
 /// Passwords guessed first (lists of leaked passwords, the shop's own name), at least

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod catalog;
+mod membership;
 mod ops;
 mod orders;
 mod pages;
@@ -30,11 +31,13 @@ use crate::state::AppState;
 /// as Django REST framework spells it, and `/api/products/1`): both are registered, so no
 /// request pays for rewriting its path before routing.
 pub fn router(state: Arc<AppState>) -> Router {
-    let routes: [(&str, MethodRouter<Arc<AppState>>); 18] = [
+    let routes: [(&str, MethodRouter<Arc<AppState>>); 25] = [
         ("/api/token", post(accounts::obtain_token)),
         ("/api/token/refresh", post(accounts::refresh_token)),
+        ("/api/token/blacklist", post(accounts::blacklist_token)),
         ("/api/users", post(accounts::sign_up)),
         ("/api/users/me", get(accounts::me)),
+        ("/api/users/me/password", post(accounts::change_password)),
         (
             "/api/categories",
             get(catalog::list_categories).post(catalog::create_category),
@@ -75,6 +78,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         ("/api/orders/{id}/cancel", post(orders::cancel_order)),
         (HEALTH_ROUTE, get(ops::health)),
         ("/metrics", get(ops::metrics)),
+        // Behind the cluster secret; `soundwave lb` never forwards `/_cluster/` paths.
+        ("/_cluster/backup", get(ops::backup)),
+        ("/_cluster/digest", get(ops::digest)),
+        ("/_cluster/members", get(membership::members)),
+        ("/_cluster/join", post(membership::join)),
+        ("/_cluster/remove", post(membership::remove)),
         ("/admin", get(pages::admin)),
         ("/assets/{name}", get(pages::asset)),
         ("/", get(pages::storefront)),
@@ -87,10 +96,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         router = router.route(path, methods);
     }
     router
-        .nest_service(
-            "/_cluster",
-            crate::cluster::member_router(state.cluster.clone()),
-        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)

@@ -1,4 +1,5 @@
-//! Operability endpoints: `/health/` with timed checks, `/metrics` in Prometheus format.
+//! Operability endpoints: `/health/` with timed checks, `/metrics` in Prometheus format,
+//! `/_cluster/backup` and `/_cluster/digest` (behind the cluster secret).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::response::send_json;
 use crate::cache::{CacheKey, CachedBody};
+use crate::error::ApiError;
 use crate::output::json_bytes;
 use crate::state::AppState;
 
@@ -139,4 +141,29 @@ pub async fn metrics(
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     response
+}
+
+/// `GET /_cluster/backup`: an online backup of this node's state, for `soundwave backup`.
+pub(super) async fn backup(
+    State(state): State<Arc<AppState>>,
+    headers: http::HeaderMap,
+) -> Response {
+    crate::cluster::backup_response(&state.cluster, &headers)
+}
+
+/// `GET /_cluster/digest`: this node's state digest and applied index, as the peer API has
+/// it; here also for a node alone, such as one started on a restored backup.
+pub(super) async fn digest(
+    State(state): State<Arc<AppState>>,
+    headers: http::HeaderMap,
+) -> Response {
+    if !crate::cluster::has_cluster_secret(&state.cluster, &headers) {
+        return ApiError::ClusterSecretRequired.into_response();
+    }
+    let cluster = state.cluster.clone();
+    match tokio::task::spawn_blocking(move || cluster.digest()).await {
+        Ok(Ok(body)) => send_json(StatusCode::OK, Bytes::from(body.to_string())),
+        Ok(Err(error)) => ApiError::from(error).into_response(),
+        Err(error) => ApiError::Internal(error.to_string()).into_response(),
+    }
 }

@@ -7,12 +7,14 @@
 //! runtime (`runtime.rs`) with the members and settings of `config.rs`; `proposer.rs` gets
 //! commands into the log; `waiters.rs` answers the callers once applied; `snapshot.rs` is
 //! the snapshot policy; `health.rs` what the cluster reports; `network.rs` and
-//! `peer_api.rs` the two sides of the peer network; `membership.rs` joins, promotions,
-//! removals and the members' view, `member_api.rs` their JSON endpoints on the API address.
+//! `peer_api.rs` the two sides of the peer network; `backup.rs` the backup endpoint;
+//! `membership.rs` joins, promotions, removals and the members' view, `join.rs` the
+//! joining node's side (the JSON endpoints are `api::membership`).
 
+mod backup;
 mod config;
 mod health;
-mod member_api;
+mod join;
 mod membership;
 mod network;
 mod node;
@@ -23,7 +25,8 @@ mod snapshot;
 mod start;
 mod waiters;
 
+pub use backup::{backup_response, has_cluster_secret};
 pub use config::ClusterError;
-pub use member_api::member_router;
 pub use membership::{JoinRequest, MemberView, MembersView, MembershipError};
+pub use network::SECRET_HEADER;
 pub use node::Cluster;

@@ -1,5 +1,5 @@
 //! The peer API, the side that answers the peer network: `/_cluster/...` raft RPCs,
-//! forwarded proposals, read index and digest, behind the cluster secret.
+//! forwarded proposals, read index, digest and backup, behind the cluster secret.
 
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
 use store::raft::{NodeId, Proposal, RaftConfig};
 
+use super::backup::backup_response;
 use super::membership::JoinRequest;
 
 use super::network::{SECRET_HEADER, decode, encode};
@@ -23,7 +24,7 @@ use crate::error::ApiError;
 const PEER_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
 /// Compares secrets in time independent of where they differ.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+pub(super) fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len()
         && given
             .iter()
@@ -32,7 +33,7 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
             == 0
 }
 
-pub(super) async fn require_secret(
+async fn require_secret(
     State(cluster): State<Arc<Cluster>>,
     request: Request,
     next: Next,
@@ -91,6 +92,11 @@ async fn propose(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
 /// The read index of a linearizable read, asked by a follower.
 async fn read_index(State(cluster): State<Arc<Cluster>>) -> Response {
     reply(&cluster.read_index_here().await)
+}
+
+/// An online backup of this node's state (see `backup.rs`; the secret was checked).
+async fn backup(State(cluster): State<Arc<Cluster>>, headers: http::HeaderMap) -> Response {
+    backup_response(&cluster, &headers)
 }
 
 async fn ping() -> &'static str {
@@ -157,6 +163,7 @@ pub fn peer_router(cluster: Arc<Cluster>) -> Router {
         .route("/_cluster/read-index", post(read_index))
         .route("/_cluster/ping", get(ping))
         .route("/_cluster/digest", get(digest))
+        .route("/_cluster/backup", get(backup))
         .route("/_cluster/join", post(join))
         .route("/_cluster/remove", post(remove))
         .route("/_cluster/members", post(members))

@@ -13,7 +13,7 @@ use store::raft::{LogStore, NodeId, StateMachine};
 use tokio::sync::mpsc;
 
 use super::config::{ClusterError, members, raft_config};
-use super::member_api::join_through;
+use super::join::join_through;
 use super::membership::JoinRequest;
 use super::network::{PeerClient, PeerNetwork};
 use super::node::Cluster;
@@ -69,14 +69,20 @@ impl Cluster {
 
         // A node outside [[cluster.nodes]] restarted without --peer-listen: its address is
         // in the membership its log holds.
-        let own_peer: Option<SocketAddr> = members[&node_id].peer.or_else(|| {
-            raft.metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .get_node(&node_id)
-                .and_then(|node| node.addr.parse().ok())
-        });
+        // (Read from raft's state: its metrics may not show the loaded membership yet.)
+        let own_peer: Option<SocketAddr> = match members[&node_id].peer {
+            Some(addr) => Some(addr),
+            None => raft
+                .with_raft_state(move |state| {
+                    state
+                        .membership_state
+                        .effective()
+                        .get_node(&node_id)
+                        .and_then(|node| node.addr.parse().ok())
+                })
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?,
+        };
         let dynamic = settings.nodes.is_empty() && own_peer.is_some();
         if dynamic && settings.join.is_empty() && !raft.is_initialized().await.unwrap_or(false) {
             let _ = raft.shutdown().await;

@@ -70,6 +70,13 @@ pub enum Command {
         expires_at: Timestamp,
         now: Timestamp,
     },
+    /// Replaces a user's password hash and ends every session begun before `at`: refresh
+    /// tokens issued before the change are refused from then on.
+    ChangePassword {
+        user: Id,
+        password_hash: String,
+        at: Timestamp,
+    },
     /// Records a cluster member's addresses (and whether it stays a read-only learner), so
     /// that every member, and the balancer through them, knows where a joined node listens.
     /// Raft's own membership carries only peer addresses; this keeps its log format as it was.

@@ -2,7 +2,6 @@
 //! same state, and the queries the node answers from it.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hasher};
 use std::sync::Arc;
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -297,25 +296,9 @@ impl StoreReader {
     /// equal on two stores exactly when they hold the same data. Used to compare nodes and
     /// in property tests.
     pub fn digest(&self) -> Result<u64, StoreError> {
-        /// Hashes rows as they are read: no copy of the state is held.
-        struct Digest(DefaultHasher);
-        impl StateVisitor for Digest {
-            fn table(&mut self, name: &str, rows: u64) -> Result<(), StoreError> {
-                self.0.write(name.as_bytes());
-                self.0
-                    .write_usize(usize::try_from(rows).unwrap_or(usize::MAX));
-                Ok(())
-            }
-            fn row(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-                self.0.write(key);
-                self.0.write(value);
-                Ok(())
-            }
-        }
-        let mut digest = Digest(DefaultHasher::new());
+        let mut digest = StateDigest::default();
         visit_state(&self.txn, &mut digest)?;
-        let hasher = digest.0;
-        Ok(hasher.finish())
+        Ok(digest.finish())
     }
 }
 

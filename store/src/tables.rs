@@ -142,6 +142,34 @@ pub(crate) fn visit_state(
     Ok(())
 }
 
+/// The state digest (see `StoreReader::digest`): hashes rows as they are visited, so no
+/// copy of the state is held. A store and a snapshot file of the same state hash alike.
+#[derive(Default)]
+pub(crate) struct StateDigest(std::hash::DefaultHasher);
+
+impl StateDigest {
+    pub(crate) fn finish(&self) -> u64 {
+        std::hash::Hasher::finish(&self.0)
+    }
+}
+
+impl StateVisitor for StateDigest {
+    fn table(&mut self, name: &str, rows: u64) -> Result<(), StoreError> {
+        use std::hash::Hasher;
+        self.0.write(name.as_bytes());
+        self.0
+            .write_usize(usize::try_from(rows).unwrap_or(usize::MAX));
+        Ok(())
+    }
+
+    fn row(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        use std::hash::Hasher;
+        self.0.write(key);
+        self.0.write(value);
+        Ok(())
+    }
+}
+
 /// Whether `name` is one of [`DROPPED_TABLES`].
 pub(crate) fn is_dropped_table(name: &str) -> bool {
     DROPPED_TABLES.iter().any(|table| table.name() == name)

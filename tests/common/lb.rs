@@ -114,6 +114,24 @@ pub struct Balancer {
     proc: Option<Proc>,
 }
 
+/// The config file of a test balancer: `[lb]` with its listeners, its own run directory,
+/// and `lb_toml`.
+fn lb_config(
+    addr: SocketAddr,
+    metrics: Option<SocketAddr>,
+    dir: &std::path::Path,
+    lb_toml: &str,
+) -> String {
+    let metrics_line = match metrics {
+        Some(m) => format!("metrics_listen = \"{m}\""),
+        None => "metrics_listen = \"\"".to_owned(),
+    };
+    format!(
+        "[lb]\nlisten = \"{addr}\"\n{metrics_line}\nrun_dir = \"{}\"\n{lb_toml}\n",
+        dir.join("run").display()
+    )
+}
+
 /// `soundwave lb --config FILE` with access lines on stderr.
 fn lb_command(config: &std::path::Path) -> Command {
     let mut cmd = soundwave_command();
@@ -132,16 +150,9 @@ impl Balancer {
             .prefix("soundwave-lb-")
             .tempdir()
             .expect("temp dir");
-        let metrics_line = match metrics {
-            Some(m) => format!("metrics_listen = \"{m}\""),
-            None => "metrics_listen = \"\"".to_owned(),
-        };
-        let config = format!(
-            "[lb]\nlisten = \"{addr}\"\n{metrics_line}\nrun_dir = \"{}\"\n{lb_toml}\n",
-            dir.path().join("run").display()
-        );
         let path = dir.path().join("lb.toml");
-        std::fs::write(&path, config).expect("write lb config");
+        std::fs::write(&path, lb_config(addr, metrics, dir.path(), lb_toml))
+            .expect("write lb config");
         let proc = spawn_until_ready(lb_command(&path), READY);
         Balancer {
             addr,
@@ -175,6 +186,23 @@ impl Balancer {
             dir: self.dir.clone(),
             proc: Some(proc),
         }
+    }
+
+    /// Rewrites the config file as `start` wrote it, with `lb_toml` instead (not read
+    /// before a SIGHUP).
+    pub fn rewrite_config(&self, lb_toml: &str) {
+        let text = lb_config(self.addr, self.metrics, self.dir.path(), lb_toml);
+        self.write_config_file(&text);
+    }
+
+    /// Replaces the config file with `text` as it is (a broken file, say).
+    pub fn write_config_file(&self, text: &str) {
+        std::fs::write(self.dir.path().join("lb.toml"), text).expect("write lb config");
+    }
+
+    /// Sends SIGHUP (reload the configuration).
+    pub fn sighup(&self) {
+        signal(self.pid(), "HUP");
     }
 
     pub fn url(&self, path: &str) -> String {

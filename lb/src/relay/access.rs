@@ -2,11 +2,13 @@
 //! ([`Trip`]) and for those it refused before it had a head to go by ([`log_refusal`]).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use crate::metrics;
 use crate::proxy::{AccessRecord, Balancer};
+use crate::upstream::Upstream;
 
 /// The access line of a request the relay refused before it had a head to go by.
 pub(super) fn log_refusal(
@@ -41,7 +43,7 @@ pub(super) struct Trip<'a> {
     pub(super) client: Option<IpAddr>,
     pub(super) attempts: u8,
     /// The upstream of the last attempt.
-    pub(super) upstream: Option<usize>,
+    pub(super) upstream: Option<Arc<Upstream>>,
 }
 
 impl Trip<'_> {
@@ -53,10 +55,8 @@ impl Trip<'_> {
         answered_by_upstream: bool,
         error: Option<&dyn std::fmt::Display>,
     ) {
-        let upstream = match self.upstream {
-            Some(index) if answered_by_upstream => {
-                self.balancer.upstreams.get(index).label.as_str()
-            }
+        let upstream = match &self.upstream {
+            Some(upstream) if answered_by_upstream => upstream.label.as_str(),
             _ => "-",
         };
         let elapsed = self.started.elapsed();

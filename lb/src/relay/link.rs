@@ -2,7 +2,7 @@
 //! it: the request sent, the answer's head read (interim answers skipped), a kept
 //! connection found closed replaced once for an idempotent request.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::http1::{ResponseHead, head_end, parse_response_head};
 use crate::proxy::Balancer;
+use crate::upstream::Upstream;
 
 /// Room for an upstream's answer head and what follows it in one read: most answers
 /// (a product, a page of 50, the compressed 1,000-product list) fit whole. Measured
@@ -28,8 +29,9 @@ const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// An upstream connection kept by a client connection.
 pub(super) struct UpstreamLink {
-    /// The upstream's index in the table.
-    index: usize,
+    /// The upstream it is connected to (kept while the connection lives, even when a
+    /// reload removed it from the table).
+    upstream: Arc<Upstream>,
     stream: TcpStream,
     /// What the upstream sent and was not relayed yet.
     pub(super) input: BytesMut,
@@ -38,8 +40,9 @@ pub(super) struct UpstreamLink {
 }
 
 impl UpstreamLink {
-    async fn connect(index: usize, addr: SocketAddr, timeout: Duration) -> Result<Self, String> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    async fn connect(upstream: &Arc<Upstream>, timeout: Duration) -> Result<Self, String> {
+        let connecting = TcpStream::connect(upstream.addr);
+        let stream = match tokio::time::timeout(timeout, connecting).await {
             Err(_) => return Err("connect timed out".to_owned()),
             Ok(Err(error)) => return Err(error.to_string()),
             Ok(Ok(stream)) => stream,
@@ -47,7 +50,7 @@ impl UpstreamLink {
         // Small requests and answers go out at once.
         let _ = stream.set_nodelay(true);
         Ok(UpstreamLink {
-            index,
+            upstream: upstream.clone(),
             stream,
             input: BytesMut::with_capacity(ANSWER_READ),
             idle_since: Instant::now(),
@@ -154,22 +157,22 @@ impl std::fmt::Display for AttemptError {
     }
 }
 
-/// One attempt at upstream `index`: the request sent and its answer's head in, within
+/// One attempt at `upstream`: the request sent and its answer's head in, within
 /// `read_timeout_secs`. A kept connection that turns out closed does not count: an
 /// idempotent request goes again on a new connection.
 pub(super) async fn attempt(
     balancer: &Balancer,
     link: &mut Option<UpstreamLink>,
-    index: usize,
+    upstream: &Arc<Upstream>,
     request: &[u8],
     body: &[u8],
     head_request: bool,
     idempotent: bool,
 ) -> Result<(ResponseHead, usize), AttemptError> {
-    let upstream = balancer.upstreams.get(index);
     let config = &balancer.config;
     if link.as_ref().is_some_and(|l| {
-        l.index != index || (l.idle_since.elapsed() > CHECK_IDLE_AFTER && !l.still_open())
+        !Arc::ptr_eq(&l.upstream, upstream)
+            || (l.idle_since.elapsed() > CHECK_IDLE_AFTER && !l.still_open())
     }) {
         *link = None;
     }
@@ -182,7 +185,7 @@ pub(super) async fn attempt(
             let current = match link {
                 Some(current) => current,
                 None => link.insert(
-                    UpstreamLink::connect(index, upstream.addr, connect_timeout)
+                    UpstreamLink::connect(upstream, connect_timeout)
                         .await
                         .map_err(AttemptError::Connect)?,
                 ),

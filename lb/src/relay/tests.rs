@@ -3,8 +3,6 @@
 use super::*;
 use crate::config::LbConfig;
 use crate::upstream::Upstreams;
-use pingora_load_balancing::LoadBalancer;
-use pingora_load_balancing::selection::Consistent;
 use std::net::SocketAddr;
 use tokio::io::DuplexStream;
 use tokio::net::TcpListener;
@@ -78,19 +76,17 @@ fn relay_to(upstream: SocketAddr) -> DuplexStream {
         read_timeout_secs: 2,
         ..LbConfig::default()
     };
-    let tier = |addrs: &[SocketAddr]| {
-        Arc::new(LoadBalancer::<Consistent>::try_from_iter(addrs.iter().copied()).unwrap())
-    };
+    let upstreams = Arc::new(Upstreams::new(
+        &config.primaries,
+        &[],
+        config.max_fails,
+        config.fail_timeout(),
+    ));
+    for upstream in upstreams.list() {
+        upstreams.record_probe(&upstream, None, Duration::ZERO, 1, 1);
+    }
     let balancer = Balancer {
-        primaries: tier(&config.primaries),
-        backups: tier(&config.backups),
-        upstreams: Arc::new(Upstreams::new(
-            &config.primaries,
-            &[],
-            config.max_fails,
-            config.fail_timeout(),
-        )),
-        max_ring_steps: 1000,
+        upstreams,
         access_log: |_| {},
         config: Arc::new(config.clone()),
     };

@@ -115,6 +115,33 @@ pub(super) fn consume_refresh_token(
     Ok(CommandOutcome::Done)
 }
 
+/// The unix second from which refresh tokens of a user whose credentials changed at `at`
+/// are accepted again: the second after the change, so a token issued earlier in the same
+/// second is refused too (tokens carry whole seconds). Tokens issued after a change carry at
+/// least this second (see the API's token issuing).
+pub(super) fn sessions_valid_from(at: Timestamp) -> i64 {
+    at.div_euclid(1_000_000) + 1
+}
+
+pub(super) fn change_password(
+    t: &mut WriteTables<'_>,
+    id: crate::model::Id,
+    password_hash: &str,
+    at: Timestamp,
+    changes: &mut ChangeSet,
+) -> CommandResult {
+    let Some(mut user) = t.user(id)? else {
+        return Err(Rejection::NotFound.into());
+    };
+    user.password_hash = password_hash.to_owned();
+    t.put_user(&user)?;
+    let from = sessions_valid_from(at);
+    let earlier = t.credentials_changed.get(id)?.map_or(from, |v| v.value());
+    t.credentials_changed.insert(id, from.max(earlier))?;
+    changes.users.insert(id);
+    Ok(CommandOutcome::User(user))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +194,36 @@ mod tests {
         let reader = s.store.read().unwrap();
         assert_eq!(reader.user_by_username("root").unwrap(), Some(root));
         assert_eq!(reader.user_by_username("Root").unwrap(), None);
+    }
+
+    #[test]
+    fn a_password_change_replaces_the_hash_and_ends_earlier_sessions() {
+        let s = shop();
+        let change = |user, at| Command::ChangePassword {
+            user,
+            password_hash: "changed-hash".into(),
+            at,
+        };
+        let before = s.digest();
+        assert_eq!(s.apply(change(99, 5_000_000)), Err(Rejection::NotFound));
+        assert_eq!(s.digest(), before, "nothing changed");
+
+        let Ok(CommandOutcome::User(bob)) = s.apply(change(BOB, 9_500_000)) else {
+            panic!("bob's password changed");
+        };
+        assert_eq!(bob.password_hash, "changed-hash");
+        let reader = s.store.read().unwrap();
+        assert_eq!(reader.user(BOB).unwrap(), Some(bob));
+        // Tokens of second 9 (issued before or after the change within it) are refused.
+        assert_eq!(reader.credentials_changed_at(BOB).unwrap(), Some(10));
+        assert_eq!(reader.credentials_changed_at(CAROL).unwrap(), None);
+        drop(reader);
+        // An older timestamp never moves the line back.
+        assert!(s.apply(change(BOB, 1_000_000)).is_ok());
+        assert_eq!(
+            s.store.read().unwrap().credentials_changed_at(BOB).unwrap(),
+            Some(10)
+        );
     }
 
     #[test]

@@ -316,6 +316,11 @@ pub(crate) fn apply_command(
             expires_at,
             now,
         } => accounts::consume_refresh_token(t, jti, *expires_at, *now),
+        Command::ChangePassword {
+            user,
+            password_hash,
+            at,
+        } => accounts::change_password(t, *user, password_hash, *at, changes),
         Command::RecordMember(record) => members::record_member(t, record),
     };
     match result {

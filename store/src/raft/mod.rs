@@ -15,7 +15,10 @@ use crate::apply::ChangeSet;
 use crate::command::{Command, CommandOutcome, Rejection};
 
 pub use log_store::LogStore;
-pub use snapshot::SnapshotFile;
+pub use snapshot::{
+    BackupMeta, CheckedBackup, SnapshotFile, check_backup, raft_state_is_empty, restore_backup,
+    write_backup,
+};
 pub use state_machine::StateMachine;
 
 /// Identifies one client command across forwarding and retries, so the state machine can

@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StoredMembership};
-use redb::{Durability, ReadableDatabase, ReadableTable};
+use redb::{Durability, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::log_store::read_state;
-use super::snapshot::{RemoveOnDrop, SnapshotFile, SnapshotFiles, load_snapshot, write_snapshot};
+use super::snapshot::{
+    Meta, RemoveOnDrop, SnapshotFile, SnapshotFiles, load_snapshot, write_snapshot,
+};
 use super::{
     AppliedSink, EntryApplied, NodeId, Place, RaftConfig, RaftEntry, RaftLogId, RaftNode,
     RaftStorageError, run_storage, storage_error,
@@ -124,32 +126,10 @@ impl StateMachine {
     fn build_snapshot_blocking(&self) -> Result<Snapshot<RaftConfig>, StoreError> {
         // One read transaction: the rows, the last applied log id and the membership agree.
         let txn = self.store.db().begin_read()?;
-        let state = txn.open_table(RAFT_STATE)?;
-        let last_log_id: Option<RaftLogId> = state
-            .get(LAST_APPLIED)?
-            .map(|v| decode(v.value()))
-            .transpose()?;
-        let last_membership: Membership = state
-            .get(MEMBERSHIP)?
-            .map(|v| decode(v.value()))
-            .transpose()?
-            .unwrap_or_default();
-        let snapshot_id = match last_log_id {
-            Some(id) => format!(
-                "{}-{}-{}",
-                id.leader_id.term, id.leader_id.node_id, id.index
-            ),
-            None => "empty".to_owned(),
-        };
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-            snapshot_id,
-        };
+        let meta = applied_meta(&txn, "")?;
         let path = self.snapshots.temporary("building");
         let mut building = RemoveOnDrop::new(path.clone());
         let file = write_snapshot(&path, &txn, &meta)?;
-        drop(state);
         drop(txn);
         // A snapshot installed meanwhile may be newer: then this one is sent (if asked)
         // from its open file but not kept.
@@ -206,6 +186,33 @@ impl StateMachine {
             snapshot: Box::new(SnapshotFile::reading(file)),
         }))
     }
+}
+
+/// The snapshot meta of the state `txn` reads: its last applied log id and membership, and
+/// an id made of that log id after `prefix`.
+pub(crate) fn applied_meta(txn: &ReadTransaction, prefix: &str) -> Result<Meta, StoreError> {
+    let state = txn.open_table(RAFT_STATE)?;
+    let last_log_id: Option<RaftLogId> = state
+        .get(LAST_APPLIED)?
+        .map(|v| decode(v.value()))
+        .transpose()?;
+    let last_membership: Membership = state
+        .get(MEMBERSHIP)?
+        .map(|v| decode(v.value()))
+        .transpose()?
+        .unwrap_or_default();
+    let snapshot_id = match last_log_id {
+        Some(id) => format!(
+            "{prefix}{}-{}-{}",
+            id.leader_id.term, id.leader_id.node_id, id.index
+        ),
+        None => format!("{prefix}empty"),
+    };
+    Ok(SnapshotMeta {
+        last_log_id,
+        last_membership,
+        snapshot_id,
+    })
 }
 
 impl RaftSnapshotBuilder<RaftConfig> for StateMachine {

@@ -397,6 +397,10 @@ impl Model {
                 self.used_refresh.insert(jti.clone(), *expires_at);
                 Ok(Expected::Done)
             }
+            Command::ChangePassword { user, .. } => match self.users.contains_key(user) {
+                true => Ok(Expected::Record(*user)),
+                false => Err(Some(Rejection::NotFound)),
+            },
             // Not generated: members are no part of the shop's model.
             Command::RecordMember(_) => Ok(Expected::Done),
         }

@@ -211,16 +211,47 @@ fn verify(file: &mut File, path: &Path, meta: &Meta) -> Result<(), StoreError> {
             format!("the file holds snapshot {found}, not {meta}"),
         ));
     }
+    read_tables(&mut reader, None)
+}
+
+/// Reads the whole file once as [`verify`] does, whatever snapshot it holds: its meta and
+/// the digest of the state it holds (as `StoreReader::digest` of a store loaded from it).
+pub(crate) fn verify_with_digest(file: &mut File, path: &Path) -> Result<(Meta, u64), StoreError> {
+    let (mut reader, meta) = SnapshotReader::open(file, path, BUFFER_BYTES)?;
+    let mut digest = StateDigest::default();
+    read_tables(&mut reader, Some(&mut digest))?;
+    Ok((meta, digest.finish()))
+}
+
+/// Reads every table record up to and with the end record, rows passed over or, with
+/// `digest`, hashed (but those of dropped tables).
+fn read_tables(
+    reader: &mut SnapshotReader,
+    mut digest: Option<&mut StateDigest>,
+) -> Result<(), StoreError> {
     let mut seen: Vec<String> = Vec::new();
+    let (mut key, mut value) = (Vec::new(), Vec::new());
     loop {
         match reader.next_record()? {
             Record::Table { name, rows } => {
-                let known = is_state_table(&name) || reader.is_dropped(&name);
+                let dropped = reader.is_dropped(&name);
+                let known = is_state_table(&name) || dropped;
                 if !known || seen.contains(&name) {
-                    return Err(invalid(path, format!("unexpected table {name}")));
+                    return Err(invalid(reader.path, format!("unexpected table {name}")));
                 }
-                for _ in 0..rows {
-                    reader.skip_row()?;
+                match digest.as_deref_mut() {
+                    Some(digest) if !dropped => {
+                        digest.table(&name, rows)?;
+                        for _ in 0..rows {
+                            reader.row(&mut key, &mut value)?;
+                            digest.row(&key, &value)?;
+                        }
+                    }
+                    _ => {
+                        for _ in 0..rows {
+                            reader.skip_row()?;
+                        }
+                    }
                 }
                 seen.push(name);
             }

@@ -16,8 +16,10 @@
 //! ([`SnapshotFiles::keep`]), so a crash never leaves a half-written current snapshot.
 //!
 //! `write.rs` writes a file from a read transaction, `load.rs` verifies one and loads it into
-//! a write transaction, `files.rs` keeps the files beside the store.
+//! a write transaction, `files.rs` keeps the files beside the store, `backup.rs` writes,
+//! checks and restores backups in the same layout.
 
+mod backup;
 mod files;
 mod load;
 #[cfg(test)]
@@ -32,6 +34,9 @@ use openraft::storage::SnapshotMeta;
 use super::{NodeId, RaftNode};
 use crate::error::StoreError;
 
+pub use backup::{
+    BackupMeta, CheckedBackup, check_backup, raft_state_is_empty, restore_backup, write_backup,
+};
 pub use files::SnapshotFile;
 pub(crate) use files::{RemoveOnDrop, SnapshotFiles};
 pub(crate) use load::load_snapshot;

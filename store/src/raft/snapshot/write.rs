@@ -95,9 +95,32 @@ pub(crate) fn write_snapshot(
         .create_new(true)
         .open(path)
         .map_err(io_error(path, "create"))?;
+    let out = write_state(
+        BufWriter::with_capacity(BUFFER_BYTES, file),
+        path,
+        txn,
+        meta,
+    )?;
+    let mut file = out
+        .into_inner()
+        .map_err(|e| io_error(path, "write")(e.into_error()))?;
+    file.sync_all().map_err(io_error(path, "sync"))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(io_error(path, "seek"))?;
+    Ok(file)
+}
+
+/// Writes the snapshot of `txn`'s state with `meta` in the file layout to `out` (flushed),
+/// and gives `out` back. `path` names the destination in errors.
+pub(crate) fn write_state<W: Write>(
+    out: W,
+    path: &Path,
+    txn: &ReadTransaction,
+    meta: &Meta,
+) -> Result<W, StoreError> {
     let mut writer = RowWriter {
         out: ChecksumWriter {
-            inner: BufWriter::with_capacity(BUFFER_BYTES, file),
+            inner: out,
             crc: crc32fast::Hasher::new(),
         },
         path,
@@ -120,12 +143,7 @@ pub(crate) fn write_snapshot(
     let ChecksumWriter { mut inner, crc } = writer.out;
     inner
         .write_all(&crc.finalize().to_le_bytes())
+        .and_then(|()| inner.flush())
         .map_err(io_error(path, "write"))?;
-    let mut file = inner
-        .into_inner()
-        .map_err(|e| io_error(path, "write")(e.into_error()))?;
-    file.sync_all().map_err(io_error(path, "sync"))?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(io_error(path, "seek"))?;
-    Ok(file)
+    Ok(inner)
 }
