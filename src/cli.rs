@@ -32,6 +32,39 @@ pub enum Command {
     /// Make a data directory from a backup file: `soundwave node --data-dir DIR` then starts
     /// a new cluster with the backup's users, catalog and orders.
     Restore(RestoreArgs),
+    /// Look at or change a running cluster's membership, through any member's API.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Members, their roles (voter or learner), the leader, each one's replication and lag.
+    Status {
+        #[command(flatten)]
+        from: MemberApi,
+        /// Print the JSON the member answers instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a member (a voter or a learner; the leader steps down). The removed node stops.
+    Remove {
+        /// The id of the node to remove.
+        id: u64,
+        #[command(flatten)]
+        from: MemberApi,
+    },
+}
+
+/// Which member to ask, and the cluster secret its `/_cluster/` endpoints require.
+#[derive(Debug, Args)]
+pub struct MemberApi {
+    /// The API URL of any member, e.g. http://127.0.0.1:8001.
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The cluster's shared secret.
+    #[arg(long, env = "SOUNDWAVE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: String,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +130,17 @@ pub struct NodeArgs {
     /// Shared secret of the cluster's peer network.
     #[arg(long, env = "SOUNDWAVE_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Join the running cluster that this member's API belongs to (http://HOST:PORT), as
+    /// a learner promoted to voter once caught up. A restart needs no --join.
+    #[arg(long, env = "SOUNDWAVE_JOIN", value_name = "URL")]
+    pub join: Option<String>,
+    /// This node's peer address (raft), for a node outside `[[cluster.nodes]]`.
+    #[arg(long, env = "SOUNDWAVE_PEER_LISTEN", value_name = "ADDR")]
+    pub peer_listen: Option<SocketAddr>,
+    /// Stay a learner: a read replica that serves reads from its own state and forwards
+    /// writes to the leader.
+    #[arg(long, env = "SOUNDWAVE_READ_ONLY")]
+    pub read_only: bool,
     /// Sign-ups from one client IP per hour before 429 (default 20).
     #[arg(long, env = "SOUNDWAVE_SIGNUPS_PER_IP_PER_HOUR", value_name = "N")]
     pub signups_per_ip_per_hour: Option<u32>,
@@ -145,6 +189,13 @@ impl NodeArgs {
         if let Some(secret) = &self.cluster_secret {
             config.cluster.secret = secret.clone();
         }
+        if let Some(url) = &self.join {
+            config.cluster.join = url.trim_end_matches('/').to_owned();
+        }
+        if let Some(addr) = self.peer_listen {
+            config.cluster.peer_listen = Some(addr);
+        }
+        config.cluster.read_only |= self.read_only;
         if let Some(limit) = self.signups_per_ip_per_hour {
             config.auth.signups_per_ip_per_hour = limit;
         }

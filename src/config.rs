@@ -51,6 +51,14 @@ pub struct ClusterConfig {
     pub snapshot_after_entries: u64,
     /// Log entries kept behind a snapshot, for followers that lag a little.
     pub logs_kept_after_snapshot: u64,
+    /// A node outside `nodes`: its peer address (raft and forwarding). With `join` it joins
+    /// a running cluster; once joined it restarts without `join`.
+    pub peer_listen: Option<SocketAddr>,
+    /// The API URL of any member of a running cluster to join, as a learner promoted to
+    /// voter once caught up. Empty: no join.
+    pub join: String,
+    /// Stay a learner (a read replica: reads from its own state, writes forwarded).
+    pub read_only: bool,
 }
 
 impl Default for ClusterConfig {
@@ -63,6 +71,9 @@ impl Default for ClusterConfig {
             write_timeout_ms: 5000,
             snapshot_after_entries: 5000,
             logs_kept_after_snapshot: 1000,
+            peer_listen: None,
+            join: String::new(),
+            read_only: false,
         }
     }
 }
@@ -222,6 +233,22 @@ impl Config {
         // The secret is checked when a node starts (`soundwave up` supplies one).
         if self.cluster.nodes.len() > 1 && self.cluster.nodes.iter().any(|m| m.peer.is_none()) {
             return invalid("every [[cluster.nodes]] member needs a peer address");
+        }
+        if !self.cluster.join.is_empty() {
+            if !self.cluster.nodes.is_empty() {
+                return invalid("a node joining a cluster (--join) has no [[cluster.nodes]]");
+            }
+            if self.cluster.peer_listen.is_none() {
+                return invalid("a node joining a cluster (--join) needs --peer-listen");
+            }
+            if !self.cluster.join.starts_with("http://") {
+                return invalid("--join takes a member's API URL, http://HOST:PORT");
+            }
+        }
+        if self.cluster.peer_listen.is_some() && !self.cluster.nodes.is_empty() {
+            return invalid(
+                "--peer-listen is for a node outside [[cluster.nodes]] (members take `peer`)",
+            );
         }
         if self.cluster.heartbeat_ms == 0
             || self.cluster.election_timeout_ms <= self.cluster.heartbeat_ms

@@ -51,6 +51,23 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<crate::cluster::MembershipError> for ApiError {
+    fn from(error: crate::cluster::MembershipError) -> Self {
+        use crate::cluster::MembershipError as E;
+        match error {
+            E::NotLeader { .. } => {
+                ApiError::Unavailable("The cluster has no leader right now; retry.".into())
+            }
+            E::NotMember(_) => ApiError::NotFound,
+            error @ (E::IdTaken { .. } | E::Refused(_)) => ApiError::Conflict {
+                detail: error.to_string(),
+                fields: FieldErrors::new(),
+            },
+            E::Failed(reason) => ApiError::Unavailable(reason),
+        }
+    }
+}
+
 impl ApiError {
     pub fn field(name: &str, message: impl Into<String>) -> ApiError {
         ApiError::Fields(BTreeMap::from([(name.to_owned(), vec![message.into()])]))

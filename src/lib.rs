@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
+pub mod cluster_client;
 pub mod compression;
 pub mod config;
 pub mod demo;

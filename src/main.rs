@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use soundwave::cli::{Cli, Command};
+use soundwave::cli::{Cli, ClusterCommand, Command};
 
 /// mimalloc instead of glibc's malloc: allocation and free were about a quarter of the
 /// user-space instructions of a cached request (callgrind), and glibc's arenas contend across
@@ -21,6 +21,21 @@ fn main() -> anyhow::Result<()> {
             runtime
                 .block_on(soundwave::node::run(config))
                 .context("running the node")?;
+        }
+        Command::Cluster(command) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            match command {
+                ClusterCommand::Status { from, json } => runtime.block_on(
+                    soundwave::cluster_client::status(&from.from, &from.cluster_secret, json),
+                ),
+                ClusterCommand::Remove { id, from } => runtime.block_on(
+                    soundwave::cluster_client::remove(id, &from.from, &from.cluster_secret),
+                ),
+            }
+            .context("asking the cluster")?;
         }
         Command::Up(args) => {
             soundwave::up::run(&args.config, args.tls).context("running the topology")?;

@@ -22,7 +22,7 @@ const FAULT_DRAIN: Duration = Duration::from_secs(2);
 
 /// Runs the node until SIGINT or SIGTERM, or until its replicated log fails (then it
 /// returns [`NodeError::Fault`], for a supervisor to restart it).
-pub async fn run(config: Config) -> Result<(), NodeError> {
+pub async fn run(mut config: Config) -> Result<(), NodeError> {
     // Listen first: a busy port fails at once, before the store is touched, the demo
     // catalog seeded or any credentials printed. Connections wait in the backlog until the
     // router serves them.
@@ -33,6 +33,8 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             source,
         })?;
     let addr = listener.local_addr().map_err(NodeError::Serve)?;
+    // The address recorded for the cluster (and the balancer's discovery) is the bound one.
+    config.node.listen = addr;
     let data_dir = &config.node.data_dir;
     private_data_dir(data_dir).map_err(|source| NodeError::DataDir {
         path: data_dir.display().to_string(),
@@ -74,7 +76,11 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         };
         tokio::select! {
             () = stop_requested() => tracing::info!("shutting down: finishing in-flight requests"),
-            () = faulted => tracing::error!("stopping after the replicated log's failure"),
+            () = faulted => if fault.was_removed() {
+                tracing::info!("stopping: this node was removed from the cluster");
+            } else {
+                tracing::error!("stopping after the replicated log's failure");
+            },
         }
     };
     // In-flight requests end within the request timeout; a little more for the last bytes.
@@ -96,6 +102,10 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
     if let Ok(Err(error)) = flushed {
         tracing::warn!(%error, "could not flush the store at shutdown");
+    }
+    if state.cluster.was_removed() {
+        tracing::info!("stopped: removed from the cluster");
+        return Ok(());
     }
     if let Some(fault) = state.cluster.fault() {
         return Err(NodeError::Fault(fault));

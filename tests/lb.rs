@@ -278,6 +278,8 @@ async fn forwarding_headers_internal_paths_limits_and_sigterm_drain() {
         "/_internal/raft/append",
         "/_internal",
         "/_cluster/members",
+        "/_cluster/join",
+        "/_cluster/remove",
         "/%5Finternal/x",
         "//_cluster/x",
         "/_lb/nothing",

@@ -4,6 +4,7 @@
 mod accounts;
 mod backoffice;
 mod catalog;
+mod membership;
 mod ops;
 mod orders;
 mod pages;
@@ -91,6 +92,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         // Behind the cluster secret; `soundwave lb` never forwards `/_cluster/` paths.
         ("/_cluster/backup", get(ops::backup)),
         ("/_cluster/digest", get(ops::digest)),
+        ("/_cluster/members", get(membership::members)),
+        ("/_cluster/join", post(membership::join)),
+        ("/_cluster/remove", post(membership::remove)),
         ("/admin", get(pages::admin)),
         ("/assets/{name}", get(pages::asset)),
         ("/", get(pages::storefront)),

@@ -22,6 +22,14 @@ pub enum ClusterError {
     RaftConfig(String),
     #[error("cannot start raft: {0}")]
     Raft(String),
+    #[error("cannot join the cluster through {url}: {reason}")]
+    Join { url: String, reason: String },
+    #[error(
+        "node {0} is in no cluster: its store has no membership. Give --join URL (any \
+         member's API) to join a running cluster as this node; a node that was a member and \
+         lost its data joins again the same way once removed (soundwave cluster remove ID)"
+    )]
+    NotAMember(NodeId),
     #[error("cannot start the cluster's runtime: {0}")]
     Runtime(std::io::Error),
     #[error(
@@ -55,7 +63,7 @@ pub(super) fn members(config: &Config) -> Result<BTreeMap<NodeId, ClusterMember>
             ClusterMember {
                 id: node_id,
                 api: config.node.listen,
-                peer: None,
+                peer: config.cluster.peer_listen,
             },
         )])
     } else {
@@ -69,7 +77,8 @@ pub(super) fn members(config: &Config) -> Result<BTreeMap<NodeId, ClusterMember>
     if !members.contains_key(&node_id) {
         return Err(ClusterError::UnknownNode(node_id));
     }
-    if members.len() > 1 && config.cluster.secret.is_empty() {
+    let has_peers = members.len() > 1 || config.cluster.peer_listen.is_some();
+    if has_peers && config.cluster.secret.is_empty() {
         return Err(ClusterError::MissingSecret(members.len()));
     }
     Ok(members)

@@ -131,6 +131,10 @@ impl Cluster {
                 })
                 .collect()
         });
+        let mut members = self.member_ids();
+        if members.is_empty() {
+            members = self.members.keys().copied().collect();
+        }
         json!({
             "node_id": self.node_id,
             "role": role,
@@ -140,7 +144,8 @@ impl Cluster {
             "applied_index": metrics.last_applied.map(|l| l.index).unwrap_or(0),
             "snapshot_index": metrics.snapshot.map(|l| l.index),
             "purged_index": metrics.purged.map(|l| l.index),
-            "members": self.members.keys().collect::<Vec<_>>(),
+            "members": members,
+            "read_only": self.read_only,
             "replication": replication,
         })
     }

@@ -26,7 +26,7 @@ use crate::config::ClusterMember;
 /// How long a peer has to answer the check.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A member's view of the cluster, answered on `/_cluster/members`.
+/// A member's view of the cluster, answered on the peer address's `/_cluster/identity`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct MemberView {
     pub node_id: NodeId,
@@ -87,7 +87,7 @@ pub(super) async fn refuse_lost_identity(
             let client = client.clone();
             async move {
                 let view: Result<MemberView, _> = client
-                    .call(&addr, "/_cluster/members", &(), ASK_TIMEOUT)
+                    .call(&addr, "/_cluster/identity", &(), ASK_TIMEOUT)
                     .await;
                 (id, view)
             }

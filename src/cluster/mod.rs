@@ -8,12 +8,16 @@
 //! commands into the log; `waiters.rs` answers the callers once applied; `snapshot.rs` is
 //! the snapshot policy; `health.rs` what the cluster reports; `network.rs` and
 //! `peer_api.rs` the two sides of the peer network; `backup.rs` the backup endpoint;
-//! `identity.rs` the refusal of a member that lost its log.
+//! `identity.rs` the refusal of a member that lost its log, `membership.rs` joins,
+//! promotions, removals and the members' view, `join.rs` the joining node's side (the JSON
+//! endpoints are `api::membership`).
 
 mod backup;
 mod config;
 mod health;
 mod identity;
+mod join;
+mod membership;
 mod network;
 mod node;
 mod peer_api;
@@ -25,5 +29,6 @@ mod waiters;
 
 pub use backup::{backup_response, has_cluster_secret};
 pub use config::ClusterError;
+pub use membership::{JoinRequest, MemberView, MembersView, MembershipError};
 pub use network::SECRET_HEADER;
 pub use node::Cluster;

@@ -17,7 +17,8 @@ use crate::config::ClusterMember;
 
 /// This node's member of the cluster: raft, the proposer's queue, the callers waiting for
 /// their commands, and what health reports. Its behaviour is in the files beside this one:
-/// `start.rs` (start, initialize, stop), `proposer.rs`, `health.rs`, `snapshot.rs`.
+/// `start.rs` (start, initialize, stop), `proposer.rs`, `health.rs`, `snapshot.rs`,
+/// `membership.rs`.
 pub struct Cluster {
     pub node_id: NodeId,
     pub(super) store: Arc<Store>,
@@ -38,15 +39,10 @@ pub struct Cluster {
     /// longer take writes and must be restarted.
     pub(super) fault: Mutex<Option<String>>,
     pub(super) fault_seen: tokio::sync::Notify,
+    /// A read replica: a learner never promoted (recorded with its addresses).
+    pub read_only: bool,
+    /// Set once the leader removed this node (see `Cluster::removed_from_cluster`).
+    pub(super) removed: std::sync::atomic::AtomicBool,
     /// Where raft, the peer network and the proposer run (see `ClusterRuntime`).
     pub(super) runtime: ClusterRuntime,
-}
-
-impl Cluster {
-    pub(super) fn peer_addr(&self, id: NodeId) -> Option<String> {
-        self.members
-            .get(&id)
-            .and_then(|m| m.peer)
-            .map(|a| a.to_string())
-    }
 }

@@ -14,6 +14,8 @@ use serde::Serialize;
 use store::raft::{NodeId, Proposal, RaftConfig};
 
 use super::backup::backup_response;
+use super::membership::JoinRequest;
+
 use super::network::{SECRET_HEADER, decode, encode};
 use super::node::Cluster;
 use crate::error::ApiError;
@@ -98,7 +100,7 @@ async fn backup(State(cluster): State<Arc<Cluster>>, headers: http::HeaderMap) -
 }
 
 /// This member's view of the cluster, for a starting peer's identity check.
-async fn members(State(cluster): State<Arc<Cluster>>) -> Response {
+async fn identity(State(cluster): State<Arc<Cluster>>) -> Response {
     reply(&cluster.member_view().await)
 }
 
@@ -128,6 +130,44 @@ async fn digest(State(cluster): State<Arc<Cluster>>) -> Response {
     }
 }
 
+/// A join forwarded by a member: done here if this node leads.
+async fn join(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
+    match decode::<JoinRequest>(&body) {
+        Ok(request) => reply(&cluster.join_here(request).await),
+        Err(error) => bad_body(error),
+    }
+}
+
+/// A removal forwarded by a member: done here if this node leads.
+async fn remove(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
+    match decode::<NodeId>(&body) {
+        Ok(id) => reply(&cluster.remove_here(id).await),
+        Err(error) => bad_body(error),
+    }
+}
+
+/// The members' view, asked by a member: answered here if this node leads.
+async fn members(State(cluster): State<Arc<Cluster>>) -> Response {
+    reply(&cluster.members_view_here().await)
+}
+
+/// This node's last applied index, for the leader's members' view.
+async fn applied(State(cluster): State<Arc<Cluster>>) -> Response {
+    let applied = cluster
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .map(|l| l.index);
+    reply(&applied)
+}
+
+/// The leader removed this node: it stops.
+async fn removed(State(cluster): State<Arc<Cluster>>) -> Response {
+    cluster.removed_from_cluster();
+    reply(&())
+}
+
 /// The peer API, served on the node's peer address.
 pub fn peer_router(cluster: Arc<Cluster>) -> Router {
     Router::new()
@@ -139,8 +179,13 @@ pub fn peer_router(cluster: Arc<Cluster>) -> Router {
         .route("/_cluster/ping", get(ping))
         .route("/_cluster/digest", get(digest))
         .route("/_cluster/backup", get(backup))
-        .route("/_cluster/members", post(members))
+        .route("/_cluster/identity", post(identity))
         .route("/_cluster/take-snapshot", post(take_snapshot))
+        .route("/_cluster/join", post(join))
+        .route("/_cluster/remove", post(remove))
+        .route("/_cluster/members", post(members))
+        .route("/_cluster/applied", post(applied))
+        .route("/_cluster/removed", post(removed))
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
         .layer(middleware::from_fn_with_state(
             cluster.clone(),

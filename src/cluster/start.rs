@@ -3,6 +3,7 @@
 //! initialization and its stop.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +15,8 @@ use tokio::sync::mpsc;
 
 use super::config::{ClusterError, members, raft_config};
 use super::identity::refuse_lost_identity;
+use super::join::join_through;
+use super::membership::JoinRequest;
 use super::network::{PeerClient, PeerNetwork};
 use super::node::Cluster;
 use super::peer_api::peer_router;
@@ -24,9 +27,14 @@ use super::waiters::Waiters;
 use crate::cache::ResponseCache;
 use crate::config::Config;
 
+/// How long a node that joined waits to catch up with the leader before it serves anyway.
+const JOIN_CATCH_UP_PATIENCE: Duration = Duration::from_secs(300);
+
 impl Cluster {
-    /// Starts raft on the store, the proposer, the peer server (several members) and the
-    /// one-time initialization (by the lowest id, once every member answers).
+    /// Starts raft on the store, the proposer, the peer server (several members, or a node
+    /// with a peer address of its own) and the one-time initialization (by the lowest id of
+    /// `[[cluster.nodes]]`, once every member answers); with `join`, asks the cluster to add
+    /// this node and returns once it is a learner.
     pub async fn start(
         config: &Config,
         store: Arc<Store>,
@@ -71,6 +79,28 @@ impl Cluster {
             .map_err(|e| ClusterError::Raft(e.to_string()))?
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
 
+        // A node outside [[cluster.nodes]] restarted without --peer-listen: its address is
+        // in the membership its log holds.
+        // (Read from raft's state: its metrics may not show the loaded membership yet.)
+        let own_peer: Option<SocketAddr> = match members[&node_id].peer {
+            Some(addr) => Some(addr),
+            None => raft
+                .with_raft_state(move |state| {
+                    state
+                        .membership_state
+                        .effective()
+                        .get_node(&node_id)
+                        .and_then(|node| node.addr.parse().ok())
+                })
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?,
+        };
+        let dynamic = settings.nodes.is_empty() && own_peer.is_some();
+        if dynamic && settings.join.is_empty() && !raft.is_initialized().await.unwrap_or(false) {
+            let _ = raft.shutdown().await;
+            return Err(ClusterError::NotAMember(node_id));
+        }
+
         let (queue, incoming) = mpsc::channel(QUEUE_DEPTH);
         let nonce = u64::from_le_bytes(
             crate::random::random_bytes(8)
@@ -95,13 +125,12 @@ impl Cluster {
             stopping: std::sync::atomic::AtomicBool::new(false),
             fault: Mutex::new(None),
             fault_seen: tokio::sync::Notify::new(),
+            read_only: settings.read_only,
+            removed: std::sync::atomic::AtomicBool::new(false),
             runtime,
         });
 
-        if cluster.members.len() > 1 {
-            let addr = cluster.members[&node_id]
-                .peer
-                .ok_or(ClusterError::UnknownNode(node_id))?;
+        if let Some(addr) = own_peer {
             let listener = std::net::TcpListener::bind(addr)
                 .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
                 .map_err(|source| ClusterError::PeerListen { addr, source })?;
@@ -118,12 +147,53 @@ impl Cluster {
         }
         handle.spawn(cluster.clone().run_proposer(incoming));
         handle.spawn(cluster.clone().watch_leader());
-        handle.spawn(cluster.clone().initialize_when_ready());
+        if !dynamic {
+            handle.spawn(cluster.clone().initialize_when_ready());
+        }
         handle.spawn(cluster.clone().take_snapshots_when_due(
             log_store,
             snapshot_path,
             settings.snapshot_after_entries,
         ));
+        if let Some(peer) = own_peer {
+            let api = config.node.listen.to_string();
+            if !settings.join.is_empty() {
+                let request = JoinRequest {
+                    id: node_id,
+                    api: api.clone(),
+                    peer: peer.to_string(),
+                    read_only: settings.read_only,
+                };
+                let joined = handle
+                    .spawn({
+                        let (url, secret) = (settings.join.clone(), settings.secret.clone());
+                        async move { join_through(&url, &secret, &request).await }
+                    })
+                    .await
+                    .map_err(|e| ClusterError::Raft(e.to_string()))
+                    .and_then(|joined| joined);
+                let leader_index = match joined {
+                    Ok(index) => index,
+                    Err(error) => {
+                        cluster.shutdown().await;
+                        return Err(error);
+                    }
+                };
+                tracing::info!(url = %settings.join, "joined the cluster as a learner; catching up");
+                // Serving only once caught up: reads here would be older than the
+                // cluster's, and start-up (the admin, the JWT secret) reads the store.
+                let caught_up = cluster
+                    .raft
+                    .wait(Some(JOIN_CATCH_UP_PATIENCE))
+                    .applied_index_at_least(Some(leader_index), "caught up after the join")
+                    .await;
+                if let Err(error) = caught_up {
+                    tracing::warn!(%error, "not caught up yet; serving anyway");
+                }
+            }
+            handle.spawn(cluster.clone().promote_caught_up_learners());
+            handle.spawn(cluster.clone().record_self(api, peer.to_string()));
+        }
         Ok(cluster)
     }
 

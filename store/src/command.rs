@@ -101,6 +101,22 @@ pub enum Command {
         active: bool,
         at: Timestamp,
     },
+    /// Records a cluster member's addresses (and whether it stays a read-only learner), so
+    /// that every member, and the balancer through them, knows where a joined node listens.
+    /// Raft's own membership carries only peer addresses; this keeps its log format as it was.
+    RecordMember(MemberRecord),
+}
+
+/// A cluster member's addresses, as recorded by [`Command::RecordMember`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub id: u64,
+    /// Its client (HTTP API) address.
+    pub api: String,
+    /// Its peer (raft) address.
+    pub peer: String,
+    /// A learner that is never promoted to voter (a read replica).
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,8 +25,8 @@ pub use backoffice::{
     CLOCK_SKEW, DAY, DaySales, OrderFilter, ProductSales, SalesReport, UserListing,
 };
 pub use command::{
-    Command, CommandOutcome, NewProduct, NewUser, OrderLine, OrderLines, ProductChanges, Rejection,
-    StockShortage,
+    Command, CommandOutcome, MemberRecord, NewProduct, NewUser, OrderLine, OrderLines,
+    ProductChanges, Rejection, StockShortage,
 };
 pub use db::{DEFAULT_PAGE_CACHE_BYTES, REPAIR_WARNING, Store};
 pub use error::StoreError;

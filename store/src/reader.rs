@@ -7,6 +7,7 @@ use std::sync::Arc;
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::catalog::CatalogIndex;
+use crate::command::MemberRecord;
 use crate::error::StoreError;
 use crate::model::{
     Category, Id, Order, OrderItem, OrderItemView, OrderStatus, OrderView, Product, StatusChange,
@@ -272,6 +273,14 @@ impl StoreReader {
     pub fn jwt_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
         let meta = self.txn.open_table(META)?;
         Ok(meta.get(META_JWT_SECRET)?.map(|v| v.value().to_vec()))
+    }
+
+    /// The recorded cluster members (see `Command::RecordMember`), by id.
+    pub fn members(&self) -> Result<Vec<MemberRecord>, StoreError> {
+        let meta = self.txn.open_table(META)?;
+        meta.range(META_MEMBER_PREFIX..META_MEMBER_END)?
+            .map(|row| decode(row?.1.value()))
+            .collect()
     }
 
     /// The unix second of the user's last password or staff change, if any: tokens issued

@@ -201,6 +201,15 @@ pub(crate) fn is_state_table(name: &str) -> bool {
 
 pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
 pub(crate) const META_JWT_SECRET: &str = "jwt_secret";
+/// `META` keys of cluster members' records: this prefix and the id in 20 digits, so that
+/// they sort by id.
+pub(crate) const META_MEMBER_PREFIX: &str = "member/";
+/// The first key after every member key.
+pub(crate) const META_MEMBER_END: &str = "member0";
+
+pub(crate) fn member_key(id: u64) -> String {
+    format!("{META_MEMBER_PREFIX}{id:020}")
+}
 
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     bincode::serde::encode_to_vec(value, bincode::config::standard())

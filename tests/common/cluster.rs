@@ -79,6 +79,61 @@ impl TestCluster {
         }
     }
 
+    /// Starts node `id` outside the configuration, joining through node 0's API
+    /// (`--join`, `--peer-listen`, and `--read-only` when asked); its index in `nodes`.
+    pub fn join(&mut self, id: u64, read_only: bool) -> usize {
+        let api = format!("127.0.0.1:{}", free_port());
+        let peer = format!("127.0.0.1:{}", free_port());
+        let mut builder = Node::builder()
+            .node_id(id)
+            .listen(&api)
+            .no_admin()
+            .env("SOUNDWAVE_JOIN", self.nodes[0].base_url())
+            .env("SOUNDWAVE_PEER_LISTEN", &peer)
+            .env("SOUNDWAVE_CLUSTER_SECRET", CLUSTER_SECRET);
+        if read_only {
+            builder = builder.env("SOUNDWAVE_READ_ONLY", "true");
+        }
+        self.nodes.push(builder.start());
+        self.peers.push(peer);
+        self.nodes.len() - 1
+    }
+
+    /// The members' view (`GET /_cluster/members` with the secret) through node `i`.
+    pub async fn members(&self, i: usize) -> Option<Value> {
+        let response = self
+            .client
+            .get(self.nodes[i].url("/_cluster/members"))
+            .header(SECRET_HEADER, CLUSTER_SECRET)
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
+    /// Waits until the members' view through node `i` shows node `id` with `role`
+    /// (`voter`, `learner`), or without it for `None`; gives the view.
+    pub async fn member_becomes(&self, i: usize, id: u64, role: Option<&str>) -> Value {
+        wait_for(
+            &format!("node {id} to be {role:?} in the members' view"),
+            Duration::from_secs(60),
+            || async {
+                let view = self.members(i).await?;
+                let member = view["members"]
+                    .as_array()?
+                    .iter()
+                    .find(|m| m["id"] == id)
+                    .cloned();
+                let now = member.as_ref().and_then(|m| m["role"].as_str());
+                (now == role).then_some(view)
+            },
+        )
+        .await
+    }
+
     /// The `cluster` object of a node's `/health/`, if it answers.
     pub async fn cluster_status(&self, i: usize) -> Option<Value> {
         let response = self

@@ -375,6 +375,11 @@ impl Node {
         status
     }
 
+    /// Leaves the environment variable `key` out of the next start (e.g. `SOUNDWAVE_JOIN`).
+    pub fn remove_env(&mut self, key: &str) {
+        self.opts.env.retain(|(k, _)| k != key);
+    }
+
     /// The admin user (`SOUNDWAVE_ADMIN_*`) of the next start; `None`: no admin settings.
     pub fn set_admin(&mut self, admin: Option<(&str, &str)>) {
         self.opts.admin = admin.map(|(u, p)| (u.to_string(), p.to_string()));

@@ -11,6 +11,7 @@
 mod accounts;
 mod cart;
 mod catalog;
+mod members;
 mod order_status;
 mod orders;
 mod staff;
@@ -346,6 +347,7 @@ pub(crate) fn apply_command(
             active,
             at,
         } => staff::set_user_active(t, *actor, *id, *active, *at, changes),
+        Command::RecordMember(record) => members::record_member(t, record),
     };
     match result {
         Ok(outcome) => Ok(Ok(outcome)),
