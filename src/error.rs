@@ -213,6 +213,13 @@ impl From<Rejection> for ApiError {
             Rejection::WouldPromote => {
                 conflict("An account that is not staff already has this username.")
             }
+            Rejection::TooManyImages => ApiError::field(
+                "image",
+                format!(
+                    "A product shows at most {} images; delete one first.",
+                    store::MAX_PRODUCT_IMAGES
+                ),
+            ),
         }
     }
 }

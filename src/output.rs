@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use rust_decimal::Decimal;
 use serde::{Serialize, Serializer};
-use store::{Category, OrderItemView, OrderView, Product, Timestamp, User};
+use store::{Category, MediaRef, OrderItemView, OrderView, Product, ProductImage, Timestamp, User};
 
 /// Money as a decimal string with exactly two places: `"12000.00"`.
 pub struct Money(pub Decimal);
@@ -53,6 +53,8 @@ impl<'a> From<&'a Category> for CategoryJson<'a> {
     }
 }
 
+/// A product as clients see it: the contract's fields, then the additive image fields
+/// (`image` and `thumbnail`: the main image's URLs or `null`; `images`: every image).
 #[derive(Serialize)]
 pub struct ProductJson<'a> {
     pub id: u64,
@@ -61,10 +63,29 @@ pub struct ProductJson<'a> {
     pub price: Money,
     pub description: &'a str,
     pub category: u64,
+    pub image: Option<String>,
+    pub thumbnail: Option<String>,
+    pub images: Vec<ImageJson>,
 }
 
-impl<'a> From<&'a Product> for ProductJson<'a> {
-    fn from(p: &'a Product) -> Self {
+#[derive(Serialize)]
+pub struct ImageJson {
+    /// The SHA-256 of the image's bytes: what `DELETE /api/products/{id}/images/{hash}/` names.
+    pub hash: String,
+    pub url: String,
+    pub thumbnail: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// The URL that serves stored media.
+pub fn media_url(media: &MediaRef) -> String {
+    format!("/media/{}", media.key())
+}
+
+impl<'a> ProductJson<'a> {
+    pub fn new(p: &'a Product, images: &[ProductImage]) -> Self {
+        let main = images.first();
         ProductJson {
             id: p.id,
             name: &p.name,
@@ -72,6 +93,18 @@ impl<'a> From<&'a Product> for ProductJson<'a> {
             price: Money(p.price),
             description: &p.description,
             category: p.category,
+            image: main.map(|i| media_url(&i.image)),
+            thumbnail: main.map(|i| media_url(&i.thumbnail)),
+            images: images
+                .iter()
+                .map(|i| ImageJson {
+                    hash: i.image.hash.clone(),
+                    url: media_url(&i.image),
+                    thumbnail: media_url(&i.thumbnail),
+                    width: i.width,
+                    height: i.height,
+                })
+                .collect(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod catalog;
+mod media;
 mod ops;
 mod orders;
 mod pages;
@@ -30,7 +31,7 @@ use crate::state::AppState;
 /// as Django REST framework spells it, and `/api/products/1`): both are registered, so no
 /// request pays for rewriting its path before routing.
 pub fn router(state: Arc<AppState>) -> Router {
-    let routes: [(&str, MethodRouter<Arc<AppState>>); 20] = [
+    let routes: [(&str, MethodRouter<Arc<AppState>>); 23] = [
         ("/api/token", post(accounts::obtain_token)),
         ("/api/token/refresh", post(accounts::refresh_token)),
         ("/api/token/blacklist", post(accounts::blacklist_token)),
@@ -59,6 +60,15 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .patch(catalog::patch_product)
                 .delete(catalog::delete_product),
         ),
+        (
+            "/api/products/{id}/images",
+            post(media::upload_product_image),
+        ),
+        (
+            "/api/products/{id}/images/{hash}",
+            axum::routing::delete(media::delete_product_image),
+        ),
+        ("/media/{name}", get(media::serve_media)),
         (
             "/api/orderitems",
             get(orders::list_order_items).post(orders::create_order_item),

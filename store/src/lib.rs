@@ -19,15 +19,18 @@ mod schema;
 mod tables;
 mod writer;
 
-pub use apply::{ChangeSet, MAX_CART_LINES, MAX_LINE_QUANTITY, MAX_ORDER_LINES};
+pub use apply::{
+    ChangeSet, MAX_CART_LINES, MAX_LINE_QUANTITY, MAX_ORDER_LINES, MAX_PRODUCT_IMAGES,
+};
 pub use command::{
-    Command, CommandOutcome, NewProduct, NewUser, OrderLine, OrderLines, ProductChanges, Rejection,
-    StockShortage,
+    Command, CommandOutcome, MediaBlob, NewProduct, NewUser, OrderLine, OrderLines, ProductChanges,
+    Rejection, StockShortage,
 };
 pub use db::{DEFAULT_PAGE_CACHE_BYTES, REPAIR_WARNING, Store};
 pub use error::StoreError;
 pub use model::{
-    Category, Id, Order, OrderItem, OrderItemView, OrderStatus, OrderView, Product, Timestamp, User,
+    Category, Id, ImageFormat, MediaRef, Order, OrderItem, OrderItemView, OrderStatus, OrderView,
+    Product, ProductImage, Timestamp, User,
 };
 pub use query::{Page, ProductQuery, ProductSort};
 pub use reader::StoreReader;

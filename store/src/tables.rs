@@ -73,6 +73,15 @@ pub(crate) const USED_REFRESH_BY_EXPIRY: TableDefinition<(i64, &str), ()> =
 pub(crate) const CREDENTIALS_CHANGED: TableDefinition<u64, i64> =
     TableDefinition::new("credentials_changed");
 
+/// product id → its images (bincode `Vec<ProductImage>`, the main one first). Products
+/// without images have no row.
+pub(crate) const PRODUCT_IMAGES: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("product_images");
+/// Media key (`HASH.EXT`) → the bytes.
+pub(crate) const MEDIA: TableDefinition<&str, &[u8]> = TableDefinition::new("media");
+/// Media key → how many product images refer to it; at zero the bytes are dropped.
+pub(crate) const MEDIA_REFS: TableDefinition<&str, u64> = TableDefinition::new("media_refs");
+
 /// Calls `$visit!(TABLE)` for every table that is application state (replicated, in
 /// snapshots and in the digest), leaving out the raft log and the raft bookkeeping
 /// (`RAFT_TABLES`). The one list of them, walked by the schema (which creates them at
@@ -99,6 +108,9 @@ macro_rules! for_each_state_table {
         $visit!(USED_REFRESH);
         $visit!(USED_REFRESH_BY_EXPIRY);
         $visit!(CREDENTIALS_CHANGED);
+        $visit!(PRODUCT_IMAGES);
+        $visit!(MEDIA);
+        $visit!(MEDIA_REFS);
         $visit!(APPLIED_REQUESTS);
         $visit!(APPLIED_REQUESTS_BY_INDEX);
     };

@@ -11,6 +11,7 @@
 mod accounts;
 mod cart;
 mod catalog;
+mod media;
 mod orders;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -31,6 +32,8 @@ pub const MAX_LINE_QUANTITY: u32 = 1000;
 pub const MAX_CART_LINES: u64 = 100;
 /// Most lines in one order.
 pub const MAX_ORDER_LINES: usize = 100;
+/// Most images one product shows.
+pub const MAX_PRODUCT_IMAGES: usize = 12;
 
 /// What applied commands changed, so caches can drop exactly what went stale.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,6 +103,9 @@ pub(crate) struct WriteTables<'txn> {
     used_refresh: Table<'txn, &'static str, i64>,
     used_refresh_by_expiry: Table<'txn, (i64, &'static str), ()>,
     credentials_changed: Table<'txn, u64, i64>,
+    product_images: Table<'txn, u64, &'static [u8]>,
+    media: Table<'txn, &'static str, &'static [u8]>,
+    media_refs: Table<'txn, &'static str, u64>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -124,6 +130,9 @@ impl<'txn> WriteTables<'txn> {
             used_refresh: txn.open_table(USED_REFRESH)?,
             used_refresh_by_expiry: txn.open_table(USED_REFRESH_BY_EXPIRY)?,
             credentials_changed: txn.open_table(CREDENTIALS_CHANGED)?,
+            product_images: txn.open_table(PRODUCT_IMAGES)?,
+            media: txn.open_table(MEDIA)?,
+            media_refs: txn.open_table(MEDIA_REFS)?,
         })
     }
 
@@ -320,6 +329,14 @@ pub(crate) fn apply_command(
             password_hash,
             at,
         } => accounts::change_password(t, *user, password_hash, *at, changes),
+        Command::AddProductImage {
+            product,
+            image,
+            blobs,
+        } => media::add_product_image(t, *product, image, blobs, changes),
+        Command::DeleteProductImage { product, hash } => {
+            media::delete_product_image(t, *product, hash, changes)
+        }
     };
     match result {
         Ok(outcome) => Ok(Ok(outcome)),
