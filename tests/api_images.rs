@@ -207,6 +207,43 @@ async fn only_staff_upload_and_only_images_of_limited_size() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jpeg_webp_and_a_photo_of_megabytes_are_accepted_by_default() {
+    let node = Node::start();
+    let (admin, id) = shop(&node).await;
+    let encoded = |format: image::ImageFormat| {
+        let mut bytes = Vec::new();
+        image::RgbImage::from_fn(300, 200, |x, y| image::Rgb([x as u8, y as u8, 90]))
+            .write_to(&mut Cursor::new(&mut bytes), format)
+            .expect("encode");
+        bytes
+    };
+    for (format, kind, extension) in [
+        (image::ImageFormat::Jpeg, "image/jpeg", ".jpg"),
+        (image::ImageFormat::WebP, "image/webp", ".webp"),
+    ] {
+        let bytes = encoded(format);
+        let r = upload(&node, Some(&admin), id, kind, bytes.clone()).await;
+        r.expect(201);
+        let last = r.json["images"].as_array().unwrap().last().unwrap().clone();
+        let url = last["url"].as_str().unwrap();
+        assert!(url.ends_with(extension), "{url}");
+        let (status, headers, body) = get_bytes(&node, url, None).await;
+        assert_eq!(
+            (status, &headers["content-type"]),
+            (200, &kind.parse().unwrap())
+        );
+        assert!(body == bytes);
+    }
+    // Above the 1 MiB JSON body limit, below the 5 MiB image limit.
+    let photo = noise_png(1100, 7);
+    assert!(photo.len() > 3_000_000, "{}", photo.len());
+    let r = upload(&node, Some(&admin), id, "image/png", photo.clone()).await;
+    r.expect(201);
+    let url = r.json["images"][2]["url"].as_str().unwrap().to_owned();
+    assert!(get_bytes(&node, &url, None).await.2 == photo);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_catalog_shows_a_few_shared_pictures() {
     let node = Node::builder()
         .demo()
