@@ -53,8 +53,9 @@ impl<'a> From<&'a Category> for CategoryJson<'a> {
     }
 }
 
-/// A product as clients see it: the contract's fields, then the additive image fields
-/// (`image` and `thumbnail`: the main image's URLs or `null`; `images`: every image).
+/// A product as clients see it: the contract's fields, then the additive `image` and
+/// `thumbnail` (the main image's URLs, or `null`). Every image of a product is listed at
+/// `GET /api/products/{id}/images/` ([`ImageJson`]), so lists of products stay small.
 #[derive(Serialize)]
 pub struct ProductJson<'a> {
     pub id: u64,
@@ -65,9 +66,9 @@ pub struct ProductJson<'a> {
     pub category: u64,
     pub image: Option<String>,
     pub thumbnail: Option<String>,
-    pub images: Vec<ImageJson>,
 }
 
+/// One image of a product.
 #[derive(Serialize)]
 pub struct ImageJson {
     /// The SHA-256 of the image's bytes: what `DELETE /api/products/{id}/images/{hash}/` names.
@@ -78,12 +79,25 @@ pub struct ImageJson {
     pub height: u32,
 }
 
+impl From<&ProductImage> for ImageJson {
+    fn from(i: &ProductImage) -> Self {
+        ImageJson {
+            hash: i.image.hash.clone(),
+            url: media_url(&i.image),
+            thumbnail: media_url(&i.thumbnail),
+            width: i.width,
+            height: i.height,
+        }
+    }
+}
+
 /// The URL that serves stored media.
 pub fn media_url(media: &MediaRef) -> String {
     format!("/media/{}", media.key())
 }
 
 impl<'a> ProductJson<'a> {
+    /// `images` are the product's images, the main one first (only it is shown).
     pub fn new(p: &'a Product, images: &[ProductImage]) -> Self {
         let main = images.first();
         ProductJson {
@@ -95,16 +109,6 @@ impl<'a> ProductJson<'a> {
             category: p.category,
             image: main.map(|i| media_url(&i.image)),
             thumbnail: main.map(|i| media_url(&i.thumbnail)),
-            images: images
-                .iter()
-                .map(|i| ImageJson {
-                    hash: i.image.hash.clone(),
-                    url: media_url(&i.image),
-                    thumbnail: media_url(&i.thumbnail),
-                    width: i.width,
-                    height: i.height,
-                })
-                .collect(),
         }
     }
 }

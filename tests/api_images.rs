@@ -37,6 +37,11 @@ async fn get_bytes(
     (status, headers, body)
 }
 
+async fn images_of(node: &Node, id: i64) -> Vec<Value> {
+    node.list(&format!("/api/products/{id}/images/"), None)
+        .await
+}
+
 async fn shop(node: &Node) -> (String, i64) {
     let admin = node.admin_token().await;
     let category = node.create_category(&admin, &unique_name("Pictures")).await;
@@ -50,28 +55,32 @@ async fn shop(node: &Node) -> (String, i64) {
 async fn staff_upload_is_served_back_with_a_thumbnail_and_immutable_caching() {
     let node = Node::start();
     let (admin, id) = shop(&node).await;
-    // A product without images shows nulls and an empty list (cached before the upload).
+    // A product without images shows nulls and no images (cached before the upload).
     let before = node.product(id).await;
     assert_eq!(before["image"], Value::Null);
     assert_eq!(before["thumbnail"], Value::Null);
-    assert_eq!(before["images"], json!([]));
+    assert_eq!(images_of(&node, id).await, Vec::<Value>::new());
 
     let bytes = png(900, 600, 30);
     let r = upload(&node, Some(&admin), id, "image/png", bytes.clone()).await;
     r.expect(201);
-    let url = r.json["image"].as_str().expect("image URL").to_owned();
+    let url = r.json["url"].as_str().expect("image URL").to_owned();
     let thumb = r.json["thumbnail"]
         .as_str()
         .expect("thumbnail URL")
         .to_owned();
     assert!(url.starts_with("/media/") && url.ends_with(".png"), "{url}");
-    assert_eq!(r.json["images"][0]["url"], json!(url));
-    assert_eq!(r.json["images"][0]["width"], 900);
-    assert_eq!(r.json["images"][0]["height"], 600);
-    let hash = r.json["images"][0]["hash"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (&r.json["width"], &r.json["height"]),
+        (&json!(900), &json!(600))
+    );
+    let hash = r.json["hash"].as_str().unwrap().to_owned();
     assert_eq!(hash.len(), 64);
+    assert_eq!(images_of(&node, id).await, vec![r.json.clone()]);
     // The product's own JSON and the list show it at once (the caches followed).
-    assert_eq!(node.product(id).await, r.json);
+    let product = node.product(id).await;
+    assert_eq!(product["image"], json!(url));
+    assert_eq!(product["thumbnail"], json!(thumb));
     let listed = node.list("/api/products/", None).await;
     let row = listed
         .iter()
@@ -114,16 +123,16 @@ async fn staff_upload_is_served_back_with_a_thumbnail_and_immutable_caching() {
     )
     .await;
     r.expect(201);
-    assert_eq!(r.json["image"], json!(url));
-    assert_eq!(r.json["images"].as_array().unwrap().len(), 2);
+    let second = r.json["url"].clone();
+    assert_eq!(node.product(id).await["image"], json!(url));
+    assert_eq!(images_of(&node, id).await.len(), 2);
 
     // Deleting the first makes the second the main one; the first's bytes are gone.
     node.delete(&format!("/api/products/{id}/images/{hash}/"), Some(&admin))
         .await
         .expect(204);
-    let after = node.product(id).await;
-    assert_eq!(after["images"].as_array().unwrap().len(), 1);
-    assert_ne!(after["image"], json!(url));
+    assert_eq!(images_of(&node, id).await.len(), 1);
+    assert_eq!(node.product(id).await["image"], second);
     assert_eq!(get_bytes(&node, &url, None).await.0, 404);
     node.delete(&format!("/api/products/{id}/images/{hash}/"), Some(&admin))
         .await
@@ -200,7 +209,10 @@ async fn only_staff_upload_and_only_images_of_limited_size() {
         .await
         .expect(404);
     // Nothing was added by any of these.
-    assert_eq!(node.product(id).await["images"], json!([]));
+    assert_eq!(images_of(&node, id).await, Vec::<Value>::new());
+    node.get("/api/products/999999/images/", None)
+        .await
+        .expect(404);
     upload(&node, Some(&admin), id, "image/png", png(8, 8, 1))
         .await
         .expect(201);
@@ -224,8 +236,7 @@ async fn jpeg_webp_and_a_photo_of_megabytes_are_accepted_by_default() {
         let bytes = encoded(format);
         let r = upload(&node, Some(&admin), id, kind, bytes.clone()).await;
         r.expect(201);
-        let last = r.json["images"].as_array().unwrap().last().unwrap().clone();
-        let url = last["url"].as_str().unwrap();
+        let url = r.json["url"].as_str().unwrap();
         assert!(url.ends_with(extension), "{url}");
         let (status, headers, body) = get_bytes(&node, url, None).await;
         assert_eq!(
@@ -239,7 +250,7 @@ async fn jpeg_webp_and_a_photo_of_megabytes_are_accepted_by_default() {
     assert!(photo.len() > 3_000_000, "{}", photo.len());
     let r = upload(&node, Some(&admin), id, "image/png", photo.clone()).await;
     r.expect(201);
-    let url = r.json["images"][2]["url"].as_str().unwrap().to_owned();
+    let url = r.json["url"].as_str().unwrap().to_owned();
     assert!(get_bytes(&node, &url, None).await.2 == photo);
 }
 
@@ -316,7 +327,7 @@ async fn images_uploaded_at_once_on_a_follower_reach_every_node() {
     while let Some(joined) = tasks.join_next().await {
         let (n, status, json) = joined.expect("upload task");
         assert_eq!(status, 201, "{json}");
-        urls[n] = json["image"].as_str().expect("image URL").to_owned();
+        urls[n] = json["url"].as_str().expect("image URL").to_owned();
     }
     cluster.converged(&[0, 1, 2]).await;
     for member in &cluster.nodes {

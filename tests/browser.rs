@@ -280,7 +280,7 @@ async fn an_admin_adds_a_product_that_appears_on_the_storefront() {
                 products[0],
                 json!({"id": id, "name": "Analog Poly Synth 8", "stock": 4, "price": "1999.00",
                    "description": "Eight voices, real filters.", "category": cat,
-                   "image": null, "thumbnail": null, "images": []})
+                   "image": null, "thumbnail": null})
             );
 
             // Edit price and stock from the table's Edit button.

@@ -279,24 +279,27 @@
 
   // ---- product images (in the edit form) ----
 
-  function showImages(p) {
+  async function showImages(p) {
     $("product-images").hidden = false;
-    $("product-image-list").replaceChildren(...(p.images || []).map((image, n) =>
+    const list = $("product-image-list");
+    list.replaceChildren(h("li", { class: "muted" }, "Loading images…"));
+    let images = [];
+    try {
+      images = await SW.get(`/api/products/${p.id}/images/`);
+    } catch (err) {
+      notice(SW.explain(err), "error");
+    }
+    if (!state.editingProduct || state.editingProduct.id !== p.id) return; // another product since
+    list.replaceChildren(...images.map((image, n) =>
       h("li", { "data-image": image.hash },
         h("img", { src: image.thumbnail, alt: `${p.name}, image ${n + 1}${n === 0 ? " (main)" : ""}` }),
         deleteButton(`image ${n + 1}`, () => change(() => SW.del(`/api/products/${p.id}/images/${image.hash}/`),
-          `Deleted image ${n + 1} of ${p.name}.`, () => reloadImages(p.id))))));
-    if (!(p.images || []).length) {
-      $("product-image-list").replaceChildren(h("li", { class: "muted" }, "No images yet."));
-    }
+          `Deleted image ${n + 1} of ${p.name}.`, () => reloadImages(p))))));
+    if (!images.length) list.replaceChildren(h("li", { class: "muted" }, "No images yet."));
   }
 
-  async function reloadImages(id) {
-    const fresh = await SW.get(`/api/products/${id}/`);
-    if (state.editingProduct && state.editingProduct.id === id) {
-      state.editingProduct = fresh;
-      showImages(fresh);
-    }
+  async function reloadImages(p) {
+    if (state.editingProduct && state.editingProduct.id === p.id) await showImages(p);
     await loadProducts();
   }
 
@@ -314,7 +317,7 @@
       await SW.upload(`/api/products/${p.id}/images/`, file);
       $("product-image-file").value = "";
       notice(`Added an image to ${p.name}.`, "success");
-      await reloadImages(p.id);
+      await reloadImages(p);
     } catch (err) {
       notice(SW.explain(err), "error");
     } finally {

@@ -1,6 +1,6 @@
-//! Product images: staff upload (`POST /api/products/{id}/images/`, the image as the raw
-//! body) and delete (`DELETE /api/products/{id}/images/{hash}/`), and the stored bytes
-//! served at `/media/{hash}.{ext}`, immutable (the name is the content's hash).
+//! Product images: the list (`GET /api/products/{id}/images/`), staff upload (`POST`, the
+//! image as the raw body) and delete (`DELETE /api/products/{id}/images/{hash}/`), and the
+//! stored bytes served at `/media/{hash}.{ext}`, immutable (the name is the content's hash).
 
 use std::sync::Arc;
 
@@ -8,14 +8,14 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use store::{Command, ImageFormat};
+use store::{Command, ImageFormat, ProductImage};
 
 use super::request::IdPath;
 use super::response::{no_content, send_json};
 use crate::auth::Staff;
 use crate::error::{ApiError, ApiResult};
 use crate::images;
-use crate::output::{ProductJson, json_bytes};
+use crate::output::{ImageJson, json_bytes};
 use crate::state::AppState;
 
 /// Content types an upload may declare; what it is comes from the bytes.
@@ -69,18 +69,21 @@ async fn upload_body(request: Request, limit: usize) -> ApiResult<Vec<u8>> {
     Ok(body.to_vec())
 }
 
-/// The product's JSON with its images, as `GET /api/products/{id}/` shows it.
-fn product_response(state: &AppState, id: u64, status: StatusCode) -> ApiResult<Response> {
+/// A product's images, the main one first; 404 for a product not on sale.
+fn images_of(state: &AppState, id: u64) -> ApiResult<Vec<ProductImage>> {
     let reader = state.read()?;
-    let product = reader
-        .product(id)?
-        .filter(|p| !p.archived)
-        .ok_or(ApiError::NotFound)?;
-    let images = reader.product_images(id)?;
-    Ok(send_json(
-        status,
-        json_bytes(&ProductJson::new(&product, &images)),
-    ))
+    if reader.product(id)?.filter(|p| !p.archived).is_none() {
+        return Err(ApiError::NotFound);
+    }
+    Ok(reader.product_images(id)?)
+}
+
+pub async fn list_product_images(
+    State(state): State<Arc<AppState>>,
+    IdPath(id): IdPath,
+) -> ApiResult<Response> {
+    let images: Vec<ImageJson> = images_of(&state, id)?.iter().map(ImageJson::from).collect();
+    Ok(send_json(StatusCode::OK, json_bytes(&images)))
 }
 
 pub async fn upload_product_image(
@@ -95,6 +98,7 @@ pub async fn upload_product_image(
     }
     let bytes = upload_body(request, state.limits.max_image_bytes).await?;
     let processed = images::process(bytes).await?;
+    let created = ImageJson::from(&processed.image);
     state
         .submit(Command::AddProductImage {
             product: id,
@@ -102,7 +106,7 @@ pub async fn upload_product_image(
             blobs: processed.blobs,
         })
         .await?;
-    product_response(&state, id, StatusCode::CREATED)
+    Ok(send_json(StatusCode::CREATED, json_bytes(&created)))
 }
 
 pub async fn delete_product_image(

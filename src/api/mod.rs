@@ -62,7 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         ),
         (
             "/api/products/{id}/images",
-            post(media::upload_product_image),
+            get(media::list_product_images).post(media::upload_product_image),
         ),
         (
             "/api/products/{id}/images/{hash}",
