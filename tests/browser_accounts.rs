@@ -80,10 +80,10 @@ async fn the_account_page_a_new_tab_password_change_and_logout() {
 }
 
 /// A picture with some shape to it, as a PNG file.
-fn picture_file(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
+fn picture_file(dir: &std::path::Path, square: u32) -> (std::path::PathBuf, Vec<u8>) {
     let mut bytes = Vec::new();
     image::RgbImage::from_fn(640, 480, |x, y| {
-        if (x / 80 + y / 80) % 2 == 0 {
+        if (x / square + y / square) % 2 == 0 {
             image::Rgb([255, 90, 54])
         } else {
             image::Rgb([23, 19, 31])
@@ -91,7 +91,7 @@ fn picture_file(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
     })
     .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
     .expect("encode a png");
-    let path = dir.join("checkers.png");
+    let path = dir.join(format!("checkers-{square}.png"));
     std::fs::write(&path, &bytes).expect("write the picture");
     (path, bytes)
 }
@@ -110,7 +110,8 @@ async fn an_admin_uploads_an_image_that_the_storefront_shows() {
                 .create_product(&admin, "Checkered Fuzz", 4, "89.00", category)
                 .await;
             let dir = tempfile::tempdir().expect("temp dir");
-            let (path, bytes) = picture_file(dir.path());
+            let (path, bytes) = picture_file(dir.path(), 80);
+            let (second_path, _) = picture_file(dir.path(), 160);
 
             // The admin edits the product and uploads the picture.
             b.goto(&node.url("/admin/")).await;
@@ -126,6 +127,14 @@ async fn an_admin_uploads_an_image_that_the_storefront_shows() {
             b.click("#product-image-upload").await;
             b.text_contains("#notice", "Added an image").await;
             b.find("#product-image-list img").await;
+            // A second picture joins it.
+            b.choose_file("#product-image-file", &second_path).await;
+            b.click("#product-image-upload").await;
+            b.find("#product-image-list li:nth-child(2) img").await;
+            let images = node
+                .list(&format!("/api/products/{id}/images/"), None)
+                .await;
+            assert_eq!(images.len(), 2, "{images:?}");
 
             // Through the API: the bytes are the file's.
             let product = node.product(id).await;
@@ -152,6 +161,13 @@ async fn an_admin_uploads_an_image_that_the_storefront_shows() {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             b.screenshot("9-product-with-image").await;
+            // The other picture is a click away.
+            b.click("#view-product .picture-choice[aria-label^=\"Show picture 2\"]")
+                .await;
+            assert_eq!(
+                b.attr(img, "src").await.as_deref(),
+                images[1]["url"].as_str()
+            );
 
             // The list shows the thumbnail.
             b.goto(&node.url("/")).await;

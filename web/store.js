@@ -285,7 +285,7 @@
       view.replaceChildren(
         h("p", {}, h("a", { href: "#/", class: "back" }, "← Back to products")),
         h("article", { class: "detail panel" },
-          thumb(p, "big"),
+          productPictures(p),
           h("div", { class: "detail-body" },
             h("p", { class: "card-cat" }, state.categories.get(p.category) || ""),
             h("h1", {}, p.name),
@@ -519,6 +519,30 @@
       notice(SW.explain(err), "error");
     }
     await showOrders();
+  }
+
+  // ---- product pictures: the main image, and the others to choose from ----
+
+  function productPictures(p) {
+    const main = thumb(p, "big");
+    const box = h("div", { class: "pictures" }, main);
+    if (!p.image) return box;
+    SW.get(`/api/products/${p.id}/images/`).then((images) => {
+      if (images.length < 2) return;
+      const buttons = images.map((image, n) => {
+        const button = h("button", {
+          type: "button", class: "picture-choice", "aria-pressed": String(n === 0),
+          "aria-label": `Show picture ${n + 1} of ${images.length}`,
+        }, h("img", { src: image.thumbnail, alt: "" }));
+        button.addEventListener("click", () => {
+          main.src = image.url;
+          buttons.forEach((b) => b.setAttribute("aria-pressed", String(b === button)));
+        });
+        return button;
+      });
+      box.append(h("ul", { class: "image-list" }, buttons.map((b) => h("li", {}, b))));
+    }).catch(() => {});
+    return box;
   }
 
   // ---- my account: details, phone, password change, logout ----
