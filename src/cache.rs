@@ -389,8 +389,19 @@ impl ResponseCache {
             Some(body) => Ok((body, page.total)),
             None => {
                 // A product went away between the cached ids and now: one consistent read.
-                let fresh = store.read()?.products(query)?;
-                let json: Vec<ProductJson> = fresh.items.iter().map(ProductJson::from).collect();
+                let reader = store.read()?;
+                let fresh = reader.products(query)?;
+                let images = fresh
+                    .items
+                    .iter()
+                    .map(|p| reader.product_images(p.id))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let json: Vec<ProductJson> = fresh
+                    .items
+                    .iter()
+                    .zip(&images)
+                    .map(|(product, images)| ProductJson::new(product, images))
+                    .collect();
                 Ok((json_bytes(&json), fresh.total))
             }
         }
@@ -459,7 +470,8 @@ impl ResponseCache {
         let Some(product) = reader.product(id)? else {
             return Ok(None);
         };
-        let body = json_bytes(&ProductJson::from(&product));
+        let images = reader.product_images(id)?;
+        let body = json_bytes(&ProductJson::new(&product, &images));
         // Only products on sale may answer their detail from the cache.
         if !product.archived {
             self.put_body(key, CachedBody::new(body.clone()));

@@ -111,6 +111,9 @@ pub struct NodeConfig {
     pub store_page_cache_bytes: u64,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Largest accepted product image upload (413 beyond). At most 16 MiB: an image
+    /// travels in one replicated log entry.
+    pub max_image_bytes: usize,
     /// A request taking longer is answered 503.
     pub request_timeout_secs: u64,
     /// Default and largest `limit` of list endpoints.
@@ -142,6 +145,7 @@ impl Default for NodeConfig {
             cache_capacity_bytes: 64 * 1024 * 1024,
             store_page_cache_bytes: store::DEFAULT_PAGE_CACHE_BYTES as u64,
             max_body_bytes: 1024 * 1024,
+            max_image_bytes: 5 * 1024 * 1024,
             request_timeout_secs: 30,
             page_size: 1000,
             // The balancer on the same machine, as config.toml says.
@@ -223,6 +227,9 @@ impl Config {
             return invalid(
                 "node.max_connections and node.max_connections_per_ip must be at least 1",
             );
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.node.max_image_bytes) {
+            return invalid("node.max_image_bytes must be between 1024 and 16777216");
         }
         if self.node.max_body_bytes < 1024 {
             return invalid("node.max_body_bytes must be at least 1024");

@@ -354,6 +354,42 @@ pub struct DemoSize {
     pub orders: usize,
 }
 
+/// Distinct pictures the demo catalog shows, in turn.
+const DEMO_PICTURES: u32 = 6;
+/// Their width and height in pixels.
+const DEMO_PICTURE_SIZE: u32 = 480;
+
+/// Gives every demo product one of a few generated pictures. The bytes of each travel in
+/// the log once, with its first product; the others refer to them by content address.
+async fn add_demo_pictures(state: &Arc<AppState>, product_ids: &[u64]) -> Result<(), NodeError> {
+    let mut pictures = Vec::new();
+    for seed in 0..DEMO_PICTURES {
+        let bytes = crate::images::generated_picture(seed, DEMO_PICTURE_SIZE)?;
+        pictures.push(crate::images::process(bytes).await?);
+    }
+    let command = |(n, &product): (usize, &u64), with_bytes: bool| {
+        let picture = &pictures[n % pictures.len()];
+        Command::AddProductImage {
+            product,
+            image: picture.image.clone(),
+            blobs: if with_bytes {
+                picture.blobs.clone()
+            } else {
+                Vec::new()
+            },
+        }
+    };
+    let first = product_ids.iter().enumerate().take(pictures.len());
+    for outcome in submit_all(state, first.map(|p| command(p, true))).await? {
+        outcome?;
+    }
+    let rest = product_ids.iter().enumerate().skip(pictures.len());
+    for outcome in submit_all(state, rest.map(|p| command(p, false))).await? {
+        outcome?;
+    }
+    Ok(())
+}
+
 /// Fills an empty store with the demo data and prints the demo credentials.
 pub async fn seed(state: &Arc<AppState>, data_dir: &Path, size: DemoSize) -> Result<(), NodeError> {
     let credentials_path = data_dir.join(CREDENTIALS_FILE);
@@ -392,6 +428,8 @@ pub async fn seed(state: &Arc<AppState>, data_dir: &Path, size: DemoSize) -> Res
             other => return Err(NodeError::Startup(format!("demo product: {other:?}"))),
         }
     }
+
+    add_demo_pictures(state, &product_ids).await?;
 
     let mut lines = String::new();
     for (username, is_staff, label) in [

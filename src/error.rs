@@ -239,6 +239,13 @@ impl From<Rejection> for ApiError {
                 fields: BTreeMap::from([("status".to_owned(), vec![from.as_str().to_owned()])]),
             },
             Rejection::Forbidden => ApiError::Forbidden,
+            Rejection::TooManyImages => ApiError::field(
+                "image",
+                format!(
+                    "A product shows at most {} images; delete one first.",
+                    store::MAX_PRODUCT_IMAGES
+                ),
+            ),
         }
     }
 }

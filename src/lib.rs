@@ -14,6 +14,7 @@ pub mod compression;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod images;
 pub mod input;
 pub mod logging;
 pub mod node;

@@ -3,7 +3,10 @@
 use bytes::Bytes;
 use rust_decimal::Decimal;
 use serde::{Serialize, Serializer};
-use store::{Category, OrderItemView, OrderView, Product, StatusChange, Timestamp, User};
+use store::{
+    Category, MediaRef, OrderItemView, OrderView, Product, ProductImage, StatusChange, Timestamp,
+    User,
+};
 
 /// Money as a decimal string with exactly two places: `"12000.00"`.
 pub struct Money(pub Decimal);
@@ -66,6 +69,9 @@ impl<'a> From<&'a Category> for CategoryJson<'a> {
     }
 }
 
+/// A product as clients see it: the contract's fields, then the additive `image` and
+/// `thumbnail` (the main image's URLs, or `null`). Every image of a product is listed at
+/// `GET /api/products/{id}/images/` ([`ImageJson`]), so lists of products stay small.
 #[derive(Serialize)]
 pub struct ProductJson<'a> {
     pub id: u64,
@@ -74,10 +80,42 @@ pub struct ProductJson<'a> {
     pub price: Money,
     pub description: &'a str,
     pub category: u64,
+    pub image: Option<String>,
+    pub thumbnail: Option<String>,
 }
 
-impl<'a> From<&'a Product> for ProductJson<'a> {
-    fn from(p: &'a Product) -> Self {
+/// One image of a product.
+#[derive(Serialize)]
+pub struct ImageJson {
+    /// The SHA-256 of the image's bytes: what `DELETE /api/products/{id}/images/{hash}/` names.
+    pub hash: String,
+    pub url: String,
+    pub thumbnail: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl From<&ProductImage> for ImageJson {
+    fn from(i: &ProductImage) -> Self {
+        ImageJson {
+            hash: i.image.hash.clone(),
+            url: media_url(&i.image),
+            thumbnail: media_url(&i.thumbnail),
+            width: i.width,
+            height: i.height,
+        }
+    }
+}
+
+/// The URL that serves stored media.
+pub fn media_url(media: &MediaRef) -> String {
+    format!("/media/{}", media.key())
+}
+
+impl<'a> ProductJson<'a> {
+    /// `images` are the product's images, the main one first (only it is shown).
+    pub fn new(p: &'a Product, images: &[ProductImage]) -> Self {
+        let main = images.first();
         ProductJson {
             id: p.id,
             name: &p.name,
@@ -85,6 +123,8 @@ impl<'a> From<&'a Product> for ProductJson<'a> {
             price: Money(p.price),
             description: &p.description,
             category: p.category,
+            image: main.map(|i| media_url(&i.image)),
+            thumbnail: main.map(|i| media_url(&i.thumbnail)),
         }
     }
 }

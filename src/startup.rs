@@ -87,6 +87,7 @@ async fn build_state(
         signups: SignupLimit::new(config.auth.signups_per_ip_per_hour),
         limits: Limits {
             max_body_bytes: config.node.max_body_bytes,
+            max_image_bytes: config.node.max_image_bytes,
             page_size: config.node.page_size,
             request_timeout_secs: config.node.request_timeout_secs,
         },

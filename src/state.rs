@@ -19,6 +19,8 @@ use crate::error::ApiResult;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// Largest product image upload.
+    pub max_image_bytes: usize,
     pub page_size: usize,
     pub request_timeout_secs: u64,
 }

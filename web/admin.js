@@ -32,6 +32,7 @@
   }
 
   async function start() {
+    await SW.ready; // a new tab of a signed-in browser gets its tokens first
     if (!SW.signedIn()) {
       show("login");
       $("login-username").focus();
@@ -71,7 +72,7 @@
   let leaving = false;
   const logout = () => {
     leaving = true;
-    SW.logout();
+    SW.signOut();
   };
   $("logout").addEventListener("click", logout);
   $("refused-logout").addEventListener("click", logout);
@@ -229,6 +230,7 @@
     $("product-price").value = p.price;
     $("product-stock").value = p.stock;
     $("product-description").value = p.description;
+    showImages(p);
     $("product-name").focus();
   }
 
@@ -238,6 +240,7 @@
     $("product-form-title").textContent = "Add a product";
     $("product-submit").textContent = "Add product";
     $("product-cancel").hidden = true;
+    $("product-images").hidden = true;
   }
 
   $("product-cancel").addEventListener("click", resetProductForm);
@@ -272,6 +275,54 @@
   $("product-next").addEventListener("click", () => {
     state.products.offset += PAGE;
     loadProducts();
+  });
+
+  // ---- product images (in the edit form) ----
+
+  async function showImages(p) {
+    $("product-images").hidden = false;
+    const list = $("product-image-list");
+    list.replaceChildren(h("li", { class: "muted" }, "Loading images…"));
+    let images = [];
+    try {
+      images = await SW.get(`/api/products/${p.id}/images/`);
+    } catch (err) {
+      notice(SW.explain(err), "error");
+    }
+    if (!state.editingProduct || state.editingProduct.id !== p.id) return; // another product since
+    list.replaceChildren(...images.map((image, n) =>
+      h("li", { "data-image": image.hash },
+        h("img", { src: image.thumbnail, alt: `${p.name}, image ${n + 1}${n === 0 ? " (main)" : ""}` }),
+        deleteButton(`image ${n + 1}`, () => change(() => SW.del(`/api/products/${p.id}/images/${image.hash}/`),
+          `Deleted image ${n + 1} of ${p.name}.`, () => reloadImages(p))))));
+    if (!images.length) list.replaceChildren(h("li", { class: "muted" }, "No images yet."));
+  }
+
+  async function reloadImages(p) {
+    if (state.editingProduct && state.editingProduct.id === p.id) await showImages(p);
+    await loadProducts();
+  }
+
+  $("product-image-upload").addEventListener("click", async () => {
+    const p = state.editingProduct;
+    const file = $("product-image-file").files[0];
+    if (!p) return;
+    if (!file) {
+      notice("Choose an image file first.", "error");
+      return;
+    }
+    const button = $("product-image-upload");
+    button.disabled = true;
+    try {
+      await SW.upload(`/api/products/${p.id}/images/`, file);
+      $("product-image-file").value = "";
+      notice(`Added an image to ${p.name}.`, "success");
+      await reloadImages(p);
+    } catch (err) {
+      notice(SW.explain(err), "error");
+    } finally {
+      button.disabled = false;
+    }
   });
 
   // ---- orders ----

@@ -4,14 +4,17 @@
 
 const SW = (() => {
   const ACCESS = "sw.access";
-  const REFRESH = "sw.refresh";
   const EXPIRES = "sw.expires"; // local time (ms) when the access token runs out
+  // localStorage: this browser has a session, so a new tab asks the refresh cookie for
+  // tokens. The refresh token itself is only in that HttpOnly cookie: no script reads it.
+  const SESSION = "sw.session";
   const REFRESH_MARGIN_MS = 30000;
   let refreshing = null;
   let timer = null;
   const onLogout = [];
 
-  // ---- tokens (sessionStorage: gone when the tab closes) ----
+  // ---- tokens: the access token in sessionStorage (per tab); the refresh token in the
+  // HttpOnly cookie the API sets (Path=/api/token/, SameSite=Strict), shared by the tabs ----
 
   function claims(token) {
     try {
@@ -23,7 +26,7 @@ const SW = (() => {
   }
 
   function signedIn() {
-    return sessionStorage.getItem(REFRESH) !== null;
+    return sessionStorage.getItem(ACCESS) !== null;
   }
 
   function keep(pair) {
@@ -31,14 +34,14 @@ const SW = (() => {
     // The lifetime from the token itself, counted on this clock (the server's may differ).
     const lifetime = c.exp && c.iat ? (c.exp - c.iat) * 1000 : 300000;
     sessionStorage.setItem(ACCESS, pair.access);
-    sessionStorage.setItem(REFRESH, pair.refresh);
     sessionStorage.setItem(EXPIRES, String(Date.now() + lifetime));
+    localStorage.setItem(SESSION, "1");
     schedule();
   }
 
   function forget() {
     clearTimeout(timer);
-    [ACCESS, REFRESH, EXPIRES].forEach((k) => sessionStorage.removeItem(k));
+    [ACCESS, EXPIRES, "sw.refresh"].forEach((k) => sessionStorage.removeItem(k));
   }
 
   function msLeft() {
@@ -54,12 +57,16 @@ const SW = (() => {
   }
 
   // One refresh at a time: the refresh token rotates, so two at once would log us out.
+  // The cookie carries it; another tab may have rotated it a moment before ours was sent,
+  // so a refused refresh is tried once more (with the cookie that tab received).
   function refresh() {
     if (!refreshing) {
       refreshing = (async () => {
-        const token = sessionStorage.getItem(REFRESH);
-        if (!token) throw new ApiError(401, { detail: "Not signed in." });
-        const res = await send("POST", "/api/token/refresh/", { refresh: token }, null);
+        let res = await send("POST", "/api/token/refresh/", {}, null);
+        if (res.status === 401) {
+          await new Promise((resolve) => setTimeout(resolve, 300));
+          res = await send("POST", "/api/token/refresh/", {}, null);
+        }
         if (res.status === 401) {
           logout();
         }
@@ -72,10 +79,28 @@ const SW = (() => {
     return refreshing;
   }
 
+  // Ends the session here: tokens forgotten, the pages told.
   function logout() {
     forget();
+    localStorage.removeItem(SESSION);
     onLogout.forEach((fn) => fn());
   }
+
+  // Logging out on purpose also revokes the refresh token (the server blacklists it and
+  // clears the cookie), so no other tab or stolen copy can use it again.
+  async function signOut() {
+    await send("POST", "/api/token/blacklist/", {}, null).catch(() => {});
+    logout();
+  }
+
+  // A new tab of a browser with a session: tokens from the refresh cookie. Resolves once
+  // known either way; pages wait for it before asking who is signed in.
+  const ready = (async () => {
+    if (signedIn() || localStorage.getItem(SESSION) === null) return;
+    const res = await send("POST", "/api/token/refresh/", {}, null).catch(() => null);
+    if (res && res.ok) keep(res.body);
+    else localStorage.removeItem(SESSION);
+  })();
 
   async function login(username, password) {
     const res = await send("POST", "/api/token/", { username, password }, null);
@@ -130,6 +155,28 @@ const SW = (() => {
     return { body: res.body, total: total === null ? null : Number(total) };
   }
 
+  // Sends a file as the raw body (its own content type), signed in like `call`.
+  async function upload(path, file) {
+    const headers = { Accept: "application/json", "Content-Type": file.type || "application/octet-stream" };
+    const attempt = async () => {
+      if (msLeft() < 5000) await refresh();
+      const res = await fetch(path, {
+        method: "POST",
+        headers: Object.assign({ Authorization: "Bearer " + sessionStorage.getItem(ACCESS) }, headers),
+        body: file,
+      }).catch(() => null);
+      if (!res) throw new ApiError(0, { detail: "Network error" });
+      return { status: res.status, ok: res.ok, headers: res.headers, body: await res.json().catch(() => null) };
+    };
+    let res = await attempt();
+    if (res.status === 401) {
+      await refresh();
+      res = await attempt();
+    }
+    if (!res.ok) throw new ApiError(res.status, res.body, res.headers);
+    return res.body;
+  }
+
   const get = async (path) => (await call("GET", path)).body;
   const post = async (path, body, opts) => (await call("POST", path, body || {}, opts)).body;
   const patch = async (path, body) => (await call("PATCH", path, body)).body;
@@ -170,6 +217,9 @@ const SW = (() => {
     stock: "Stock",
     description: "Description",
     category: "Category",
+    current_password: "Current password",
+    new_password: "New password",
+    image: "Image",
   };
 
   // What went wrong, in words for people, from the API's answer. `names` maps product ids
@@ -200,6 +250,8 @@ const SW = (() => {
         return b.detail || "That conflicts with the current state. Please reload and try again.";
       case 413:
         return "That is too much to send at once.";
+      case 415:
+        return "That kind of file is not accepted here.";
       case 429: {
         const wait = err.headers && err.headers.get("Retry-After");
         return wait
@@ -276,7 +328,8 @@ const SW = (() => {
   schedule();
 
   return {
-    ApiError, signedIn, login, logout, onLogout, refresh, call, get, post, patch, del, all,
+    ApiError, signedIn, ready, login, logout, signOut, keep, onLogout, refresh, call, upload,
+    get, post, patch, del, all,
     idempotencyKey, explain, cents, money, h, notify, confirmClick, date,
   };
 })();

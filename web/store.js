@@ -34,7 +34,7 @@
 
   // ---- views ----
 
-  const VIEWS = ["shop", "product", "cart", "orders", "login", "signup"];
+  const VIEWS = ["shop", "product", "cart", "orders", "login", "signup", "account"];
 
   function route() {
     const [, view, arg] = (location.hash || "#/").match(/^#\/([a-z]*)\/?(\d*)/) || [];
@@ -45,6 +45,7 @@
     if (name === "orders") showOrders();
     if (name === "login") $("login-username").focus();
     if (name === "signup") $("signup-username").focus();
+    if (name === "account") showAccount();
   }
 
   // Shows a view, then the message (if any) about how we got there.
@@ -70,6 +71,7 @@
     $("who").hidden = !user;
     $("who").textContent = user ? `Hi, ${user.username}` : "";
     $("nav-orders").hidden = !user;
+    $("nav-account").hidden = !user;
     $("nav-admin").hidden = !(user && user.is_staff);
     $("logout").hidden = !user;
     $("nav-login").hidden = !!user;
@@ -77,6 +79,7 @@
   }
 
   async function loadUser() {
+    await SW.ready; // a new tab of a signed-in browser gets its tokens first
     if (!SW.signedIn()) return;
     try {
       state.user = await SW.get("/api/users/me/");
@@ -117,6 +120,7 @@
     const button = form.querySelector("button[type=submit]");
     const body = { username: form.username.value.trim(), password: form.password.value };
     if (form.email.value.trim()) body.email = form.email.value.trim();
+    if (form.phone_number.value.trim()) body.phone_number = form.phone_number.value.trim();
     button.disabled = true;
     try {
       await SW.post("/api/users/", body, { auth: false });
@@ -133,7 +137,7 @@
   let leaving = false;
   $("logout").addEventListener("click", () => {
     leaving = true;
-    SW.logout();
+    SW.signOut();
   });
 
   SW.onLogout.push(() => {
@@ -151,8 +155,13 @@
   const initials = (name) =>
     name.split(/\s+/).filter(Boolean).slice(0, 2).map((w) => w[0].toUpperCase()).join("");
 
-  const thumb = (p, size) =>
-    h("div", { class: `thumb ${size || ""} tone${p.category % 6}`, "aria-hidden": "true" }, initials(p.name));
+  // The product's picture (the thumbnail in lists, the image itself on its page), or its
+  // initials on a coloured tile when it has none.
+  const thumb = (p, size) => {
+    const src = size === "big" ? p.image : p.thumbnail;
+    if (src) return h("img", { class: `thumb photo ${size || ""}`, src, alt: "", loading: "lazy", decoding: "async" });
+    return h("div", { class: `thumb ${size || ""} tone${p.category % 6}`, "aria-hidden": "true" }, initials(p.name));
+  };
 
   function stockLabel(p) {
     if (p.stock === 0) return h("p", { class: "stock out" }, "Sold out");
@@ -276,7 +285,7 @@
       view.replaceChildren(
         h("p", {}, h("a", { href: "#/", class: "back" }, "← Back to products")),
         h("article", { class: "detail panel" },
-          thumb(p, "big"),
+          productPictures(p),
           h("div", { class: "detail-body" },
             h("p", { class: "card-cat" }, state.categories.get(p.category) || ""),
             h("h1", {}, p.name),
@@ -510,6 +519,102 @@
       notice(SW.explain(err), "error");
     }
     await showOrders();
+  }
+
+  // ---- product pictures: the main image, and the others to choose from ----
+
+  function productPictures(p) {
+    const main = thumb(p, "big");
+    const box = h("div", { class: "pictures" }, main);
+    if (!p.image) return box;
+    SW.get(`/api/products/${p.id}/images/`).then((images) => {
+      if (images.length < 2) return;
+      const buttons = images.map((image, n) => {
+        const button = h("button", {
+          type: "button", class: "picture-choice", "aria-pressed": String(n === 0),
+          "aria-label": `Show picture ${n + 1} of ${images.length}`,
+        }, h("img", { src: image.thumbnail, alt: "" }));
+        button.addEventListener("click", () => {
+          main.src = image.url;
+          buttons.forEach((b) => b.setAttribute("aria-pressed", String(b === button)));
+        });
+        return button;
+      });
+      box.append(h("ul", { class: "image-list" }, buttons.map((b) => h("li", {}, b))));
+    }).catch(() => {});
+    return box;
+  }
+
+  // ---- my account: details, phone, password change, logout ----
+
+  async function showAccount() {
+    const body = $("account-body");
+    await SW.ready;
+    if (!SW.signedIn()) {
+      state.after = "#/account";
+      body.replaceChildren(h("p", { class: "panel" }, "Log in to see your account. ",
+        h("a", { href: "#/login" }, "Log in")));
+      return;
+    }
+    try {
+      state.user = await SW.get("/api/users/me/");
+    } catch (err) {
+      notice(SW.explain(err), "error");
+      return;
+    }
+    renderAccount();
+    body.replaceChildren(accountDetails(state.user), passwordForm(),
+      h("div", { class: "panel" },
+        h("h2", {}, "Log out"),
+        h("p", { class: "muted" }, "Logging out ends this session on every tab of this browser."),
+        h("button", { id: "account-logout", class: "btn", type: "button", onclick: () => { leaving = true; SW.signOut(); } },
+          "Log out")));
+  }
+
+  function accountDetails(user) {
+    const row = (label, value, id) => [h("dt", {}, label), h("dd", { id }, value || "—")];
+    return h("div", { class: "panel" },
+      h("h2", {}, "Your details"),
+      h("dl", { class: "details" },
+        row("Username", user.username, "account-username"),
+        row("Email", user.email, "account-email"),
+        row("Phone", user.phone_number, "account-phone"),
+        row("Member since", SW.date(user.date_joined), "account-joined"),
+        row("Account", user.is_staff ? "Staff" : "Shopper", "account-kind")));
+  }
+
+  function passwordForm() {
+    const field = (id, label, autocomplete, hint) => [
+      h("label", { for: id }, label),
+      h("input", { id, name: id.replace("account-", "").replace(/-/g, "_"), type: "password", autocomplete, required: true,
+        minlength: id === "account-current-password" ? 1 : 8, maxlength: 128, "aria-describedby": hint ? `${id}-hint` : null }),
+      hint ? h("p", { id: `${id}-hint`, class: "hint" }, hint) : null,
+    ];
+    const form = h("form", { id: "password-form", class: "form" },
+      h("h2", {}, "Change your password"),
+      ...field("account-current-password", "Current password", "current-password"),
+      ...field("account-new-password", "New password", "new-password",
+        "At least 8 characters. Other browsers and devices are logged out."),
+      h("button", { class: "btn btn-primary", type: "submit" }, "Change password"));
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const button = form.querySelector("button[type=submit]");
+      button.disabled = true;
+      try {
+        const pair = await SW.post("/api/users/me/password/", {
+          current_password: form.current_password.value,
+          new_password: form.new_password.value,
+        });
+        SW.keep(pair);
+        form.reset();
+        notice("Your password is changed. Other sessions are logged out; this one goes on.", "success");
+      } catch (err) {
+        notice(SW.explain(err), "error");
+      } finally {
+        button.disabled = false;
+      }
+    });
+    return h("div", { class: "panel" }, form);
   }
 
   // ---- start ----

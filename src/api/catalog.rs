@@ -285,12 +285,15 @@ pub async fn get_product(
 ) -> ApiResult<Response> {
     let key = state.cache.product_key(id);
     cached(&state, key, || {
-        let product = state
-            .read()?
+        let reader = state.read()?;
+        let product = reader
             .product(id)?
             .filter(|p| !p.archived)
             .ok_or(ApiError::NotFound)?;
-        Ok(CachedBody::new(json_bytes(&ProductJson::from(&product))))
+        let images = reader.product_images(id)?;
+        Ok(CachedBody::new(json_bytes(&ProductJson::new(
+            &product, &images,
+        ))))
     })
 }
 
@@ -330,7 +333,11 @@ async fn write_product(
 ) -> ApiResult<Response> {
     match state.submit(command).await? {
         CommandOutcome::Product(product) => {
-            Ok(send_json(status, json_bytes(&ProductJson::from(&product))))
+            let images = state.read()?.product_images(product.id)?;
+            Ok(send_json(
+                status,
+                json_bytes(&ProductJson::new(&product, &images)),
+            ))
         }
         other => Err(ApiError::unexpected(other)),
     }

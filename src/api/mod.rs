@@ -4,6 +4,7 @@
 mod accounts;
 mod backoffice;
 mod catalog;
+mod media;
 mod membership;
 mod ops;
 mod orders;
@@ -65,6 +66,15 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .patch(catalog::patch_product)
                 .delete(catalog::delete_product),
         ),
+        (
+            "/api/products/{id}/images",
+            get(media::list_product_images).post(media::upload_product_image),
+        ),
+        (
+            "/api/products/{id}/images/{hash}",
+            axum::routing::delete(media::delete_product_image),
+        ),
+        ("/media/{name}", get(media::serve_media)),
         (
             "/api/orderitems",
             get(orders::list_order_items).post(orders::create_order_item),

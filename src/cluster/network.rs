@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -119,6 +120,29 @@ impl PeerClient {
     }
 }
 
+/// Media bytes (product images) one append request carries at most, unless its first entry
+/// alone carries more: an append must complete within one heartbeat interval (openraft's
+/// append timeout), and stay under the peer API's body limit (64 MiB).
+const MAX_APPEND_MEDIA_BYTES: usize = 6 * 1024 * 1024;
+
+/// `None` when `entries` may go in one append; else how many of the first entries may.
+fn entries_within_media_limit(entries: &[openraft::Entry<RaftConfig>]) -> Option<u64> {
+    let mut media = 0usize;
+    for (n, entry) in entries.iter().enumerate() {
+        if let openraft::EntryPayload::Normal(proposal) = &entry.payload {
+            media += proposal
+                .commands
+                .iter()
+                .map(|(_, command)| command.media_bytes())
+                .sum::<usize>();
+        }
+        if media > MAX_APPEND_MEDIA_BYTES && n > 0 {
+            return Some(n as u64);
+        }
+    }
+    None
+}
+
 /// openraft's view of the peer network.
 #[derive(Clone)]
 pub struct PeerNetwork {
@@ -180,6 +204,12 @@ impl RaftNetwork<RaftConfig> for PeerConnection {
         rpc: AppendEntriesRequest<RaftConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, RaftNode, RaftError<NodeId>>> {
+        if let Some(fits) = entries_within_media_limit(&rpc.entries) {
+            // openraft sends again with at most `fits` entries.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fits),
+            ));
+        }
         self.rpc("/_cluster/append", &rpc, &option).await
     }
 

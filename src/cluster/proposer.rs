@@ -19,6 +19,12 @@ use super::node::Cluster;
 
 /// Commands proposed together in one log entry, at most.
 const MAX_PROPOSAL_COMMANDS: usize = 1024;
+/// Media bytes (product images) one log entry carries, at most, unless one command alone
+/// carries more (an image at the upload limit). openraft gives an append one heartbeat
+/// interval to complete: an entry of a few MiB is replicated within it, one of tens of
+/// MiB was not; appends of several such entries are split by the network
+/// (`PayloadTooLarge`).
+const MAX_PROPOSAL_MEDIA_BYTES: usize = 4 * 1024 * 1024;
 /// Proposals in flight at once, at most.
 const MAX_PROPOSALS_IN_FLIGHT: usize = 8;
 /// Proposals in flight at once that are not full: one more waits, and grows meanwhile.
@@ -67,22 +73,44 @@ impl Cluster {
     ) {
         let any = Arc::new(Semaphore::new(MAX_PROPOSALS_IN_FLIGHT));
         let partial = Arc::new(Semaphore::new(MAX_PARTIAL_PROPOSALS_IN_FLIGHT));
-        let drain = |incoming: &mut mpsc::Receiver<_>, commands: &mut Vec<_>| {
-            while commands.len() < MAX_PROPOSAL_COMMANDS {
+        // A command that would take an entry's media past MAX_PROPOSAL_MEDIA_BYTES waits
+        // here and starts the next proposal.
+        let mut carried: Option<(RequestId, Command)> = None;
+        let drain = |incoming: &mut mpsc::Receiver<(RequestId, Command)>,
+                     commands: &mut Vec<(RequestId, Command)>,
+                     carried: &mut Option<(RequestId, Command)>| {
+            let mut media: usize = commands.iter().map(|(_, c)| c.media_bytes()).sum();
+            while commands.len() < MAX_PROPOSAL_COMMANDS && carried.is_none() {
                 match incoming.try_recv() {
-                    Ok(next) => commands.push(next),
+                    Ok(next) => {
+                        let more = next.1.media_bytes();
+                        if more > 0 && media + more > MAX_PROPOSAL_MEDIA_BYTES {
+                            *carried = Some(next);
+                        } else {
+                            media += more;
+                            commands.push(next);
+                        }
+                    }
                     Err(_) => break,
                 }
             }
         };
-        while let Some(first) = incoming.recv().await {
+        loop {
+            let first = match carried.take() {
+                Some(first) => first,
+                None => match incoming.recv().await {
+                    Some(first) => first,
+                    None => break,
+                },
+            };
             let mut commands = vec![first];
-            drain(&mut incoming, &mut commands);
-            let partial_permit = if commands.len() < MAX_PROPOSAL_COMMANDS {
+            drain(&mut incoming, &mut commands, &mut carried);
+            let full = commands.len() >= MAX_PROPOSAL_COMMANDS || carried.is_some();
+            let partial_permit = if !full {
                 let Ok(permit) = partial.clone().acquire_owned().await else {
                     return;
                 };
-                drain(&mut incoming, &mut commands);
+                drain(&mut incoming, &mut commands, &mut carried);
                 Some(permit)
             } else {
                 None

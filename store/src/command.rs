@@ -5,7 +5,9 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Category, Id, Order, OrderItem, OrderStatus, Product, Timestamp, User};
+use crate::model::{
+    Category, Id, MediaRef, Order, OrderItem, OrderStatus, Product, ProductImage, Timestamp, User,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -105,6 +107,20 @@ pub enum Command {
     /// that every member, and the balancer through them, knows where a joined node listens.
     /// Raft's own membership carries only peer addresses; this keeps its log format as it was.
     RecordMember(MemberRecord),
+    /// Adds an image to a product's images (the first is its main image). `blobs` carries
+    /// the bytes of the image and its thumbnail, made and hashed before the command; it may
+    /// leave out bytes the store already has (the demo sends a shared picture once).
+    AddProductImage {
+        product: Id,
+        image: ProductImage,
+        blobs: Vec<MediaBlob>,
+    },
+    /// Removes the image whose bytes hash to `hash` from a product; bytes no product shows
+    /// any more are dropped.
+    DeleteProductImage {
+        product: Id,
+        hash: String,
+    },
 }
 
 /// A cluster member's addresses, as recorded by [`Command::RecordMember`].
@@ -117,6 +133,97 @@ pub struct MemberRecord {
     pub peer: String,
     /// A learner that is never promoted to voter (a read replica).
     pub read_only: bool,
+}
+
+/// Bytes for the media store, named by their content (see [`MediaRef`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaBlob {
+    pub media: MediaRef,
+    #[serde(with = "byte_string")]
+    pub bytes: Vec<u8>,
+}
+
+/// Serde of a `Vec<u8>` as one byte string (bincode copies it whole) rather than a
+/// sequence of numbers (one call per byte: megabytes of image took longer to encode and
+/// decode than a heartbeat interval in debug builds).
+mod byte_string {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(bytes.to_vec())
+        }
+
+        fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(bytes)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(byte) = seq.next_element()? {
+                bytes.push(byte);
+            }
+            Ok(bytes)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_byte_buf(Bytes)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn bytes_survive_bincode_as_one_string() {
+            let blob = crate::command::MediaBlob {
+                media: crate::model::MediaRef {
+                    hash: "h".into(),
+                    format: crate::model::ImageFormat::Png,
+                },
+                bytes: (0..=255).collect(),
+            };
+            let encoded = crate::tables::encode(&blob).unwrap();
+            // A length prefix and the bytes as they are, not one varint per byte.
+            assert!(encoded.len() < 256 + 16, "{}", encoded.len());
+            let decoded: crate::command::MediaBlob = crate::tables::decode(&encoded).unwrap();
+            assert_eq!(decoded, blob);
+        }
+    }
+}
+
+impl std::fmt::Debug for MediaBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "MediaBlob({}, {} bytes)",
+            self.media.key(),
+            self.bytes.len()
+        )
+    }
+}
+
+impl Command {
+    /// Bytes of media the command carries: what makes a log entry large. The proposer
+    /// bounds the media of one entry with it.
+    pub fn media_bytes(&self) -> usize {
+        match self {
+            Command::AddProductImage { blobs, .. } => blobs.iter().map(|b| b.bytes.len()).sum(),
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,4 +328,6 @@ pub enum Rejection {
     /// The actor may see the record but not do this to it.
     #[error("not allowed")]
     Forbidden,
+    #[error("the product already has as many images as it may")]
+    TooManyImages,
 }

@@ -20,19 +20,21 @@ mod schema;
 mod tables;
 mod writer;
 
-pub use apply::{ChangeSet, MAX_CART_LINES, MAX_LINE_QUANTITY, MAX_ORDER_LINES};
+pub use apply::{
+    ChangeSet, MAX_CART_LINES, MAX_LINE_QUANTITY, MAX_ORDER_LINES, MAX_PRODUCT_IMAGES,
+};
 pub use backoffice::{
     CLOCK_SKEW, DAY, DaySales, OrderFilter, ProductSales, SalesReport, UserListing,
 };
 pub use command::{
-    Command, CommandOutcome, MemberRecord, NewProduct, NewUser, OrderLine, OrderLines,
+    Command, CommandOutcome, MediaBlob, MemberRecord, NewProduct, NewUser, OrderLine, OrderLines,
     ProductChanges, Rejection, StockShortage,
 };
 pub use db::{DEFAULT_PAGE_CACHE_BYTES, REPAIR_WARNING, Store};
 pub use error::StoreError;
 pub use model::{
-    Category, Id, Order, OrderItem, OrderItemView, OrderStatus, OrderView, Product, StatusChange,
-    Timestamp, User,
+    Category, Id, ImageFormat, MediaRef, Order, OrderItem, OrderItemView, OrderStatus, OrderView,
+    Product, ProductImage, StatusChange, Timestamp, User,
 };
 pub use query::{Page, ProductQuery, ProductSort};
 pub use reader::StoreReader;

@@ -30,6 +30,63 @@ pub struct Product {
     pub archived: bool,
 }
 
+/// The formats product images are accepted and stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ImageFormat {
+    Jpeg,
+    Png,
+    Webp,
+}
+
+impl ImageFormat {
+    pub const ALL: [ImageFormat; 3] = [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::Webp];
+
+    /// The file extension in media URLs.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "jpg",
+            ImageFormat::Png => "png",
+            ImageFormat::Webp => "webp",
+        }
+    }
+
+    pub fn mime_type(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "image/jpeg",
+            ImageFormat::Png => "image/png",
+            ImageFormat::Webp => "image/webp",
+        }
+    }
+
+    pub fn from_extension(extension: &str) -> Option<ImageFormat> {
+        Self::ALL.into_iter().find(|f| f.extension() == extension)
+    }
+}
+
+/// Stored bytes named by their content: the SHA-256 of the bytes (hex) and their format.
+/// The media key, `HASH.EXT`, is also the file name in its URL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MediaRef {
+    pub hash: String,
+    pub format: ImageFormat,
+}
+
+impl MediaRef {
+    pub fn key(&self) -> String {
+        format!("{}.{}", self.hash, self.format.extension())
+    }
+}
+
+/// One image of a product: the uploaded image as it was sent and its thumbnail, both
+/// content-addressed (products showing the same picture share the bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductImage {
+    pub image: MediaRef,
+    pub thumbnail: MediaRef,
+    pub width: u32,
+    pub height: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub id: Id,

@@ -10,8 +10,8 @@ use crate::catalog::CatalogIndex;
 use crate::command::MemberRecord;
 use crate::error::StoreError;
 use crate::model::{
-    Category, Id, Order, OrderItem, OrderItemView, OrderStatus, OrderView, Product, StatusChange,
-    User,
+    Category, Id, Order, OrderItem, OrderItemView, OrderStatus, OrderView, Product, ProductImage,
+    StatusChange, User,
 };
 use crate::query::{Page, ProductQuery};
 use crate::tables::*;
@@ -290,6 +290,20 @@ impl StoreReader {
         Ok(table.get(user)?.map(|v| v.value()))
     }
 
+    /// A product's images, the main one first (none for a product without images).
+    pub fn product_images(&self, product: Id) -> Result<Vec<ProductImage>, StoreError> {
+        let table = self.txn.open_table(PRODUCT_IMAGES)?;
+        table
+            .get(product)?
+            .map_or(Ok(Vec::new()), |v| decode(v.value()))
+    }
+
+    /// The bytes stored under a media key (`HASH.EXT`).
+    pub fn media(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let table = self.txn.open_table(MEDIA)?;
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+
     pub fn refresh_token_used(&self, jti: &str) -> Result<bool, StoreError> {
         let table = self.txn.open_table(USED_REFRESH)?;
         Ok(table.get(jti)?.is_some())
@@ -356,6 +370,8 @@ mod tests {
         assert_eq!(reader.order_items(Some(1), 0, 10).unwrap().total, 0);
         // 21 application tables, 2 of applied request ids, the raft log and raft state.
         assert_eq!(reader.txn.list_tables().unwrap().count(), 25);
+        // 22 application tables, 2 of applied request ids, the raft log and raft state.
+        assert_eq!(reader.txn.list_tables().unwrap().count(), 26);
         // Two fresh stores are equal.
         assert_eq!(reader.digest().unwrap(), TestStore::new().digest());
     }

@@ -81,6 +81,14 @@ pub(crate) const ORDER_STATUS_CHANGES: TableDefinition<(u64, u8), (i64, u64)> =
 /// user id → when the user was deactivated: they cannot log in and their tokens fail.
 pub(crate) const DEACTIVATED_USERS: TableDefinition<u64, i64> =
     TableDefinition::new("deactivated_users");
+/// product id → its images (bincode `Vec<ProductImage>`, the main one first). Products
+/// without images have no row.
+pub(crate) const PRODUCT_IMAGES: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("product_images");
+/// Media key (`HASH.EXT`) → the bytes.
+pub(crate) const MEDIA: TableDefinition<&str, &[u8]> = TableDefinition::new("media");
+/// Media key → how many product images refer to it; at zero the bytes are dropped.
+pub(crate) const MEDIA_REFS: TableDefinition<&str, u64> = TableDefinition::new("media_refs");
 
 /// Calls `$visit!(TABLE)` for every table that is application state (replicated, in
 /// snapshots and in the digest), leaving out the raft log and the raft bookkeeping
@@ -110,6 +118,9 @@ macro_rules! for_each_state_table {
         $visit!(CREDENTIALS_CHANGED);
         $visit!(ORDER_STATUS_CHANGES);
         $visit!(DEACTIVATED_USERS);
+        $visit!(PRODUCT_IMAGES);
+        $visit!(MEDIA);
+        $visit!(MEDIA_REFS);
         $visit!(APPLIED_REQUESTS);
         $visit!(APPLIED_REQUESTS_BY_INDEX);
     };

@@ -5,10 +5,12 @@
 //! Binaries: `$CHROMEDRIVER` and `$CHROME_BIN` when set, else `chromedriver` and `chromium` on
 //! the `PATH` (`scripts/test` and `.ci/run` install them when missing).
 
+use std::future::Future;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fantoccini::elements::Element;
@@ -16,6 +18,8 @@ use fantoccini::wd::Capabilities;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
+
+use crate::node::Node;
 
 /// How long any single wait for the page may take.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -298,6 +302,42 @@ impl Browser {
         }
     }
 
+    /// Opens `url` in a new tab of the same browser and switches to it: cookies and
+    /// localStorage are shared with the other tabs, sessionStorage is not.
+    pub async fn open_in_new_tab(&self, url: &str) {
+        let tab = self
+            .client
+            .new_window(true)
+            .await
+            .unwrap_or_else(|e| panic!("open a new tab: {e}"));
+        self.client
+            .switch_to_window(tab.handle)
+            .await
+            .unwrap_or_else(|e| panic!("switch to the new tab: {e}"));
+        self.goto(url).await;
+    }
+
+    /// The value of the cookie `name` that the browser sends to `url` (HttpOnly ones too),
+    /// if any. Navigates to `url` to read it, so the current page is left.
+    pub async fn cookie_at(&self, url: &str, name: &str) -> Option<String> {
+        self.goto(url).await;
+        self.client
+            .get_named_cookie(name)
+            .await
+            .ok()
+            .map(|cookie| cookie.value().to_owned())
+            .filter(|value| !value.is_empty())
+    }
+
+    /// Chooses the file at `path` in the file input `css`.
+    pub async fn choose_file(&self, css: &str, path: &Path) {
+        self.find(css)
+            .await
+            .send_keys(&path.display().to_string())
+            .await
+            .unwrap_or_else(|e| panic!("choose {} in `{css}`: {e}", path.display()));
+    }
+
     /// Saves a PNG of the viewport as `target/screenshots/NAME.png`; returns its path.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         let dir = crate::process::target_tmpdir()
@@ -380,4 +420,23 @@ fn tail(log: &Path) -> String {
         "--- chromedriver log tail ---\n{}",
         lines[lines.len().saturating_sub(30)..].join("\n")
     )
+}
+
+/// Runs a scenario in a fresh browser; whatever happens, saves a screenshot of the final page
+/// as `name` and closes the browser, then passes the scenario's panic on.
+pub async fn in_browser<F, Fut>(name: &str, size: (u32, u32), node: Arc<Node>, scenario: F)
+where
+    F: FnOnce(Arc<Browser>, Arc<Node>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let browser = Arc::new(Browser::start(size).await);
+    let outcome = tokio::spawn(scenario(browser.clone(), node)).await;
+    let shot = browser.screenshot(name).await;
+    eprintln!("screenshot: {}", shot.display());
+    if let Some(browser) = Arc::into_inner(browser) {
+        browser.close().await;
+    }
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
 }

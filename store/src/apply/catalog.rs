@@ -175,6 +175,7 @@ pub(super) fn delete_product(
     } else {
         t.products.remove(id)?;
         t.products_by_category.remove((product.category, id))?;
+        super::media::drop_product_images(t, id)?;
     }
     changes.products.insert(id);
     changes.product_names = true;

@@ -11,6 +11,7 @@
 mod accounts;
 mod cart;
 mod catalog;
+mod media;
 mod members;
 mod order_status;
 mod orders;
@@ -36,6 +37,8 @@ pub const MAX_LINE_QUANTITY: u32 = 1000;
 pub const MAX_CART_LINES: u64 = 100;
 /// Most lines in one order.
 pub const MAX_ORDER_LINES: usize = 100;
+/// Most images one product shows.
+pub const MAX_PRODUCT_IMAGES: usize = 12;
 
 /// What applied commands changed, so caches can drop exactly what went stale.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -107,6 +110,9 @@ pub(crate) struct WriteTables<'txn> {
     credentials_changed: Table<'txn, u64, i64>,
     order_status_changes: Table<'txn, (u64, u8), (i64, u64)>,
     deactivated_users: Table<'txn, u64, i64>,
+    product_images: Table<'txn, u64, &'static [u8]>,
+    media: Table<'txn, &'static str, &'static [u8]>,
+    media_refs: Table<'txn, &'static str, u64>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -133,6 +139,9 @@ impl<'txn> WriteTables<'txn> {
             credentials_changed: txn.open_table(CREDENTIALS_CHANGED)?,
             order_status_changes: txn.open_table(ORDER_STATUS_CHANGES)?,
             deactivated_users: txn.open_table(DEACTIVATED_USERS)?,
+            product_images: txn.open_table(PRODUCT_IMAGES)?,
+            media: txn.open_table(MEDIA)?,
+            media_refs: txn.open_table(MEDIA_REFS)?,
         })
     }
 
@@ -348,6 +357,14 @@ pub(crate) fn apply_command(
             at,
         } => staff::set_user_active(t, *actor, *id, *active, *at, changes),
         Command::RecordMember(record) => members::record_member(t, record),
+        Command::AddProductImage {
+            product,
+            image,
+            blobs,
+        } => media::add_product_image(t, *product, image, blobs, changes),
+        Command::DeleteProductImage { product, hash } => {
+            media::delete_product_image(t, *product, hash, changes)
+        }
     };
     match result {
         Ok(outcome) => Ok(Ok(outcome)),

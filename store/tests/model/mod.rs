@@ -397,6 +397,9 @@ impl Model {
                 self.used_refresh.insert(jti.clone(), *expires_at);
                 Ok(Expected::Done)
             }
+            // Images are not modelled: a product's images do not change what the model
+            // predicts of other commands.
+            Command::AddProductImage { .. } | Command::DeleteProductImage { .. } => Err(None),
             Command::ChangePassword { user, .. } => match self.users.contains_key(user) {
                 true => Ok(Expected::Record(*user)),
                 false => Err(Some(Rejection::NotFound)),
