@@ -130,6 +130,20 @@ const SW = (() => {
     return { body: res.body, total: total === null ? null : Number(total) };
   }
 
+  // A signed-in answer that is not JSON (a CSV export), as a Blob.
+  async function download(path) {
+    const fetchIt = () => fetch(path, { headers: { Authorization: "Bearer " + sessionStorage.getItem(ACCESS) } });
+    if (msLeft() < 5000) await refresh();
+    let res = await fetchIt().catch(() => null);
+    if (res && res.status === 401) {
+      await refresh();
+      res = await fetchIt().catch(() => null);
+    }
+    if (!res) throw new ApiError(0, { detail: "Network error" });
+    if (!res.ok) throw new ApiError(res.status, await res.json().catch(() => null), res.headers);
+    return res.blob();
+  }
+
   const get = async (path) => (await call("GET", path)).body;
   const post = async (path, body, opts) => (await call("POST", path, body || {}, opts)).body;
   const patch = async (path, body) => (await call("PATCH", path, body)).body;
@@ -278,5 +292,6 @@ const SW = (() => {
   return {
     ApiError, signedIn, login, logout, onLogout, refresh, call, get, post, patch, del, all,
     idempotencyKey, explain, cents, money, h, notify, confirmClick, date,
+    download,
   };
 })();
