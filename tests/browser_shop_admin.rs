@@ -167,6 +167,80 @@ async fn staff_move_an_order_through_its_statuses_and_filter_the_order_list() {
             b.click_text("button", &format!("Cancel #{second}?")).await;
             b.text_contains("#notice", "is cancelled").await;
             assert_eq!(node.stock(fuzz).await, 9);
+
+            // The customer sees where their order is.
+            b.click("#logout").await;
+            b.goto(&node.url("/#/login")).await;
+            b.fill("#login-username", &ann.username).await;
+            b.fill("#login-password", &ann.password).await;
+            b.click("#login-form button[type=submit]").await;
+            b.text_contains("#who", &ann.username).await;
+            b.goto(&node.url("/#/orders")).await;
+            b.text_contains(&format!("article[data-order=\"{first}\"]"), "Delivered")
+                .await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn staff_manage_users_and_see_sales_per_day() {
+    let node = Arc::new(Node::start());
+    let admin = node.admin_token().await;
+    let cat = node.create_category(&admin, "Drums").await;
+    let snare = node
+        .create_product(&admin, "Snare", 20, "150.00", cat)
+        .await;
+    let sticks = node
+        .create_product(&admin, "Sticks", 90, "12.00", cat)
+        .await;
+    let dave = node.new_user("dave").await;
+    node.place_order(&dave.access, &[(snare, 2), (sticks, 3)])
+        .await;
+    node.place_order(&dave.access, &[(sticks, 1)]).await;
+    in_browser(
+        "14-admin-sales",
+        WIDE,
+        node,
+        move |b, node| async move {
+            admin_log_in(&b, &node).await;
+            b.click("[data-tab=users]").await;
+            b.fill("#user-search", &format!("{}{ENTER}", dave.username))
+                .await;
+            let row = format!("tr[data-user=\"{}\"]", dave.id);
+            b.text_contains(&row, "Customer").await;
+            b.click(&format!("{row} [data-action=staff]")).await;
+            b.text_contains("#notice", "is now staff").await;
+            b.text_contains(&row, "Staff").await;
+            b.click(&format!("{row} [data-action=active]")).await;
+            b.click_text(&format!("{row} button"), &format!("Deactivate {}?", dave.username))
+                .await;
+            b.text_contains("#notice", "is deactivated").await;
+            b.text_contains(&row, "Deactivated").await;
+            node.token_resp(&dave.username, &dave.password)
+                .await
+                .expect(401);
+            b.screenshot("14-admin-users").await;
+
+            b.click("[data-tab=sales]").await;
+            b.text_contains("#sales-summary", "2 orders, $348.00 revenue")
+                .await;
+            let bars = b
+                .js("return document.querySelectorAll('#sales-chart svg rect.bar').length;")
+                .await;
+            assert_eq!(bars, json!(30));
+            let today = b
+                .js("const bars = document.querySelectorAll('#sales-chart rect.bar');
+                     const last = bars[bars.length - 1];
+                     return [Number(last.getAttribute('height')) > 0, last.querySelector('title').textContent];")
+                .await;
+            assert_eq!(today[0], json!(true));
+            assert!(
+                today[1].as_str().unwrap().contains("2 orders, $348.00"),
+                "{today}"
+            );
+            let top = b.text_contains("#sales-top", "Snare").await;
+            assert!(top.find("Snare") < top.find("Sticks"), "{top}");
         },
     )
     .await;
@@ -295,6 +369,15 @@ async fn wait_for_cards(b: &Browser, expected: &[String]) {
 
 #[tokio::test]
 async fn a_shared_search_url_restores_the_view_and_back_keeps_the_place() {
+    shared_search_and_back("13-storefront-shared-search", WIDE).await;
+}
+
+#[tokio::test]
+async fn on_a_phone_a_shared_search_url_restores_the_view_and_back_keeps_the_place() {
+    shared_search_and_back("13-storefront-shared-search-phone", PHONE).await;
+}
+
+async fn shared_search_and_back(screenshot: &str, size: (u32, u32)) {
     let node = Arc::new(Node::start());
     let admin = node.admin_token().await;
     let amps = node.create_category(&admin, "Amps").await;
@@ -322,84 +405,79 @@ async fn a_shared_search_url_restores_the_view_and_back_keeps_the_place() {
         expected.len()
     );
     let shared = format!("/#/?category={amps}&q=amp&sort=-price&stock=in");
-    in_browser(
-        "13-storefront-shared-search",
-        WIDE,
-        node,
-        move |b, node| async move {
-            // A fresh page opened at the shared URL shows the same view.
-            b.goto(&node.url(&shared)).await;
-            wait_for_cards(&b, &expected[..24]).await;
-            assert_eq!(value(&b, "#search").await.as_deref(), Some("amp"));
-            assert_eq!(value(&b, "#sort").await.as_deref(), Some("-price"));
-            let checked = b
-                .js("return document.getElementById('in-stock').checked;")
-                .await;
-            assert_eq!(checked, json!(true));
-            b.text_contains("#categories [aria-pressed=true]", "Amps")
-                .await;
+    in_browser(screenshot, size, node, move |b, node| async move {
+        // A fresh page opened at the shared URL shows the same view.
+        b.goto(&node.url(&shared)).await;
+        wait_for_cards(&b, &expected[..24]).await;
+        assert_eq!(value(&b, "#search").await.as_deref(), Some("amp"));
+        assert_eq!(value(&b, "#sort").await.as_deref(), Some("-price"));
+        let checked = b
+            .js("return document.getElementById('in-stock').checked;")
+            .await;
+        assert_eq!(checked, json!(true));
+        b.text_contains("#categories [aria-pressed=true]", "Amps")
+            .await;
 
-            // Choosing in the page puts the view in the URL: a new sort, then more pages.
-            b.select("#sort", "price").await;
-            let ascending = {
-                let mut e = expected.clone();
-                e.reverse();
-                e
-            };
-            b.text_contains("#result-count", "Showing 24").await;
-            let hash = b.js("return location.hash;").await;
-            assert!(hash.as_str().unwrap().contains("sort=price"), "{hash}");
-            b.click("#more").await;
-            b.text_contains("#result-count", &format!("Showing {} of", expected.len()))
-                .await;
-            let hash = b.js("return location.hash;").await;
-            assert!(hash.as_str().unwrap().contains("pages=2"), "{hash}");
-            let shown = card_names(&b).await;
-            assert_eq!(shown.len(), expected.len());
-            // Ties in price keep id order, so compare as sets and the ends by price.
-            let mut sorted_shown = shown.clone();
-            sorted_shown.sort();
-            let mut sorted_expected = ascending.clone();
-            sorted_expected.sort();
-            assert_eq!(sorted_shown, sorted_expected);
+        // Choosing in the page puts the view in the URL: a new sort, then more pages.
+        b.select("#sort", "price").await;
+        let ascending = {
+            let mut e = expected.clone();
+            e.reverse();
+            e
+        };
+        b.text_contains("#result-count", "Showing 24").await;
+        let hash = b.js("return location.hash;").await;
+        assert!(hash.as_str().unwrap().contains("sort=price"), "{hash}");
+        b.click("#more").await;
+        b.text_contains("#result-count", &format!("Showing {} of", expected.len()))
+            .await;
+        let hash = b.js("return location.hash;").await;
+        assert!(hash.as_str().unwrap().contains("pages=2"), "{hash}");
+        let shown = card_names(&b).await;
+        assert_eq!(shown.len(), expected.len());
+        // Ties in price keep id order, so compare as sets and the ends by price.
+        let mut sorted_shown = shown.clone();
+        sorted_shown.sort();
+        let mut sorted_expected = ascending.clone();
+        sorted_expected.sort();
+        assert_eq!(sorted_shown, sorted_expected);
 
-            // Scroll down, open a product, come Back: same list, same place.
-            let target = shown[30].clone();
-            let y = b
-                .js(&format!(
-                    "const card = [...document.querySelectorAll('#products li.card')]
+        // Scroll down, open a product, come Back: same list, same place.
+        let target = shown[30].clone();
+        let y = b
+            .js(&format!(
+                "const card = [...document.querySelectorAll('#products li.card')]
                        .find(c => c.querySelector('.card-title').textContent === {target:?});
                      card.scrollIntoView({{block: 'center'}});
                      return window.scrollY;"
-                ))
-                .await
-                .as_f64()
-                .unwrap();
-            assert!(y > 500.0, "scrolled down: {y}");
-            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-            b.click_text("#products .card-title a", &target).await;
-            b.text_contains("#view-product h1", &target).await;
-            b.js("history.back();").await;
-            wait_for_cards(&b, &shown).await;
-            let mut back_y = 0.0;
-            for _ in 0..50 {
-                back_y = b.js("return window.scrollY;").await.as_f64().unwrap();
-                if (back_y - y).abs() < 2.0 {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            ))
+            .await
+            .as_f64()
+            .unwrap();
+        assert!(y > 500.0, "scrolled down: {y}");
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        b.click_text("#products .card-title a", &target).await;
+        b.text_contains("#view-product h1", &target).await;
+        b.js("history.back();").await;
+        wait_for_cards(&b, &shown).await;
+        let mut back_y = 0.0;
+        for _ in 0..50 {
+            back_y = b.js("return window.scrollY;").await.as_f64().unwrap();
+            if (back_y - y).abs() < 2.0 {
+                break;
             }
-            assert!(
-                (back_y - y).abs() < 2.0,
-                "Back returns to {y}, it is at {back_y}"
-            );
-            assert_eq!(value(&b, "#sort").await.as_deref(), Some("price"));
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(
+            (back_y - y).abs() < 2.0,
+            "Back returns to {y}, it is at {back_y}"
+        );
+        assert_eq!(value(&b, "#sort").await.as_deref(), Some("price"));
 
-            // Back again: the shared view as it was first opened.
-            b.js("history.back();").await;
-            wait_for_cards(&b, &expected[..24]).await;
-            assert_eq!(value(&b, "#sort").await.as_deref(), Some("-price"));
-        },
-    )
+        // Back again: the shared view as it was first opened.
+        b.js("history.back();").await;
+        wait_for_cards(&b, &expected[..24]).await;
+        assert_eq!(value(&b, "#sort").await.as_deref(), Some("-price"));
+    })
     .await;
 }

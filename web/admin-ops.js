@@ -263,7 +263,8 @@
         parts.push(svg("text", { x: x + bar / 2, y: height - 8, "text-anchor": "middle", class: "day" }, d.date.slice(5)));
       }
     });
-    return svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "Revenue per day" }, ...parts);
+    // Room at both sides for the first and last day's labels.
+    return svg("svg", { viewBox: `-24 0 ${width + 48} ${height}`, role: "img", "aria-label": "Revenue per day" }, ...parts);
   }
 
   async function loadSales() {

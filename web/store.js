@@ -597,6 +597,10 @@
     }
   }
 
+  const ORDER_STATUS = {
+    placed: "Placed", paid: "Paid", shipped: "Shipped", delivered: "Delivered", cancelled: "Cancelled",
+  };
+
   function orderCard(order) {
     const actions = [];
     if (order.status === "placed") {
@@ -607,7 +611,7 @@
     return h("article", { class: "order panel", "data-order": order.id },
       h("header", { class: "order-head" },
         h("h2", {}, `Order #${order.id}`),
-        h("span", { class: `status ${order.status}` }, order.status === "placed" ? "Placed" : "Cancelled")),
+        h("span", { class: `status ${order.status}` }, ORDER_STATUS[order.status] || order.status)),
       h("p", { class: "muted" }, SW.date(order.created_at)),
       h("ul", { class: "plain" }, order.items.map((item) =>
         h("li", {}, `${item.quantity} × ${item.product_name}`,
