@@ -159,6 +159,9 @@ async fn staff_move_an_order_through_its_statuses_and_filter_the_order_list() {
             b.text_contains("#order-range", "No orders match").await;
             b.select("#order-status", "placed").await;
             wait_for_orders(&b, &[second]).await;
+            // The filtered list as CSV.
+            b.click("#order-export").await;
+            b.text_contains("#notice", "exported as orders.csv").await;
             // Cancelled from the list: its stock comes back.
             b.click(&format!(
                 "tr[data-order=\"{second}\"] [data-move=cancelled]"
