@@ -481,6 +481,18 @@ async fn shared_search_and_back(screenshot: &str, size: (u32, u32)) {
         b.js("history.back();").await;
         wait_for_cards(&b, &expected[..24]).await;
         assert_eq!(value(&b, "#sort").await.as_deref(), Some("-price"));
+
+        // A search typed on a product page opens the catalog with it.
+        b.click_text("#products .card-title a", &expected[0]).await;
+        b.text_contains("#view-product h1", &expected[0]).await;
+        b.fill("#search", &format!("stand{ENTER}")).await;
+        b.visible("#view-shop").await;
+        let hash = b.js("return location.hash;").await;
+        assert!(hash.as_str().unwrap().contains("q=stand"), "{hash}");
+        let hidden = b
+            .js("return document.getElementById('view-product').hidden;")
+            .await;
+        assert_eq!(hidden, json!(true));
     })
     .await;
 }

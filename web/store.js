@@ -237,7 +237,7 @@
   function newList() {
     state.pages = 1;
     history.pushState({ scroll: 0 }, "", shopUrl());
-    showShop();
+    route(); // the catalog, also from another view (a search typed on a product page)
   }
 
   // Shows the catalog the URL asks for: loads it if it is not the one shown, then goes
