@@ -389,8 +389,9 @@ async fn products_order_by_price_stock_and_newest_and_filter_by_stock() {
                 .await,
         );
     }
-    let listed = |query: &'static str| {
+    let listed = |query: &str| {
         let node = &node;
+        let query = query.to_owned();
         async move {
             let r = node.get(&format!("/api/products/?{query}"), None).await;
             r.expect(200);
@@ -420,8 +421,8 @@ async fn products_order_by_price_stock_and_newest_and_filter_by_stock() {
     let (low, total) = listed("max_stock=1&ordering=stock").await;
     assert_eq!(total, 3);
     assert_eq!(low, ["Organ", "Piano stool", "Melodica"]);
-    let query = Box::leak(format!("category={cat}&name=pian&ordering=-price").into_boxed_str());
-    assert_eq!(listed(query).await.0, ["Piano"]);
+    let query = format!("category={cat}&name=pian&ordering=-price");
+    assert_eq!(listed(&query).await.0, ["Piano"]);
     let (newest_in_stock, _) = listed("in_stock=1&ordering=-id&offset=1").await;
     assert_eq!(newest_in_stock, ["Synth", "Piano"]);
 
