@@ -128,6 +128,7 @@ fn apply_order(c: &mut Criterion) {
 /// The query of the 1,000-product list (`GET /api/products/?limit=1000`).
 fn first_thousand() -> ProductQuery {
     ProductQuery {
+        stock: Default::default(),
         category: None,
         name_contains: None,
         sort: ProductSort::Id,
@@ -243,6 +244,7 @@ fn filtered_lists(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = large_store(&dir, PRODUCTS);
     let query = |category: Option<u64>, name: Option<&str>, sort: ProductSort| ProductQuery {
+        stock: Default::default(),
         category,
         name_contains: name.map(str::to_owned),
         sort,

@@ -11,7 +11,9 @@ use http::HeaderValue;
 use metrics::Counter;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
-use store::{ChangeSet, Id, ProductQuery, ProductSort, Store, StoreError, StoreReader};
+use store::{
+    ChangeSet, Id, ProductQuery, ProductSort, StockFilter, Store, StoreError, StoreReader,
+};
 
 use crate::auth::Principal;
 use crate::compression::Variants;
@@ -37,6 +39,7 @@ pub enum CacheKey {
         category: Option<Id>,
         name: Option<String>,
         sort: ProductSort,
+        stock: StockFilter,
         limit: usize,
         offset: usize,
     },
@@ -45,12 +48,15 @@ pub enum CacheKey {
         id: Id,
     },
     /// The ids a product list query selects, valid while no product joins, leaves or
-    /// moves in any list (stock and price changes keep it).
+    /// moves in any list (stock and price changes keep it), or, for a query by price or
+    /// stock, while no product changes at all (`listing` is then the product list's
+    /// generation).
     ProductIds {
         listing: u64,
         category: Option<Id>,
         name: Option<String>,
         sort: ProductSort,
+        stock: StockFilter,
         limit: usize,
         offset: usize,
     },
@@ -431,11 +437,17 @@ impl ResponseCache {
         store: &Store,
         query: &ProductQuery,
     ) -> Result<Arc<ProductIds>, StoreError> {
+        let listing = if query.needs_records() {
+            self.product_list_generation()
+        } else {
+            self.product_listing_generation()
+        };
         let key = CacheKey::ProductIds {
-            listing: self.product_listing_generation(),
+            listing,
             category: query.category,
             name: query.name_contains.clone(),
             sort: query.sort,
+            stock: query.stock,
             limit: query.limit,
             offset: query.offset,
         };

@@ -394,13 +394,19 @@ async fn multi_product_order_is_all_or_nothing() {
     assert_eq!(node.stock(scarce).await, 1);
     assert!(node.list("/api/orders/", user.tok()).await.is_empty());
 
-    // Same through cart checkout: cart lines stay in the cart.
+    // Same through cart checkout: cart lines stay in the cart. (A cart takes no more than
+    // the stock, so the stock falls after the lines were added.)
+    let path = format!("/api/products/{scarce}/");
+    let (two, one) = (json!({"stock": 2}), json!({"stock": 1}));
+    let set_stock = |body| node.patch(&path, s.admin(), body);
+    set_stock(&two).await.expect(200);
     let i1 = node.add_cart_item(&user.access, plenty, 2).await["id"]
         .as_i64()
         .unwrap();
     let i2 = node.add_cart_item(&user.access, scarce, 2).await["id"]
         .as_i64()
         .unwrap();
+    set_stock(&one).await.expect(200);
     let r = node
         .post(
             "/api/orders/",

@@ -367,3 +367,82 @@ async fn cached_reads_answer_as_the_router_does() {
     let category = node.get(&format!("/api/categories/{cat}/"), None).await;
     assert_eq!(category.expect(200)["name"], "Percussion");
 }
+
+/// `ordering` by price, stock and newest, `in_stock` and `max_stock` (additive params), with
+/// category and name filters and pages; a cached price or stock list follows stock changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_order_by_price_stock_and_newest_and_filter_by_stock() {
+    let node = Node::start();
+    let admin = node.admin_token().await;
+    let cat = node.create_category(&admin, "Keys").await;
+    let other = node.create_category(&admin, "Other").await;
+    let mut made = Vec::new();
+    for (name, stock, price, category) in [
+        ("Organ", 0, "900.00", cat),
+        ("Piano", 3, "2500.00", cat),
+        ("Synth", 12, "700.00", cat),
+        ("Melodica", 1, "30.00", cat),
+        ("Piano stool", 0, "80.00", other),
+    ] {
+        made.push(
+            node.create_product(&admin, name, stock, price, category)
+                .await,
+        );
+    }
+    let listed = |query: &str| {
+        let node = &node;
+        let query = query.to_owned();
+        async move {
+            let r = node.get(&format!("/api/products/?{query}"), None).await;
+            r.expect(200);
+            (names(r.array()), r.total_count())
+        }
+    };
+    let five = |v: [&str; 5]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        listed("ordering=price").await.0,
+        five(["Melodica", "Piano stool", "Synth", "Organ", "Piano"])
+    );
+    assert_eq!(
+        listed("ordering=-price").await.0,
+        five(["Piano", "Organ", "Synth", "Piano stool", "Melodica"])
+    );
+    assert_eq!(
+        listed("ordering=-id").await.0,
+        five(["Piano stool", "Melodica", "Synth", "Piano", "Organ"])
+    );
+    // Ties in stock keep id order.
+    assert_eq!(
+        listed("ordering=stock").await.0,
+        five(["Organ", "Piano stool", "Melodica", "Piano", "Synth"])
+    );
+    let (in_stock, total) = listed("in_stock=true&ordering=-price&limit=2").await;
+    assert_eq!((in_stock, total), (vec!["Piano".into(), "Synth".into()], 3));
+    let (low, total) = listed("max_stock=1&ordering=stock").await;
+    assert_eq!(total, 3);
+    assert_eq!(low, ["Organ", "Piano stool", "Melodica"]);
+    let query = format!("category={cat}&name=pian&ordering=-price");
+    assert_eq!(listed(&query).await.0, ["Piano"]);
+    let (newest_in_stock, _) = listed("in_stock=1&ordering=-id&offset=1").await;
+    assert_eq!(newest_in_stock, ["Synth", "Piano"]);
+
+    // A list by stock is rebuilt when stock changes (an order), not served stale.
+    assert_eq!(listed("in_stock=true").await.1, 3);
+    let buyer = node.new_user("keys").await;
+    node.place_order(&buyer.access, &[(made[3], 1)]).await;
+    let (after, total) = listed("in_stock=true").await;
+    assert_eq!((after, total), (vec!["Piano".into(), "Synth".into()], 2));
+    assert_eq!(listed("max_stock=0").await.1, 3);
+
+    // Bad values are field errors.
+    for (query, field) in [
+        ("ordering=cheapest", "ordering"),
+        ("ordering=price&order_by_name=asc", "ordering"),
+        ("in_stock=maybe", "in_stock"),
+        ("max_stock=-1", "max_stock"),
+    ] {
+        let r = node.get(&format!("/api/products/?{query}"), None).await;
+        r.expect(400);
+        assert!(r.json[field].is_array(), "{query}: {}", r.text);
+    }
+}

@@ -316,7 +316,8 @@ async fn an_admin_adds_a_product_that_appears_on_the_storefront() {
     .await;
 }
 
-/// Asking for more than the stock: the page says how many are left, and nothing changes.
+/// Asking for more than the stock: the cart refuses it at once; when the stock falls before
+/// checkout, the page says how many are left, and nothing changes.
 #[tokio::test]
 async fn an_order_for_more_than_the_stock_shows_a_clear_message_and_changes_nothing() {
     let node = Arc::new(Node::start());
@@ -336,18 +337,32 @@ async fn an_order_for_more_than_the_stock_shows_a_clear_message_and_changes_noth
             b.goto(&node.url(&format!("/#/product/{product}"))).await;
             b.text_contains("#view-product h1", "Blue Train").await;
             b.text_contains("#view-product", "Only 2 left").await;
-            add_to_cart(
-                &b,
-                &format!("#view-product form.buy[data-product=\"{product}\"]"),
-                5,
+            // The cart takes no more than the stock, and says so at once.
+            let form = format!("#view-product form.buy[data-product=\"{product}\"]");
+            b.fill(&format!("{form} input[name=quantity]"), "5").await;
+            b.click(&format!("{form} button[type=submit]")).await;
+            b.text_contains("#notice", "Only 2 left of Blue Train (Limited Pressing)")
+                .await;
+            assert!(
+                node.list("/api/orderitems/", shopper.tok())
+                    .await
+                    .is_empty()
+            );
+            add_to_cart(&b, &form, 2).await;
+            // Then the stock falls before checkout.
+            node.patch(
+                &format!("/api/products/{product}/"),
+                Some(&admin),
+                &json!({"stock": 1}),
             )
-            .await;
+            .await
+            .expect(200);
 
             b.click("#nav-cart").await;
-            b.text_contains("#subtotal", "$170.00").await;
+            b.text_contains("#subtotal", "$68.00").await;
             b.click("#checkout").await;
             let message = b
-                .text_contains("#notice", "Only 2 left of Blue Train (Limited Pressing)")
+                .text_contains("#notice", "Only 1 left of Blue Train (Limited Pressing)")
                 .await;
             assert!(
                 !message.contains("Insufficient stock"),
@@ -355,7 +370,7 @@ async fn an_order_for_more_than_the_stock_shows_a_clear_message_and_changes_noth
             );
             b.text_contains(
                 &format!("li.line[data-product=\"{product}\"]"),
-                "Only 2 left",
+                "Only 1 left",
             )
             .await;
             assert!(
@@ -363,14 +378,14 @@ async fn an_order_for_more_than_the_stock_shows_a_clear_message_and_changes_noth
                 "no success shown"
             );
 
-            assert_eq!(node.stock(product).await, 2, "stock unchanged");
+            assert_eq!(node.stock(product).await, 1, "stock unchanged");
             assert!(
                 node.list("/api/orders/", shopper.tok()).await.is_empty(),
                 "no order"
             );
             let lines = node.list("/api/orderitems/", shopper.tok()).await;
             assert_eq!(lines.len(), 1, "{lines:?}");
-            assert_eq!(lines[0]["quantity"], json!(5));
+            assert_eq!(lines[0]["quantity"], json!(2));
             assert_eq!(lines[0]["order"], Value::Null, "the cart is as it was");
         },
     )

@@ -1,17 +1,19 @@
-// The admin: categories, products and all orders, for staff users, over the public JSON API.
+// The admin: categories and products, for staff users, over the public JSON API (orders,
+// users and sales are in admin-ops.js).
 "use strict";
 
 (() => {
   const { h, money, cents } = SW;
   const PAGE = 50;
+  // At or below this many units a product shows in the low-stock view.
+  const LOW_STOCK = 5;
   const $ = (id) => document.getElementById(id);
 
   const state = {
     user: null,
     tab: "products",
     categories: [],
-    products: { offset: 0, total: 0, name: "", category: "" },
-    orders: { offset: 0, total: 0 },
+    products: { offset: 0, total: 0, name: "", category: "", sort: "", lowStock: false, highlight: null },
     editingProduct: null,
     editingCategory: null,
   };
@@ -95,7 +97,8 @@
     }
     if (tab === "products") loadProducts();
     if (tab === "categories") renderCategories();
-    if (tab === "orders") loadOrders();
+    // Orders, users and sales live in admin-ops.js.
+    document.dispatchEvent(new CustomEvent("admin:tab", { detail: tab }));
   }
 
   for (const button of document.querySelectorAll("[data-tab]")) {
@@ -190,6 +193,9 @@
     const params = new URLSearchParams({ limit: PAGE, offset: p.offset });
     if (p.name) params.set("name", p.name);
     if (p.category) params.set("category", p.category);
+    if (p.sort) params.set("ordering", p.sort);
+    if (p.lowStock) params.set("max_stock", LOW_STOCK);
+    renderSortHeaders();
     try {
       const res = await SW.call("GET", "/api/products/?" + params);
       p.total = res.total || 0;
@@ -198,6 +204,12 @@
         return loadProducts();
       }
       $("product-rows").replaceChildren(...res.body.map(productRow));
+      const added = p.highlight && document.querySelector(`[data-product="${p.highlight}"]`);
+      if (added) {
+        added.classList.add("just-added");
+        added.scrollIntoView({ block: "nearest" });
+      }
+      p.highlight = null;
       $("product-range").textContent = res.body.length
         ? `${p.offset + 1}–${p.offset + res.body.length} of ${p.total}` : "No products";
       $("product-prev").disabled = p.offset === 0;
@@ -207,13 +219,35 @@
     }
   }
 
+  // Sortable columns: a header click sorts by it, a second click reverses; the select
+  // and the headers show the same order.
+  function renderSortHeaders() {
+    const sort = state.products.sort;
+    $("product-sort").value = sort;
+    for (const th of document.querySelectorAll("th[data-sort]")) {
+      const key = th.dataset.sort;
+      th.setAttribute("aria-sort", sort === key ? "ascending" : sort === "-" + key ? "descending" : "none");
+    }
+  }
+
+  for (const th of document.querySelectorAll("th[data-sort]")) {
+    th.querySelector("button").addEventListener("click", () => {
+      const key = th.dataset.sort;
+      const p = state.products;
+      p.sort = p.sort === key ? "-" + key : key;
+      p.offset = 0;
+      loadProducts();
+    });
+  }
+
   function productRow(p) {
-    return h("tr", { "data-product": p.id },
+    const low = p.stock <= LOW_STOCK;
+    return h("tr", { "data-product": p.id, class: low ? "low-stock" : "" },
       h("td", {}, p.id),
       h("td", {}, p.name),
       h("td", {}, categoryName(p.category)),
       h("td", { class: "num" }, money(cents(p.price))),
-      h("td", { class: "num" }, p.stock),
+      h("td", { class: "num" }, p.stock === 0 ? "Sold out" : p.stock),
       h("td", { class: "actions" },
         h("button", { class: "btn", type: "button", onclick: () => editProduct(p) }, "Edit"),
         deleteButton(p.name, () => change(() => SW.del(`/api/products/${p.id}/`),
@@ -255,7 +289,17 @@
     };
     const editing = state.editingProduct;
     const ok = await change(
-      () => (editing ? SW.patch(`/api/products/${editing.id}/`, body) : SW.post("/api/products/", body)),
+      async () => {
+        if (editing) return SW.patch(`/api/products/${editing.id}/`, body);
+        // A new product is shown at once: newest first, on the first page, marked.
+        const created = await SW.post("/api/products/", body);
+        Object.assign(state.products, { sort: "-id", offset: 0, name: "", category: "", lowStock: false,
+          highlight: created.id });
+        $("product-filter").value = "";
+        $("product-filter-category").value = "";
+        $("product-low-stock").checked = false;
+        return created;
+      },
       editing ? `Saved ${body.name}.` : `Added ${body.name} to the catalog.`,
       loadProducts);
     if (ok) resetProductForm();
@@ -265,9 +309,14 @@
     event.preventDefault();
     state.products.name = $("product-filter").value.trim();
     state.products.category = $("product-filter-category").value;
+    state.products.sort = $("product-sort").value;
+    state.products.lowStock = $("product-low-stock").checked;
     state.products.offset = 0;
     loadProducts();
   });
+  for (const id of ["product-sort", "product-low-stock"]) {
+    $(id).addEventListener("change", () => $("product-filters").requestSubmit());
+  }
   $("product-prev").addEventListener("click", () => {
     state.products.offset = Math.max(0, state.products.offset - PAGE);
     loadProducts();
@@ -323,52 +372,6 @@
     } finally {
       button.disabled = false;
     }
-  });
-
-  // ---- orders ----
-
-  async function loadOrders() {
-    const o = state.orders;
-    try {
-      const res = await SW.call("GET", `/api/orders/?limit=${PAGE}&offset=${o.offset}`);
-      o.total = res.total || 0;
-      $("order-rows").replaceChildren(...res.body.map(orderRow));
-      $("order-range").textContent = res.body.length
-        ? `${o.offset + 1}–${o.offset + res.body.length} of ${o.total}` : "No orders yet";
-      $("order-prev").disabled = o.offset === 0;
-      $("order-next").disabled = o.offset + res.body.length >= o.total;
-    } catch (err) {
-      notice(SW.explain(err), "error");
-    }
-  }
-
-  function orderRow(order) {
-    const actions = [];
-    if (order.status === "placed") {
-      const cancel = h("button", { class: "btn btn-danger", type: "button" }, "Cancel");
-      SW.confirmClick(cancel, `Cancel #${order.id}?`, () =>
-        change(() => SW.post(`/api/orders/${order.id}/cancel/`),
-          `Order #${order.id} is cancelled; its stock is back on the shelf.`, loadOrders));
-      actions.push(cancel);
-    }
-    return h("tr", { "data-order": order.id },
-      h("td", {}, `#${order.id}`),
-      h("td", {}, order.user),
-      h("td", {}, SW.date(order.created_at)),
-      h("td", {}, h("ul", { class: "plain" }, order.items.map((item) =>
-        h("li", {}, `${item.quantity} × ${item.product_name} at ${money(cents(item.unit_price))}`)))),
-      h("td", { class: "num" }, money(cents(order.total))),
-      h("td", {}, h("span", { class: `status ${order.status}` }, order.status === "placed" ? "Placed" : "Cancelled")),
-      h("td", { class: "actions" }, actions));
-  }
-
-  $("order-prev").addEventListener("click", () => {
-    state.orders.offset = Math.max(0, state.orders.offset - PAGE);
-    loadOrders();
-  });
-  $("order-next").addEventListener("click", () => {
-    state.orders.offset += PAGE;
-    loadOrders();
   });
 
   start();

@@ -177,6 +177,20 @@ const SW = (() => {
     return res.body;
   }
 
+  // A signed-in answer that is not JSON (a CSV export), as a Blob.
+  async function download(path) {
+    const fetchIt = () => fetch(path, { headers: { Authorization: "Bearer " + sessionStorage.getItem(ACCESS) } });
+    if (msLeft() < 5000) await refresh();
+    let res = await fetchIt().catch(() => null);
+    if (res && res.status === 401) {
+      await refresh();
+      res = await fetchIt().catch(() => null);
+    }
+    if (!res) throw new ApiError(0, { detail: "Network error" });
+    if (!res.ok) throw new ApiError(res.status, await res.json().catch(() => null), res.headers);
+    return res.blob();
+  }
+
   const get = async (path) => (await call("GET", path)).body;
   const post = async (path, body, opts) => (await call("POST", path, body || {}, opts)).body;
   const patch = async (path, body) => (await call("PATCH", path, body)).body;
@@ -331,5 +345,6 @@ const SW = (() => {
     ApiError, signedIn, ready, login, logout, signOut, keep, onLogout, refresh, call, upload,
     get, post, patch, del, all,
     idempotencyKey, explain, cents, money, h, notify, confirmClick, date,
+    download,
   };
 })();

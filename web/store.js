@@ -1,5 +1,8 @@
 // The storefront: catalog, product pages, account, cart, checkout and orders, over the
-// public JSON API. Views are switched by the URL hash (#/, #/product/7, #/cart, ...).
+// public JSON API. Views are switched by the URL hash (#/, #/product/7, #/cart, ...); the
+// catalog's category, search, sort, stock filter and pages are in the hash's query
+// (#/?category=2&q=amp&sort=-price&stock=in&pages=2), so a search can be shared and Back
+// returns to the same list at the same scroll place.
 "use strict";
 
 (() => {
@@ -13,6 +16,9 @@
     category: "",
     name: "",
     sort: "",
+    inStock: false,
+    pages: 1, // pages of PAGE products shown
+    listed: null, // the shop URL whose products are shown
     products: [],
     total: 0,
     known: new Map(), // product id -> product (or null when gone)
@@ -36,10 +42,17 @@
 
   const VIEWS = ["shop", "product", "cart", "orders", "login", "signup", "account"];
 
+  function viewOf(hash) {
+    const [, view, arg] = (hash || "#/").match(/^#\/([a-z]*)\/?(\d*)/) || [];
+    return [VIEWS.includes(view) ? view : "shop", arg];
+  }
+
   function route() {
-    const [, view, arg] = (location.hash || "#/").match(/^#\/([a-z]*)\/?(\d*)/) || [];
-    const name = VIEWS.includes(view) ? view : "shop";
+    const [name, arg] = viewOf(location.hash);
+    state.cameFromShop = state.view === "shop";
+    state.view = name;
     for (const v of VIEWS) $("view-" + v).hidden = v !== name;
+    if (name === "shop") showShop();
     if (name === "product") showProduct(Number(arg));
     if (name === "cart") showCart();
     if (name === "orders") showOrders();
@@ -197,6 +210,69 @@
         buyForm(p, "card")));
   }
 
+  // ---- the catalog's place in the URL ----
+
+  // The shop URL of the current filters: "#/" plus a query of what is not the default.
+  function shopUrl() {
+    const params = new URLSearchParams();
+    if (state.category) params.set("category", state.category);
+    if (state.name) params.set("q", state.name);
+    if (state.sort) params.set("sort", state.sort);
+    if (state.inStock) params.set("stock", "in");
+    if (state.pages > 1) params.set("pages", state.pages);
+    const query = params.toString();
+    return query ? `#/?${query}` : "#/";
+  }
+
+  const SORTS = ["", "-id", "price", "-price", "name", "-name"];
+
+  // Reads the filters from a shop URL; anything unknown falls back to the default.
+  function readShopUrl() {
+    const hash = location.hash || "#/";
+    const at = hash.indexOf("?");
+    const params = new URLSearchParams(at >= 0 ? hash.slice(at + 1) : "");
+    state.category = /^\d+$/.test(params.get("category") || "") ? params.get("category") : "";
+    state.name = (params.get("q") || "").trim().slice(0, 200);
+    state.sort = SORTS.includes(params.get("sort")) ? params.get("sort") : "";
+    state.inStock = params.get("stock") === "in";
+    state.pages = Math.min(Math.max(parseInt(params.get("pages"), 10) || 1, 1), 40);
+    $("search").value = state.name;
+    $("sort").value = state.sort;
+    $("in-stock").checked = state.inStock;
+    renderCategories();
+  }
+
+  // A new list (a filter changed): a new history entry, so Back returns to the last list.
+  function newList() {
+    state.pages = 1;
+    history.pushState({ scroll: 0 }, "", shopUrl());
+    route(); // the catalog, also from another view (a search typed on a product page)
+  }
+
+  // Shows the catalog the URL asks for: loads it if it is not the one shown, then goes
+  // back to where the shopper was on it (kept in the history entry).
+  async function showShop() {
+    readShopUrl();
+    const url = shopUrl();
+    if (state.listed !== url) {
+      state.listed = url;
+      await loadProducts(false);
+    }
+    const saved = history.state && history.state.scroll;
+    window.scrollTo(0, typeof saved === "number" ? saved : 0);
+  }
+
+  // Keeps the scroll place of the shop in its history entry.
+  let scrollTimer = null;
+  window.addEventListener("scroll", () => {
+    if ($("view-shop").hidden || scrollTimer) return;
+    scrollTimer = setTimeout(() => {
+      scrollTimer = null;
+      if (!$("view-shop").hidden) history.replaceState({ ...(history.state || {}), scroll: window.scrollY }, "");
+    }, 150);
+  }, { passive: true });
+  if ("scrollRestoration" in history) history.scrollRestoration = "manual";
+
   function renderCategories() {
     const chip = (id, label) =>
       h("button", {
@@ -205,9 +281,7 @@
         "aria-pressed": String(state.category === id),
         onclick: () => {
           state.category = id;
-          renderCategories();
-          loadProducts(false);
-          go("#/");
+          newList();
         },
       }, label);
     $("categories").replaceChildren(chip("", "All"), ...[...state.categories].map(([id, name]) => chip(String(id), name)));
@@ -220,10 +294,14 @@
   }
 
   async function loadProducts(append) {
-    const params = new URLSearchParams({ limit: PAGE, offset: append ? state.products.length : 0 });
+    // A fresh list loads every page the URL names at once.
+    const params = new URLSearchParams(append
+      ? { limit: PAGE, offset: state.products.length }
+      : { limit: PAGE * state.pages, offset: 0 });
     if (state.category) params.set("category", state.category);
     if (state.name) params.set("name", state.name);
-    if (state.sort) params.set("order_by_name", state.sort);
+    if (state.sort) params.set("ordering", state.sort);
+    if (state.inStock) params.set("in_stock", "true");
     const load = ++state.loads;
     $("products").setAttribute("aria-busy", "true");
     try {
@@ -258,23 +336,48 @@
     clearTimeout(searchTimer);
     searchTimer = setTimeout(() => {
       const name = $("search").value.trim();
-      if (name === state.name && !now) return;
+      const inShop = !$("view-shop").hidden;
+      if (name === state.name && inShop && !now) return;
       state.name = name;
-      loadProducts(false);
-    }, now ? 0 : 300);
+      notice("", "");
+      newList();
+    }, now ? 0 : 400);
   }
 
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     search(true);
-    go("#/");
   });
   $("search").addEventListener("input", () => search(false));
   $("sort").addEventListener("change", (event) => {
     state.sort = event.target.value;
-    loadProducts(false);
+    newList();
   });
-  $("more").addEventListener("click", () => loadProducts(true));
+  $("in-stock").addEventListener("change", (event) => {
+    state.inStock = event.target.checked;
+    newList();
+  });
+  $("more").addEventListener("click", async () => {
+    await loadProducts(true);
+    state.pages = Math.ceil(state.products.length / PAGE);
+    state.listed = shopUrl();
+    history.replaceState({ ...(history.state || {}), scroll: window.scrollY }, "", state.listed);
+  });
+
+  // Back to the list the shopper came from, at the same place (a step back in history),
+  // or to the list the URL last showed.
+  function backLink() {
+    return h("a", {
+      href: state.listed || "#/",
+      class: "back",
+      onclick: (event) => {
+        if (state.cameFromShop) {
+          event.preventDefault();
+          history.back();
+        }
+      },
+    }, "← Back to products");
+  }
 
   async function showProduct(id) {
     const view = $("view-product");
@@ -283,7 +386,7 @@
       const p = await SW.get(`/api/products/${id}/`);
       state.known.set(p.id, p);
       view.replaceChildren(
-        h("p", {}, h("a", { href: "#/", class: "back" }, "← Back to products")),
+        h("p", {}, backLink()),
         h("article", { class: "detail panel" },
           productPictures(p),
           h("div", { class: "detail-body" },
@@ -295,7 +398,7 @@
             buyForm(p, "detail"))));
     } catch (err) {
       view.replaceChildren(
-        h("p", {}, h("a", { href: "#/", class: "back" }, "← Back to products")),
+        h("p", {}, backLink()),
         h("p", { class: "panel" }, err.status === 404 ? "This product is no longer available." : SW.explain(err)));
     }
   }
@@ -330,6 +433,16 @@
     if (!SW.signedIn()) {
       state.after = location.hash || "#/";
       go("#/login", "Log in or create an account to add items to your cart.", "info");
+      return;
+    }
+    // The cart never holds more than the stock: say so before asking the server (which
+    // checks too, against the stock of that moment).
+    const held = state.cart.filter((l) => l.product === p.id).reduce((n, l) => n + l.quantity, 0);
+    if (held + quantity > p.stock) {
+      const room = Math.max(p.stock - held, 0);
+      notice(p.stock === 0 ? `${p.name} is sold out.`
+        : `Only ${p.stock} left of ${p.name}` + (held ? `, and ${held} ${held === 1 ? "is" : "are"} already in your cart` : "") +
+          (room ? `: you can add ${room} more.` : "."), "error");
       return;
     }
     button.disabled = true;
@@ -493,6 +606,10 @@
     }
   }
 
+  const ORDER_STATUS = {
+    placed: "Placed", paid: "Paid", shipped: "Shipped", delivered: "Delivered", cancelled: "Cancelled",
+  };
+
   function orderCard(order) {
     const actions = [];
     if (order.status === "placed") {
@@ -503,7 +620,7 @@
     return h("article", { class: "order panel", "data-order": order.id },
       h("header", { class: "order-head" },
         h("h2", {}, `Order #${order.id}`),
-        h("span", { class: `status ${order.status}` }, order.status === "placed" ? "Placed" : "Cancelled")),
+        h("span", { class: `status ${order.status}` }, ORDER_STATUS[order.status] || order.status)),
       h("p", { class: "muted" }, SW.date(order.created_at)),
       h("ul", { class: "plain" }, order.items.map((item) =>
         h("li", {}, `${item.quantity} × ${item.product_name}`,
@@ -619,16 +736,41 @@
 
   // ---- start ----
 
-  window.addEventListener("hashchange", arrive);
+  // Back and Forward: popstate comes first, and a hashchange after it when the hash
+  // differs; each entry is handled once.
+  let traversed = null;
+  window.addEventListener("popstate", () => {
+    traversed = location.href;
+    arrive();
+  });
+  window.addEventListener("hashchange", () => {
+    if (traversed === location.href) {
+      traversed = null;
+      return;
+    }
+    traversed = null;
+    arrive();
+  });
+  $("products").addEventListener("click", () => {
+    history.replaceState({ ...(history.state || {}), scroll: window.scrollY }, "");
+  });
 
   (async () => {
     renderAccount();
-    route();
+    // The catalog waits for the category names its cards show; other views need not.
+    const shop = viewOf(location.hash)[0] === "shop";
+    if (!shop) route();
     await Promise.all([
       loadCategories().catch((err) => notice(SW.explain(err), "error")),
       loadUser().then(() => loadCart()).catch(() => {}),
     ]);
-    if (location.hash.startsWith("#/product/")) route(); // now with category names
-    await loadProducts(false);
+    if (shop || location.hash.startsWith("#/product/")) {
+      route(); // the product page again, now with category names
+    } else {
+      // The catalog of the default list, ready for when the shopper goes there.
+      readShopUrl();
+      state.listed = "#/";
+      await loadProducts(false);
+    }
   })();
 })();

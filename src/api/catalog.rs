@@ -5,7 +5,9 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::Response;
 use http::StatusCode;
-use store::{Command, CommandOutcome, NewProduct, ProductChanges, ProductQuery, ProductSort};
+use store::{
+    Command, CommandOutcome, NewProduct, ProductChanges, ProductQuery, ProductSort, StockFilter,
+};
 
 use super::request::{IdPath, PageRequest, QueryParams};
 use super::response::{cached, no_content, send_json};
@@ -76,6 +78,7 @@ fn product_list_key(state: &AppState, query: &ProductQuery) -> CacheKey {
         category: query.category,
         name: query.name_contains.clone(),
         sort: query.sort,
+        stock: query.stock,
         limit: query.limit,
         offset: query.offset,
     }
@@ -217,6 +220,26 @@ pub async fn delete_category(
     Ok(no_content())
 }
 
+/// The product list's `ordering` values (Django REST framework's `OrderingFilter`
+/// spelling: a leading `-` is descending; `-id` is newest first).
+const ORDERINGS: [(&str, ProductSort); 8] = [
+    ("id", ProductSort::Id),
+    ("-id", ProductSort::IdDesc),
+    ("name", ProductSort::NameAsc),
+    ("-name", ProductSort::NameDesc),
+    ("price", ProductSort::PriceAsc),
+    ("-price", ProductSort::PriceDesc),
+    ("stock", ProductSort::StockAsc),
+    ("-stock", ProductSort::StockDesc),
+];
+
+fn ordering(raw: &str) -> Option<ProductSort> {
+    ORDERINGS
+        .iter()
+        .find(|(name, _)| *name == raw)
+        .map(|&(_, sort)| sort)
+}
+
 /// Parses the product list's filters; bad values are 400s, never 500s.
 fn product_query(params: &QueryParams, page_size: usize) -> ApiResult<ProductQuery> {
     let page = PageRequest::parse(params, page_size)?;
@@ -239,10 +262,10 @@ fn product_query(params: &QueryParams, page_size: usize) -> ApiResult<ProductQue
         }
         Some(name) => Some(name.to_lowercase()),
     };
-    let sort = match params.get("order_by_name").map(String::as_str) {
-        None | Some("") => ProductSort::Id,
-        Some("asc") => ProductSort::NameAsc,
-        Some("desc") => ProductSort::NameDesc,
+    let by_name = match params.get("order_by_name").map(String::as_str) {
+        None | Some("") => None,
+        Some("asc") => Some(ProductSort::NameAsc),
+        Some("desc") => Some(ProductSort::NameDesc),
         Some(_) => {
             return Err(ApiError::field(
                 "order_by_name",
@@ -250,9 +273,53 @@ fn product_query(params: &QueryParams, page_size: usize) -> ApiResult<ProductQue
             ));
         }
     };
+    let ordering = match params.get("ordering").map(String::as_str) {
+        None | Some("") => None,
+        Some(raw) => Some(ordering(raw).ok_or_else(|| {
+            ApiError::field(
+                "ordering",
+                format!(
+                    "Select a valid choice: {}.",
+                    ORDERINGS.map(|(n, _)| n).join(", ")
+                ),
+            )
+        })?),
+    };
+    let sort = match (by_name, ordering) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field(
+                "ordering",
+                "Give either ordering or order_by_name, not both.",
+            ));
+        }
+        (Some(sort), None) | (None, Some(sort)) => sort,
+        (None, None) => ProductSort::Id,
+    };
+    let stock = StockFilter {
+        in_stock: match params.get("in_stock").map(String::as_str) {
+            None | Some("") | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(_) => {
+                return Err(ApiError::field(
+                    "in_stock",
+                    "Must be a valid boolean: true or false.",
+                ));
+            }
+        },
+        at_most: match params.get("max_stock").map(String::as_str) {
+            None | Some("") => None,
+            Some(raw) => Some(raw.parse::<u32>().map_err(|_| {
+                ApiError::field(
+                    "max_stock",
+                    "Ensure this value is an integer greater than or equal to 0.",
+                )
+            })?),
+        },
+    };
     Ok(ProductQuery {
         category,
         name_contains,
+        stock,
         sort,
         limit: page.limit,
         offset: page.offset,

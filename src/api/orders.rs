@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
 use store::{
     Command, CommandOutcome, MAX_LINE_QUANTITY, MAX_ORDER_LINES, OrderItemView, OrderLine,
-    OrderLines, OrderStatus, OrderView,
+    OrderLines, OrderStatus, OrderView, StockShortage,
 };
 
 use super::request::{IdPath, PageRequest, QueryParams};
@@ -94,6 +94,32 @@ fn item_response(
     Ok(send_json(status, json_bytes(&OrderItemJson::from(&view))))
 }
 
+/// A cart never holds more of a product than its stock: adding `quantity` to what the
+/// user's other cart lines hold must stay within it, else the 409 an order would get. (The
+/// order is still the check that counts: stock may fall after this.)
+fn check_cart_stock(
+    state: &AppState,
+    user: u64,
+    product: u64,
+    quantity: u32,
+    except: Option<u64>,
+) -> ApiResult<()> {
+    let reader = state.read()?;
+    // A product that does not exist or is not for sale is the command's own 400.
+    let Some(on_sale) = reader.product(product)?.filter(|p| !p.archived) else {
+        return Ok(());
+    };
+    let requested = reader.cart_quantity(user, product, except)? + u64::from(quantity);
+    if requested > u64::from(on_sale.stock) {
+        return Err(ApiError::InsufficientStock(vec![StockShortage {
+            product,
+            requested,
+            available: on_sale.stock,
+        }]));
+    }
+    Ok(())
+}
+
 pub async fn create_order_item(
     State(state): State<Arc<AppState>>,
     principal: Principal,
@@ -106,6 +132,7 @@ pub async fn create_order_item(
     let (Some(product), Some(quantity)) = (product, quantity) else {
         return Err(ApiError::BadRequest("Missing product or quantity.".into()));
     };
+    check_cart_stock(&state, principal.id, product, quantity as u32, None)?;
     let command = Command::AddOrderItem {
         user: principal.id,
         product,
@@ -132,6 +159,16 @@ pub async fn patch_order_item(
     let Some(quantity) = quantity else {
         return item_response(&state, &principal, id, StatusCode::OK);
     };
+    let line = visible_item(&state, &principal, id)?;
+    if line.item.order.is_none() {
+        check_cart_stock(
+            &state,
+            line.item.user,
+            line.item.product,
+            quantity as u32,
+            Some(id),
+        )?;
+    }
     let command = Command::UpdateOrderItem {
         actor: principal.id,
         id,

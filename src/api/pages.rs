@@ -22,7 +22,7 @@ use crate::compression::{self, Encoding, Variants};
 use crate::error::{ApiError, ApiResult};
 
 /// The assets under `/assets/`: name, content type, bytes.
-const ASSETS: [(&str, &str, &str); 4] = [
+const ASSETS: [(&str, &str, &str); 5] = [
     (
         "app.css",
         "text/css; charset=utf-8",
@@ -42,6 +42,11 @@ const ASSETS: [(&str, &str, &str); 4] = [
         "admin.js",
         "text/javascript; charset=utf-8",
         include_str!("../../web/admin.js"),
+    ),
+    (
+        "admin-ops.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/admin-ops.js"),
     ),
 ];
 

@@ -279,6 +279,28 @@ impl CatalogIndex {
     /// The ids of one page of products on sale matching `query`, in its order, and how
     /// many match in all.
     pub(crate) fn query(&self, query: &ProductQuery) -> IdPage {
+        // Newest first is id order backwards. Price and stock orders are the reader's,
+        // over every match in id order (the index keeps neither); so are stock filters.
+        if query.sort == ProductSort::IdDesc || query.sort.needs_records() {
+            let every = self.query(&ProductQuery {
+                sort: ProductSort::Id,
+                offset: 0,
+                limit: usize::MAX,
+                ..query.clone()
+            });
+            let page = |ids: &mut dyn Iterator<Item = Id>| -> Vec<Id> {
+                ids.skip(query.offset).take(query.limit).collect()
+            };
+            let ids = if query.sort == ProductSort::IdDesc {
+                page(&mut every.ids.into_iter().rev())
+            } else {
+                page(&mut every.ids.into_iter())
+            };
+            return IdPage {
+                ids,
+                total: every.total,
+            };
+        }
         let needle = query
             .name_contains
             .as_deref()
@@ -482,6 +504,7 @@ mod tests {
 
     fn query(category: Option<Id>, name: Option<&str>, sort: ProductSort) -> ProductQuery {
         ProductQuery {
+            stock: Default::default(),
             category,
             name_contains: name.map(str::to_owned),
             sort,
@@ -597,6 +620,7 @@ mod tests {
             let all = ids(&index, category, name, sort);
             for (offset, limit) in [(0, 10), (5, 7), (all.len() - 1, 5), (all.len(), 1), (0, 0)] {
                 let page = index.query(&ProductQuery {
+                    stock: Default::default(),
                     offset,
                     limit,
                     ..query(category, name, sort)

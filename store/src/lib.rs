@@ -36,7 +36,7 @@ pub use model::{
     Category, Id, ImageFormat, MediaRef, Order, OrderItem, OrderItemView, OrderStatus, OrderView,
     Product, ProductImage, StatusChange, Timestamp, User,
 };
-pub use query::{Page, ProductQuery, ProductSort};
+pub use query::{Page, ProductQuery, ProductSort, StockFilter};
 pub use reader::StoreReader;
 pub use tables::SCHEMA_VERSION;
 pub use writer::{CommandSubmitter, SubmitFuture};

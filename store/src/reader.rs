@@ -13,7 +13,7 @@ use crate::model::{
     Category, Id, Order, OrderItem, OrderItemView, OrderStatus, OrderView, Product, ProductImage,
     StatusChange, User,
 };
-use crate::query::{Page, ProductQuery};
+use crate::query::{Page, ProductQuery, ProductSort, StockFilter};
 use crate::tables::*;
 
 /// A read snapshot of the whole store.
@@ -99,6 +99,9 @@ impl StoreReader {
     /// The catalog index picks the page's ids and counts the matches; only the page's
     /// products are read.
     pub fn products(&self, query: &ProductQuery) -> Result<Page<Product>, StoreError> {
+        if query.needs_records() {
+            return self.products_by_record(query);
+        }
         let page = self.catalog.query(query);
         let products = self.txn.open_table(PRODUCTS)?;
         let mut items = Vec::with_capacity(page.ids.len());
@@ -116,6 +119,52 @@ impl StoreReader {
             items,
             total: page.total,
         })
+    }
+
+    /// Products on sale by price or stock, or kept by their stock: the index picks every
+    /// match of the category and name filters, their records are read, filtered and
+    /// sorted (ties by id), and the page cut from them.
+    fn products_by_record(&self, query: &ProductQuery) -> Result<Page<Product>, StoreError> {
+        let every = self.catalog.query(&ProductQuery {
+            sort: ProductSort::Id,
+            stock: StockFilter::default(),
+            offset: 0,
+            limit: usize::MAX,
+            ..query.clone()
+        });
+        let products = self.txn.open_table(PRODUCTS)?;
+        let mut found = Vec::with_capacity(every.ids.len());
+        for id in every.ids {
+            if let Some(value) = products.get(id)? {
+                let product: Product = decode(value.value())?;
+                if !product.archived && query.stock.keeps(product.stock) {
+                    found.push(product);
+                }
+            }
+        }
+        // `found` is in id order and the sorts are stable: ties stay by id.
+        match query.sort {
+            ProductSort::PriceAsc => found.sort_by_key(|p| p.price),
+            ProductSort::PriceDesc => found.sort_by_key(|p| std::cmp::Reverse(p.price)),
+            ProductSort::StockAsc => found.sort_by_key(|p| p.stock),
+            ProductSort::StockDesc => found.sort_by_key(|p| std::cmp::Reverse(p.stock)),
+            ProductSort::IdDesc => found.reverse(),
+            ProductSort::NameAsc => {
+                found.sort_by_cached_key(|p| p.name.to_lowercase());
+            }
+            ProductSort::NameDesc => {
+                found.sort_by_cached_key(|p| p.name.to_lowercase());
+                found.reverse();
+            }
+            ProductSort::Id => {}
+        }
+        let total = found.len();
+        let items = found
+            .into_iter()
+            .skip(query.offset)
+            .take(query.limit)
+            .collect();
+        Ok(Page { items, total })
     }
 
     pub fn user(&self, id: Id) -> Result<Option<User>, StoreError> {
@@ -160,6 +209,41 @@ impl StoreReader {
             });
         }
         Ok(views)
+    }
+
+    /// How many of `product` the cart lines of `user` hold, leaving out the line `except`.
+    /// Walks the user's items newest first until every cart line was seen.
+    pub fn cart_quantity(
+        &self,
+        user: Id,
+        product: Id,
+        except: Option<Id>,
+    ) -> Result<u64, StoreError> {
+        let lines = self
+            .txn
+            .open_table(CART_LINE_COUNTS)?
+            .get(user)?
+            .map_or(0, |v| v.value());
+        let index = self.txn.open_table(ORDER_ITEMS_BY_USER)?;
+        let items = self.txn.open_table(ORDER_ITEMS)?;
+        let (mut seen, mut quantity) = (0, 0);
+        for entry in index.range((user, 0)..=(user, u64::MAX))?.rev() {
+            if seen == lines {
+                break;
+            }
+            let id = entry?.0.value().1;
+            let Some(value) = items.get(id)? else {
+                continue;
+            };
+            let item: OrderItem = decode(value.value())?;
+            if item.order.is_none() {
+                seen += 1;
+                if item.product == product && Some(item.id) != except {
+                    quantity += u64::from(item.quantity);
+                }
+            }
+        }
+        Ok(quantity)
     }
 
     pub fn order_item(&self, id: Id) -> Result<Option<OrderItemView>, StoreError> {
@@ -407,6 +491,7 @@ mod tests {
 
     fn query(category: Option<Id>, name: Option<&str>, sort: ProductSort) -> ProductQuery {
         ProductQuery {
+            stock: Default::default(),
             category,
             name_contains: name.map(str::to_owned),
             sort,
@@ -501,6 +586,7 @@ mod tests {
                     for limit in 0..=4 {
                         for offset in 0..=all.len() + 1 {
                             let q = ProductQuery {
+                                stock: Default::default(),
                                 limit,
                                 offset,
                                 ..query(category, needle, sort)
@@ -514,12 +600,14 @@ mod tests {
                     }
                     // A huge limit or offset does not overflow.
                     let q = ProductQuery {
+                        stock: Default::default(),
                         limit: usize::MAX,
                         offset: usize::MAX,
                         ..query(category, needle, sort)
                     };
                     assert_eq!(reader.products(&q).unwrap().items, []);
                     let q = ProductQuery {
+                        stock: Default::default(),
                         limit: usize::MAX,
                         offset: 1,
                         ..query(category, needle, sort)

@@ -1,4 +1,5 @@
-//! Product lists (`StoreReader::products`, answered from the in-memory catalog index) against
+//! Product lists (`StoreReader::products`, answered from the in-memory catalog index, and
+//! by price, stock or kept by stock from the records it picks) against
 //! a straightforward reference that filters and sorts every product record, after random
 //! product creates, updates, deletes and orders (which archive deleted products instead of
 //! erasing them), applied in random batches; and again after the store is reopened (the
@@ -16,7 +17,7 @@ use rust_decimal::Decimal;
 use store::raft::{AppliedSink, Proposal, RequestId, StateMachine};
 use store::{
     ChangeSet, Command, CommandOutcome, Id, NewProduct, NewUser, OrderLine, OrderLines, Page,
-    Product, ProductChanges, ProductQuery, ProductSort, Rejection, Store,
+    Product, ProductChanges, ProductQuery, ProductSort, Rejection, StockFilter, Store,
 };
 use tempfile::TempDir;
 
@@ -36,9 +37,16 @@ fn reference(all: &[Product], query: &ProductQuery) -> Page<Product> {
                 .as_deref()
                 .is_none_or(|needle| p.name.to_lowercase().contains(needle))
         })
+        .filter(|p| !query.stock.in_stock || p.stock > 0)
+        .filter(|p| query.stock.at_most.is_none_or(|most| p.stock <= most))
         .collect();
     match query.sort {
         ProductSort::Id => matching.sort_by_key(|p| p.id),
+        ProductSort::IdDesc => matching.sort_by_key(|p| std::cmp::Reverse(p.id)),
+        ProductSort::PriceAsc => matching.sort_by_key(|p| (p.price, p.id)),
+        ProductSort::PriceDesc => matching.sort_by_key(|p| (std::cmp::Reverse(p.price), p.id)),
+        ProductSort::StockAsc => matching.sort_by_key(|p| (p.stock, p.id)),
+        ProductSort::StockDesc => matching.sort_by_key(|p| (std::cmp::Reverse(p.stock), p.id)),
         ProductSort::NameAsc => matching.sort_by_cached_key(|p| (p.name.to_lowercase(), p.id)),
         ProductSort::NameDesc => {
             matching.sort_by_cached_key(|p| (p.name.to_lowercase(), p.id));
@@ -64,8 +72,12 @@ fn assert_lists_match(store: &Store, queries: &[ProductQuery], when: &str) {
     let mut every_filter = Vec::new();
     for category in [None, Some(1), Some(2), Some(3), Some(4)] {
         for name in [None, Some("guitar"), Some("A"), Some("ß")] {
-            for sort in [ProductSort::Id, ProductSort::NameAsc, ProductSort::NameDesc] {
+            for (sort, stock) in ALL_SORTS
+                .iter()
+                .flat_map(|&sort| STOCK_FILTERS.iter().map(move |&stock| (sort, stock)))
+            {
                 every_filter.push(ProductQuery {
+                    stock,
                     category,
                     name_contains: name.map(str::to_owned),
                     sort,
@@ -120,16 +132,48 @@ fn needle() -> impl Strategy<Value = Option<String>> {
     )
 }
 
+const ALL_SORTS: [ProductSort; 8] = [
+    ProductSort::Id,
+    ProductSort::NameAsc,
+    ProductSort::NameDesc,
+    ProductSort::IdDesc,
+    ProductSort::PriceAsc,
+    ProductSort::PriceDesc,
+    ProductSort::StockAsc,
+    ProductSort::StockDesc,
+];
+
+const STOCK_FILTERS: [StockFilter; 4] = [
+    StockFilter {
+        in_stock: false,
+        at_most: None,
+    },
+    StockFilter {
+        in_stock: true,
+        at_most: None,
+    },
+    StockFilter {
+        in_stock: false,
+        at_most: Some(2),
+    },
+    StockFilter {
+        in_stock: true,
+        at_most: Some(3),
+    },
+];
+
 fn query() -> impl Strategy<Value = ProductQuery> {
     (
         prop::option::weighted(0.5, 1..=4u64),
         needle(),
-        prop::sample::select(&[ProductSort::Id, ProductSort::NameAsc, ProductSort::NameDesc][..]),
+        prop::sample::select(&ALL_SORTS[..]),
         prop_oneof![4 => 0..=6usize, 1 => Just(usize::MAX)],
         prop_oneof![4 => 0..=8usize, 1 => Just(usize::MAX)],
+        prop::sample::select(&STOCK_FILTERS[..]),
     )
         .prop_map(
-            |(category, name_contains, sort, limit, offset)| ProductQuery {
+            |(category, name_contains, sort, limit, offset, stock)| ProductQuery {
+                stock,
                 category,
                 name_contains,
                 sort,
@@ -146,25 +190,29 @@ fn product_id() -> impl Strategy<Value = Id> {
 
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        6 => (name(), 1..=4u64).prop_map(|(name, category)| Command::CreateProduct(NewProduct {
-            description: format!("a {name}"),
-            name,
-            stock: 5,
-            price: Decimal::new(100, 2),
-            category,
-        })),
+        6 => (name(), 1..=4u64, 1..=4i64).prop_map(|(name, category, cents)| {
+            Command::CreateProduct(NewProduct {
+                description: format!("a {name}"),
+                name,
+                stock: 5,
+                price: Decimal::new(cents * 50, 2),
+                category,
+            })
+        }),
         5 => (
             product_id(),
             prop::option::of(name()),
             prop::option::of(1..=4u64),
             prop::option::of(0..=9u32),
+            prop::option::of(1..=4i64),
         )
-            .prop_map(|(id, name, category, stock)| Command::UpdateProduct {
+            .prop_map(|(id, name, category, stock, cents)| Command::UpdateProduct {
                 id,
                 changes: ProductChanges {
                     name,
                     category,
                     stock,
+                    price: cents.map(|cents| Decimal::new(cents * 50, 2)),
                     ..ProductChanges::default()
                 },
             }),
@@ -274,6 +322,7 @@ fn readers_see_lists_of_the_state_they_read_while_a_writer_changes_them() {
     ]
     .into_iter()
     .map(|(category, name, sort)| ProductQuery {
+        stock: Default::default(),
         category,
         name_contains: name.map(str::to_owned),
         sort,
@@ -310,6 +359,7 @@ impl AppliedSink for ListAtApply {
         _changes: &ChangeSet,
     ) {
         let query = ProductQuery {
+            stock: Default::default(),
             category: None,
             name_contains: None,
             sort: ProductSort::NameAsc,

@@ -111,6 +111,7 @@ fn visible(store: &Store) -> Visible {
                 items: o.items,
                 total: o.total,
                 cancelled: o.status == OrderStatus::Cancelled,
+                status: o.status,
             };
             (o.id, m)
         })

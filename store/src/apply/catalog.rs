@@ -368,6 +368,7 @@ mod tests {
         assert_eq!(view.items[0].item.unit_price, Some(Decimal::new(1000, 2)));
         // Archived products are not listed.
         let all = ProductQuery {
+            stock: Default::default(),
             category: None,
             name_contains: None,
             sort: ProductSort::Id,

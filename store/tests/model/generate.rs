@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use proptest::strategy::Union;
 use rust_decimal::Decimal;
 use store::{
-    Command, Id, MAX_LINE_QUANTITY, NewProduct, NewUser, OrderLine, OrderLines, ProductChanges,
+    Command, Id, MAX_LINE_QUANTITY, NewProduct, NewUser, OrderLine, OrderLines, OrderStatus,
+    ProductChanges,
 };
 
 use super::{MItem, MOrder, Model};
@@ -235,6 +236,28 @@ fn command(with_stock: bool) -> BoxedStrategy<Command> {
         ),
         (
             1,
+            (user_id(), user_id(), any::<bool>())
+                .prop_map(|(actor, id, is_staff)| Command::SetUserStaff {
+                    actor,
+                    id,
+                    is_staff,
+                    at: 7_000_000,
+                })
+                .boxed(),
+        ),
+        (
+            1,
+            (user_id(), user_id(), any::<bool>())
+                .prop_map(|(actor, id, active)| Command::SetUserActive {
+                    actor,
+                    id,
+                    active,
+                    at: 7_000_000,
+                })
+                .boxed(),
+        ),
+        (
+            1,
             (
                 prop::sample::select(&["jti-a", "jti-b", "jti-c"][..]),
                 0..100i64,
@@ -284,6 +307,12 @@ enum Step {
         order: prop::sample::Index,
         by_staff: bool,
     },
+    /// Moves an existing order to a status (mostly the next one), as staff or its owner.
+    MoveExisting {
+        order: prop::sample::Index,
+        status: prop::sample::Index,
+        by_staff: bool,
+    },
 }
 
 fn step(with_stock: bool) -> impl Strategy<Value = Step> {
@@ -297,6 +326,16 @@ fn step(with_stock: bool) -> impl Strategy<Value = Step> {
             .prop_map(|(user, mask, key)| Step::OrderCart { user, mask, key }),
         1 => (any::<prop::sample::Index>(), prop::bool::weighted(0.25))
             .prop_map(|(order, by_staff)| Step::CancelExisting { order, by_staff }),
+        2 => (
+            any::<prop::sample::Index>(),
+            any::<prop::sample::Index>(),
+            prop::bool::weighted(0.8)
+        )
+            .prop_map(|(order, status, by_staff)| Step::MoveExisting {
+                order,
+                status,
+                by_staff
+            }),
     ]
 }
 
@@ -372,6 +411,24 @@ fn materialize(step: Step, commands: &[Command], model: &Model) -> Option<Comman
             let (&id, o) = *order.get(&orders);
             let actor = if by_staff { 3 } else { o.user };
             Some(Command::CancelOrder { actor, id })
+        }
+        Step::MoveExisting {
+            order,
+            status,
+            by_staff,
+        } => {
+            let orders: Vec<(&Id, &MOrder)> = model.orders.iter().collect();
+            if orders.is_empty() {
+                return None;
+            }
+            let (&id, o) = *order.get(&orders);
+            let actor = if by_staff { 3 } else { o.user };
+            Some(Command::SetOrderStatus {
+                actor,
+                id,
+                status: *status.get(&OrderStatus::ALL),
+                at: 50,
+            })
         }
     }
 }

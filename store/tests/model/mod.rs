@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rust_decimal::Decimal;
 use store::{
     ChangeSet, Command, CommandOutcome, Id, MAX_CART_LINES, MAX_LINE_QUANTITY, MAX_ORDER_LINES,
-    OrderLines, Rejection, StockShortage, Store,
+    OrderLines, OrderStatus, Rejection, StockShortage, Store,
 };
 use tempfile::TempDir;
 
@@ -94,6 +94,7 @@ pub struct MOrder {
     pub items: Vec<Id>,
     pub total: Decimal,
     pub cancelled: bool,
+    pub status: OrderStatus,
 }
 
 #[derive(Debug, Default)]
@@ -363,12 +364,13 @@ impl Model {
                 if order.cancelled {
                     return Err(Some(Rejection::AlreadyCancelled));
                 }
-                for item in &order.items {
-                    let item = &self.items[item];
-                    let product = self.products.get_mut(&item.product).unwrap();
-                    product.stock = product.stock.saturating_add(item.quantity);
+                if !order.status.may_become(OrderStatus::Cancelled) {
+                    return Err(Some(Rejection::StatusChange {
+                        from: order.status,
+                        to: OrderStatus::Cancelled,
+                    }));
                 }
-                self.orders.get_mut(id).unwrap().cancelled = true;
+                self.cancel(*id);
                 Ok(Expected::Order {
                     id: *id,
                     replayed: false,
@@ -404,16 +406,83 @@ impl Model {
                 true => Ok(Expected::Record(*user)),
                 false => Err(Some(Rejection::NotFound)),
             },
-            // The generators make no status or staff changes: those commands are tested
-            // beside their apply code (apply/order_status.rs, apply/staff.rs).
-            Command::SetOrderStatus { .. }
-            | Command::SetUserStaff { .. }
-            | Command::SetUserActive { .. } => {
-                panic!("the model does not predict {command:?}; the generators never make it")
+            Command::SetOrderStatus {
+                actor, id, status, ..
+            } => {
+                let Some(order) = self.orders.get(id) else {
+                    return Err(Some(Rejection::NotFound));
+                };
+                let staff = self.users.get(actor).is_some_and(|u| u.is_staff);
+                if !staff && order.user != *actor {
+                    return Err(Some(Rejection::NotFound));
+                }
+                if *status == OrderStatus::Cancelled && order.status == OrderStatus::Cancelled {
+                    return Err(Some(Rejection::AlreadyCancelled));
+                }
+                if !staff
+                    && (*status != OrderStatus::Cancelled || order.status != OrderStatus::Placed)
+                {
+                    return Err(Some(Rejection::Forbidden));
+                }
+                if !order.status.may_become(*status) {
+                    return Err(Some(Rejection::StatusChange {
+                        from: order.status,
+                        to: *status,
+                    }));
+                }
+                if *status == OrderStatus::Cancelled {
+                    self.cancel(*id);
+                } else {
+                    self.orders.get_mut(id).unwrap().status = *status;
+                }
+                Ok(Expected::Order {
+                    id: *id,
+                    replayed: false,
+                })
+            }
+            Command::SetUserStaff {
+                actor,
+                id,
+                is_staff,
+                ..
+            } => {
+                self.may_manage(*actor, *id)?;
+                self.users.get_mut(id).unwrap().is_staff = *is_staff;
+                Ok(Expected::Record(*id))
+            }
+            Command::SetUserActive { actor, id, .. } => {
+                self.may_manage(*actor, *id)?;
+                Ok(Expected::Record(*id))
             }
             // Not generated: members are no part of the shop's model.
             Command::RecordMember(_) => Ok(Expected::Done),
         }
+    }
+
+    /// Cancels order `id`: its stock comes back.
+    fn cancel(&mut self, id: Id) {
+        let order = self.orders.get_mut(&id).unwrap();
+        order.cancelled = true;
+        order.status = OrderStatus::Cancelled;
+        for item in &order.items {
+            let item = &self.items[item];
+            let product = self.products.get_mut(&item.product).unwrap();
+            product.stock = product.stock.saturating_add(item.quantity);
+        }
+    }
+
+    /// Whether staff member `actor` may change user `id` (never themselves).
+    fn may_manage(&self, actor: Id, id: Id) -> Result<(), Option<Rejection>> {
+        if !self.users.get(&actor).is_some_and(|u| u.is_staff) {
+            return Err(Some(Rejection::Forbidden));
+        }
+        if !self.users.contains_key(&id) {
+            return Err(Some(Rejection::NotFound));
+        }
+        if actor == id {
+            return Err(None);
+        }
+        Ok(())
     }
 
     fn own_cart_line(&self, actor: Id, id: Id) -> Result<(), Option<Rejection>> {
@@ -530,6 +599,7 @@ impl Model {
                 items: item_ids,
                 total,
                 cancelled: false,
+                status: OrderStatus::Placed,
             },
         );
         if let Some(key) = key {
