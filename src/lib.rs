@@ -19,6 +19,7 @@ pub mod output;
 pub mod private_files;
 pub mod random;
 pub mod server;
+pub mod starting;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

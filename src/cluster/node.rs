@@ -40,6 +40,8 @@ pub struct Cluster {
     pub(super) fault_seen: tokio::sync::Notify,
     /// Where raft, the peer network and the proposer run (see `ClusterRuntime`).
     pub(super) runtime: ClusterRuntime,
+    /// When the leader's last append (or heartbeat) came; `None`: never.
+    pub(super) leader_contact: Mutex<Option<Instant>>,
 }
 
 impl Cluster {

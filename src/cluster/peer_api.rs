@@ -59,7 +59,10 @@ fn bad_body(error: String) -> Response {
 
 async fn append(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
     match decode::<AppendEntriesRequest<RaftConfig>>(&body) {
-        Ok(rpc) => reply(&cluster.raft.append_entries(rpc).await),
+        Ok(rpc) => {
+            cluster.note_leader_contact();
+            reply(&cluster.raft.append_entries(rpc).await)
+        }
         Err(error) => bad_body(error),
     }
 }

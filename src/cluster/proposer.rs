@@ -142,7 +142,7 @@ impl Cluster {
 
     /// Asks the leader over the peer network; its answer is `Result<T, ProposeError>`, and a
     /// request that does not get through is a `Failed` too.
-    async fn call_leader<Req: Serialize, T: DeserializeOwned>(
+    pub(super) async fn call_leader<Req: Serialize, T: DeserializeOwned>(
         &self,
         leader: NodeId,
         path: &str,

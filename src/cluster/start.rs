@@ -80,6 +80,7 @@ impl Cluster {
             write_timeout: Duration::from_millis(settings.write_timeout_ms),
             election_timeout: Duration::from_millis(settings.election_timeout_ms * 2),
             leader_seen: Mutex::new(Instant::now()),
+            leader_contact: Mutex::new(None),
             stopping: std::sync::atomic::AtomicBool::new(false),
             fault: Mutex::new(None),
             fault_seen: tokio::sync::Notify::new(),
