@@ -85,7 +85,12 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             tokio::time::sleep(FAULT_DRAIN).await;
         };
         tokio::select! {
-            () = stop_requested() => tracing::info!("shutting down: finishing in-flight requests"),
+            () = stop_requested() => {
+                // A leader hands over first (still serving: writes meanwhile wait, then go
+                // to the new leader), so writes pause less than an election timeout.
+                cluster.hand_off_leadership().await;
+                tracing::info!("shutting down: finishing in-flight requests");
+            }
             () = faulted => tracing::error!("stopping after the replicated log's failure"),
         }
     };

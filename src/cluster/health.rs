@@ -25,6 +25,14 @@ impl Cluster {
         loop {
             let (leader_known, stopped) = {
                 let now = metrics.borrow();
+                {
+                    let mut since = self.leader_since.lock().unwrap_or_else(|e| e.into_inner());
+                    match (now.state == ServerState::Leader, *since) {
+                        (true, None) => *since = Some(Instant::now()),
+                        (false, Some(_)) => *since = None,
+                        _ => {}
+                    }
+                }
                 let stopped = match &now.running_state {
                     Err(fatal) => Some(fatal.to_string()),
                     Ok(()) => {
@@ -89,6 +97,11 @@ impl Cluster {
             tokio::time::timeout(self.election_timeout, self.raft.ensure_linearizable()).await,
             Ok(Ok(_))
         )
+    }
+
+    /// Since when this node leads, if it does.
+    pub(super) fn leader_since(&self) -> Option<Instant> {
+        *self.leader_since.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Notes an append (or heartbeat) from the leader.

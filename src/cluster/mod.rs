@@ -6,10 +6,12 @@
 //! [`Cluster`] (`node.rs`) is this node's member; `start.rs` starts and stops it on its own
 //! runtime (`runtime.rs`) with the members and settings of `config.rs`; `proposer.rs` gets
 //! commands into the log; `waiters.rs` answers the callers once applied; `snapshot.rs` is
-//! the snapshot policy; `health.rs` what the cluster reports (and readiness); `network.rs` and
+//! the snapshot policy; `health.rs` what the cluster reports (and readiness); `handoff.rs`
+//! the leader's hand-over before a planned stop; `network.rs` and
 //! `peer_api.rs` the two sides of the peer network.
 
 mod config;
+mod handoff;
 mod health;
 mod network;
 mod node;

@@ -89,6 +89,11 @@ async fn propose(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
     }
 }
 
+/// Asked by the leader that hands leadership over before it stops: campaign at once.
+async fn campaign(State(cluster): State<Arc<Cluster>>) -> Response {
+    reply(&cluster.campaign().await)
+}
+
 /// The read index of a linearizable read, asked by a follower.
 async fn read_index(State(cluster): State<Arc<Cluster>>) -> Response {
     reply(&cluster.read_index_here().await)
@@ -118,6 +123,7 @@ pub fn peer_router(cluster: Arc<Cluster>) -> Router {
         .route("/_cluster/snapshot", post(snapshot))
         .route("/_cluster/propose", post(propose))
         .route("/_cluster/read-index", post(read_index))
+        .route("/_cluster/campaign", post(campaign))
         .route("/_cluster/ping", get(ping))
         .route("/_cluster/digest", get(digest))
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
