@@ -25,49 +25,68 @@ async fn health(client: &reqwest::Client, base: &str) -> Option<(u16, Value)> {
 async fn a_starting_node_says_so_and_the_balancer_sends_it_nothing_until_it_is_ready() {
     let backup = EchoUpstream::start("B");
     let api = local(free_port());
+    // A node with a demo catalog of 5,000 products: its start takes a while (store,
+    // cluster, admin, demo).
+    let starting = std::thread::spawn(move || {
+        Node::builder()
+            .listen(&api.to_string())
+            .config("[node]\ndemo = true\ndemo_products = 5000\n")
+            .start()
+    });
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let base = format!("http://{api}");
+
+    // Its port answers from the start: 503, "starting: ...".
+    let first = wait_for("the starting node's first answer", WAIT, || async {
+        health(&client, &base).await
+    })
+    .await;
+    assert_eq!(first.0, 503, "{}", first.1);
+    let mut reasons = vec![first.1["reason"].as_str().unwrap_or_default().to_owned()];
+
+    // A balancer started now probes a node that answers but is not ready: until the node
+    // is ready, every request through the balancer is answered by the backup (never by
+    // the starting node's 503). `fall` is high: a node never seen up is out from its first
+    // failed probe, not after `fall` of them.
     let lb = Balancer::start(
         local(free_port()),
         Some(local(free_port())),
         &format!(
             "primaries = [\"{api}\"]\nbackups = [\"{}\"]\n{}",
             backup.addr,
-            fast_health(2, 3)
+            fast_health(10, 3)
         ),
     );
-    // A node with the demo catalog: its start takes a while (store, cluster, admin, demo).
-    let starting =
-        std::thread::spawn(move || Node::builder().listen(&api.to_string()).demo().start());
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let base = format!("http://{api}");
     let shopper = client_from("127.0.0.70".parse().unwrap());
-
-    // Until the node is ready: its /health/ says it is starting, and every request through
-    // the balancer is answered by the backup (never a 503 of the starting node).
-    let mut reasons = Vec::new();
     let mut through_lb = 0;
     let deadline = Instant::now() + WAIT;
     while !starting.is_finished() {
         assert!(Instant::now() < deadline, "the node did not start");
-        if let Some((status, body)) = health(&client, &base).await {
-            if status == 200 {
-                break;
-            }
-            assert_eq!(status, 503, "{body}");
-            reasons.push(body["reason"].as_str().unwrap_or_default().to_owned());
-            let resp = shopper.get(lb.url("/api/products/")).send().await.unwrap();
-            assert_eq!(resp.status(), 200, "through the balancer while starting");
-            let echo = resp.headers().get("x-echo").and_then(|v| v.to_str().ok());
-            assert_eq!(echo, Some("B"), "the starting node got a client");
-            through_lb += 1;
+        let Some((status, body)) = health(&client, &base).await else {
+            continue;
+        };
+        if status == 200 {
+            break;
         }
+        assert_eq!(status, 503, "{body}");
+        reasons.push(body["reason"].as_str().unwrap_or_default().to_owned());
+        let resp = shopper.get(lb.url("/api/products/")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "through the balancer while starting");
+        let echo = resp.headers().get("x-echo").and_then(|v| v.to_str().ok());
+        assert_eq!(echo, Some("B"), "the starting node got a client");
+        through_lb += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        reasons.iter().any(|r| r.starts_with("starting: ")),
+        reasons.iter().all(|r| r.starts_with("starting: ")),
         "the starting node said so: {reasons:?}"
+    );
+    assert!(
+        through_lb > 0,
+        "no request went through the balancer while the node started"
     );
     eprintln!(
         "while starting: {through_lb} requests through the balancer went to the backup; \
