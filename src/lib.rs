@@ -23,6 +23,7 @@ pub mod private_files;
 pub mod random;
 pub mod self_signed;
 pub mod server;
+pub mod starting;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -36,27 +36,39 @@ pub async fn run(mut config: Config) -> Result<(), NodeError> {
     // The address recorded for the cluster (and the balancer's discovery) is the bound one.
     config.node.listen = addr;
     let data_dir = &config.node.data_dir;
-    private_data_dir(data_dir).map_err(|source| NodeError::DataDir {
-        path: data_dir.display().to_string(),
-        source,
-    })?;
-    let path = data_dir.join(STORE_FILE);
-    let page_cache_bytes =
-        usize::try_from(config.node.store_page_cache_bytes).unwrap_or(usize::MAX);
-    let store = Arc::new(
-        tokio::task::spawn_blocking(move || Store::open_with_page_cache(path, page_cache_bytes))
+    // Meanwhile every request is answered 503 with the step under way (a balancer's
+    // probe sees "starting", not a connection left waiting).
+    let step = crate::starting::Step::new("opening the store");
+    let startup = async {
+        private_data_dir(data_dir).map_err(|source| NodeError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let path = data_dir.join(STORE_FILE);
+        let page_cache_bytes =
+            usize::try_from(config.node.store_page_cache_bytes).unwrap_or(usize::MAX);
+        let store = Arc::new(
+            tokio::task::spawn_blocking(move || {
+                Store::open_with_page_cache(path, page_cache_bytes)
+            })
             .await
             .map_err(|e| NodeError::Startup(format!("store open task failed: {e}")))??,
-    );
-    let state = node_state(&config, store).await?;
-    ensure_admin(&state, &config).await?;
-    if config.node.demo {
-        let size = crate::demo::DemoSize {
-            products: config.node.demo_products,
-            orders: config.node.demo_orders,
-        };
-        crate::demo::seed(&state, data_dir, size).await?;
-    }
+        );
+        step.set("joining the cluster");
+        let state = node_state(&config, store).await?;
+        step.set("creating the admin");
+        ensure_admin(&state, &config).await?;
+        if config.node.demo {
+            step.set("filling the demo catalog");
+            let size = crate::demo::DemoSize {
+                products: config.node.demo_products,
+                orders: config.node.demo_orders,
+            };
+            crate::demo::seed(&state, data_dir, size).await?;
+        }
+        Ok::<_, NodeError>(state)
+    };
+    let state = crate::starting::answer_while(&listener, config.node.id, &step, startup).await?;
 
     let app = crate::api::router(state.clone());
     tracing::info!(node_id = config.node.id, %addr, "serving");
@@ -67,16 +79,21 @@ pub async fn run(mut config: Config) -> Result<(), NodeError> {
     );
     let _ = std::io::stdout().flush();
 
-    let fault = state.cluster.clone();
+    let cluster = state.cluster.clone();
     let stop = async move {
         let faulted = async {
-            fault.faulted().await;
+            cluster.faulted().await;
             // Long enough for the balancer's probes to see the 503 and drain.
             tokio::time::sleep(FAULT_DRAIN).await;
         };
         tokio::select! {
-            () = stop_requested() => tracing::info!("shutting down: finishing in-flight requests"),
-            () = faulted => if fault.was_removed() {
+            () = stop_requested() => {
+                // A leader hands over first (still serving: writes meanwhile wait, then go
+                // to the new leader), so writes pause less than an election timeout.
+                cluster.hand_off_leadership().await;
+                tracing::info!("shutting down: finishing in-flight requests");
+            }
+            () = faulted => if cluster.was_removed() {
                 tracing::info!("stopping: this node was removed from the cluster");
             } else {
                 tracing::error!("stopping after the replicated log's failure");

@@ -283,6 +283,11 @@ pub fn run(config_path: &Path, tls: bool) -> Result<(), UpError> {
             return Err(UpError::ExitedEarly { name, status });
         }
     }
+    // The balancer sends no client to a node before one of its probes passed: "up" once
+    // it serves.
+    if !balancer_serves(config.lb.listen, Duration::from_secs(10)) {
+        tracing::warn!("the balancer does not serve /health/ yet; going on");
+    }
     println!();
     println!("Soundwave is up: http://{}/", config.lb.listen);
     if let Some(addr) = https {
@@ -394,4 +399,26 @@ fn stop_signal() -> mpsc::Receiver<()> {
         let _ = tx.send(());
     });
     rx
+}
+
+/// Waits (at most `limit`) until `GET /health/` through the balancer at `addr` is a 200.
+fn balancer_serves(addr: std::net::SocketAddr, limit: Duration) -> bool {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let answered = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            .and_then(|mut stream| {
+                stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+                stream
+                    .write_all(b"GET /health/ HTTP/1.1\r\nHost: up\r\nConnection: close\r\n\r\n")?;
+                let mut head = [0u8; 12];
+                stream.read_exact(&mut head)?;
+                Ok(head.starts_with(b"HTTP/1.1 200"))
+            });
+        if matches!(answered, Ok(true)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }

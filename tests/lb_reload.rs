@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::lb::{Balancer, EchoUpstream, client_from, clients, fast_health, local};
 use common::{free_port, wait_for};
+use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -224,4 +225,49 @@ async fn a_broken_file_is_refused_and_the_running_configuration_keeps_serving() 
         metrics.contains("soundwave_lb_reloads_total{result=\"failed\"} 2"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_changes_the_probe_settings() {
+    let a = EchoUpstream::start("A");
+    let b = EchoUpstream::start("B");
+    let with_probe = |path: &str| {
+        format!(
+            "primaries = [\"{}\"]\nbackups = [\"{}\"]\nhealth_path = \"{path}\"\n{}",
+            a.addr,
+            b.addr,
+            fast_health(2, 3)
+        )
+    };
+    let lb = Balancer::start(
+        local(free_port()),
+        Some(local(free_port())),
+        &with_probe("/health/"),
+    );
+    let client = reqwest::Client::new();
+    assert_eq!(upstream_of(&client, &lb.url("/x")).await, "A");
+
+    // A probe path the echo upstreams answer by closing the connection: both fail their
+    // probes, and the balancer has nobody to send clients to.
+    lb.rewrite_config(&with_probe("/drop-probe"));
+    lb.sighup();
+    lb.wait_for_line("the reload", &["configuration reloaded", "lb.health_path"])
+        .await;
+    wait_for("both down by the new probe", WAIT, || async {
+        let down = |u: Value| u["active_healthy"] == false;
+        (down(lb.upstream_status(a.addr).await) && down(lb.upstream_status(b.addr).await))
+            .then_some(())
+    })
+    .await;
+    let resp = client.get(lb.url("/y")).send().await.expect("GET");
+    assert_eq!(resp.status(), 503, "no upstream passes the new probe");
+
+    // Back to the real probe: A comes back.
+    lb.rewrite_config(&with_probe("/health/"));
+    lb.sighup();
+    wait_for("A up again", WAIT, || async {
+        (lb.upstream_status(a.addr).await["active_healthy"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(upstream_of(&client, &lb.url("/z")).await, "A");
 }

@@ -63,12 +63,14 @@ struct ProbeRecord {
     latency: Duration,
 }
 
-/// The active health of an upstream as the probes found it: unknown (never probed: not
-/// sent traffic), then up or down after `rise` or `fall` probes in a row.
+/// The active health of an upstream as the probes found it: down until a probe passes
+/// (never probed, or never seen up: not sent traffic), then down or up again after `fall`
+/// or `rise` probes in a row.
 #[derive(Debug, Default)]
 struct ProbeHealth {
-    /// `None` until the first probe.
-    healthy: Option<bool>,
+    healthy: bool,
+    /// Seen up once: from then on `rise` good probes in a row bring it back.
+    seen_up: bool,
     /// Probes in a row that disagree with `healthy`.
     streak: usize,
 }
@@ -435,10 +437,10 @@ impl Upstreams {
         true
     }
 
-    /// Records the result of an active probe and counts it towards `rise` or `fall`: the
-    /// first probe of an upstream decides its health alone; after that, `rise` good probes
-    /// in a row bring it up and `fall` bad ones take it down. Coming up also lifts a
-    /// passive ejection: the upstream was seen down and recovered.
+    /// Records the result of an active probe and counts it towards `rise` or `fall`: an
+    /// upstream never seen up comes up at its first good probe; after that, `fall` bad
+    /// probes in a row take it down and `rise` good ones bring it back. Coming up also
+    /// lifts a passive ejection: the upstream was seen down and recovered.
     pub fn record_probe(
         &self,
         upstream: &Upstream,
@@ -450,26 +452,23 @@ impl Upstreams {
         let ok = error.is_none();
         let flipped = {
             let mut health = lock(&upstream.probe_health);
-            match health.healthy {
-                None => {
-                    health.healthy = Some(ok);
+            if health.healthy == ok {
+                health.streak = 0;
+                false
+            } else {
+                health.streak += 1;
+                let threshold = match (ok, health.seen_up) {
+                    (true, false) => 1,
+                    (true, true) => rise,
+                    (false, _) => fall,
+                };
+                if health.streak >= threshold.max(1) {
+                    health.healthy = ok;
+                    health.seen_up |= ok;
                     health.streak = 0;
-                    ok
-                }
-                Some(healthy) if healthy == ok => {
-                    health.streak = 0;
+                    true
+                } else {
                     false
-                }
-                Some(_) => {
-                    health.streak += 1;
-                    let threshold = if ok { rise } else { fall };
-                    if health.streak >= threshold.max(1) {
-                        health.healthy = Some(ok);
-                        health.streak = 0;
-                        true
-                    } else {
-                        false
-                    }
                 }
             }
         };
@@ -640,8 +639,18 @@ mod tests {
         probed_up(&t, &primary);
         assert_eq!(
             t.choose(b"client", &[]).unwrap().addr,
+            addr(1),
+            "first good probe"
+        );
+        for _ in 0..2 {
+            t.record_probe(&primary, Some("503".into()), Duration::ZERO, 2, 2);
+        }
+        assert_eq!(t.choose(b"client", &[]).unwrap().addr, addr(2), "fall 2");
+        probed_up(&t, &primary);
+        assert_eq!(
+            t.choose(b"client", &[]).unwrap().addr,
             addr(2),
-            "seen down: rise 2"
+            "seen up: rise 2"
         );
         probed_up(&t, &primary);
         assert_eq!(t.choose(b"client", &[]).unwrap().addr, addr(1));

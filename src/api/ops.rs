@@ -79,22 +79,36 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         let mut status = cluster.status();
         let fault = cluster.fault();
         let quorum = fault.is_none() && cluster.leads_a_quorum().await;
-        let ok = cluster.has_leader() && quorum;
+        // A follower that is behind, or has not heard from the leader lately, serves old
+        // state: not ready until it caught up.
+        let readiness = cluster.readiness().await;
+        let ok = cluster.has_leader() && quorum && readiness.is_ok();
         status["status"] = json!(if ok { "ok" } else { "error" });
         if let Some(fault) = fault {
             status["reason"] = json!(format!("the replicated log stopped: {fault}"));
         } else if !quorum {
             status["reason"] = json!("the leader is not acknowledged by a quorum");
+        } else if let Err(reason) = readiness {
+            status["reason"] = json!(reason);
+        } else if !ok {
+            status["reason"] = json!("no leader known for an election timeout");
         }
         (ok, status)
     };
     let healthy = database_ok && cache_ok && cluster_ok;
-    let body = json!({
+    let mut body = json!({
         "status": if healthy { "ok" } else { "error" },
         "node_id": state.node_id,
         "checks": { "database": database, "cache": cache, "cluster": cluster },
         "cluster": cluster,
     });
+    if !healthy {
+        let reason = cluster["reason"].as_str().map(str::to_owned).or_else(|| {
+            let failing = if database_ok { "cache" } else { "database" };
+            Some(format!("the {failing} check failed"))
+        });
+        body["reason"] = json!(reason);
+    }
     let status = if healthy {
         StatusCode::OK
     } else {

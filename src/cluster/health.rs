@@ -13,6 +13,11 @@ use store::StoreError;
 
 use super::node::Cluster;
 
+/// A follower more log entries than this behind the leader's commit index is catching up:
+/// not ready for clients. (An entry holds a batch of commands; a follower in step trails
+/// by a few at most.)
+pub const CATCHING_UP_ENTRIES: u64 = 32;
+
 impl Cluster {
     /// Remembers when a leader was last known, for health; notices raft stopping by itself.
     pub(super) async fn watch_leader(self: Arc<Self>) {
@@ -20,6 +25,14 @@ impl Cluster {
         loop {
             let (leader_known, stopped) = {
                 let now = metrics.borrow();
+                {
+                    let mut since = self.leader_since.lock().unwrap_or_else(|e| e.into_inner());
+                    match (now.state == ServerState::Leader, *since) {
+                        (true, None) => *since = Some(Instant::now()),
+                        (false, Some(_)) => *since = None,
+                        _ => {}
+                    }
+                }
                 let stopped = match &now.running_state {
                     Err(fatal) => Some(fatal.to_string()),
                     Ok(()) => {
@@ -84,6 +97,79 @@ impl Cluster {
             tokio::time::timeout(self.election_timeout, self.raft.ensure_linearizable()).await,
             Ok(Ok(_))
         )
+    }
+
+    /// Since when this node leads, if it does.
+    pub(super) fn leader_since(&self) -> Option<Instant> {
+        *self.leader_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes an append (or heartbeat) from the leader.
+    pub(super) fn note_leader_contact(&self) {
+        *self
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether this node is ready for clients, or why not: a leader is ready (whether a
+    /// quorum follows it is checked apart); a follower or learner is not while it knows no
+    /// leader, has heard nothing from the leader for an election timeout (its state may be
+    /// old: it was frozen or cut off), or had applied less than the leader's commit index
+    /// (its read index, asked now, within an election timeout) by more than
+    /// [`CATCHING_UP_ENTRIES`] when asked.
+    pub async fn readiness(&self) -> Result<(), String> {
+        let (state, leader, applied) = {
+            let metrics = self.raft.metrics();
+            let now = metrics.borrow();
+            (
+                now.state,
+                now.current_leader,
+                now.last_applied.map_or(0, |l| l.index),
+            )
+        };
+        if state == ServerState::Leader {
+            return Ok(());
+        }
+        let Some(leader) = leader else {
+            return Err("catching up: no leader known yet".to_owned());
+        };
+        let contact = *self
+            .leader_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(at) = contact else {
+            return Err("catching up: no word from the leader yet".to_owned());
+        };
+        let silent = at.elapsed();
+        if silent > self.election_timeout {
+            return Err(format!(
+                "catching up: no word from the leader for {} ms",
+                silent.as_millis()
+            ));
+        }
+        let asked = self.call_leader::<_, Option<u64>>(
+            leader,
+            "/_cluster/read-index",
+            &(),
+            self.election_timeout,
+        );
+        let commit = match asked.await {
+            Ok(commit) => commit.unwrap_or(0),
+            Err(error) => {
+                return Err(format!(
+                    "catching up: the leader did not tell its commit index: {error}"
+                ));
+            }
+        };
+        let behind = commit.saturating_sub(applied);
+        if behind > CATCHING_UP_ENTRIES {
+            return Err(format!(
+                "catching up: applied index {applied} is {behind} entries behind the leader's \
+                 commit index {commit}"
+            ));
+        }
+        Ok(())
     }
 
     /// Whether a leader was known within the last election timeout.

@@ -6,14 +6,16 @@
 //! [`Cluster`] (`node.rs`) is this node's member; `start.rs` starts and stops it on its own
 //! runtime (`runtime.rs`) with the members and settings of `config.rs`; `proposer.rs` gets
 //! commands into the log; `waiters.rs` answers the callers once applied; `snapshot.rs` is
-//! the snapshot policy; `health.rs` what the cluster reports; `network.rs` and
-//! `peer_api.rs` the two sides of the peer network; `backup.rs` the backup endpoint;
-//! `identity.rs` the refusal of a member that lost its log, `membership.rs` joins,
-//! promotions, removals and the members' view, `join.rs` the joining node's side (the JSON
-//! endpoints are `api::membership`).
+//! the snapshot policy; `health.rs` what the cluster reports (and readiness); `handoff.rs`
+//! the leader's hand-over before a planned stop; `network.rs` and `peer_api.rs` the two
+//! sides of the peer network; `backup.rs` the backup endpoint; `identity.rs` the refusal
+//! of a member that lost its log, `membership.rs` joins, promotions, removals and the
+//! members' view, `join.rs` the joining node's side (the JSON endpoints are
+//! `api::membership`).
 
 mod backup;
 mod config;
+mod handoff;
 mod health;
 mod identity;
 mod join;

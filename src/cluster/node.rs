@@ -45,4 +45,12 @@ pub struct Cluster {
     pub(super) removed: std::sync::atomic::AtomicBool,
     /// Where raft, the peer network and the proposer run (see `ClusterRuntime`).
     pub(super) runtime: ClusterRuntime,
+    /// When the leader's last append (or heartbeat) came; `None`: never.
+    pub(super) leader_contact: Mutex<Option<Instant>>,
+    /// Since when this node leads; `None`: it does not.
+    pub(super) leader_since: Mutex<Option<Instant>>,
+    /// Set while this node hands leadership over before it stops: new proposals wait.
+    pub(super) handing_off: std::sync::atomic::AtomicBool,
+    /// Proposals inside `client_write` here now (the hand-off waits for them).
+    pub(super) proposing: std::sync::atomic::AtomicUsize,
 }

@@ -62,7 +62,10 @@ fn bad_body(error: String) -> Response {
 
 async fn append(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
     match decode::<AppendEntriesRequest<RaftConfig>>(&body) {
-        Ok(rpc) => reply(&cluster.raft.append_entries(rpc).await),
+        Ok(rpc) => {
+            cluster.note_leader_contact();
+            reply(&cluster.raft.append_entries(rpc).await)
+        }
         Err(error) => bad_body(error),
     }
 }
@@ -87,6 +90,11 @@ async fn propose(State(cluster): State<Arc<Cluster>>, body: Bytes) -> Response {
         Ok(proposal) => reply(&cluster.propose_here(proposal).await),
         Err(error) => bad_body(error),
     }
+}
+
+/// Asked by the leader that hands leadership over before it stops: campaign at once.
+async fn campaign(State(cluster): State<Arc<Cluster>>) -> Response {
+    reply(&cluster.campaign().await)
 }
 
 /// The read index of a linearizable read, asked by a follower.
@@ -176,6 +184,7 @@ pub fn peer_router(cluster: Arc<Cluster>) -> Router {
         .route("/_cluster/snapshot", post(snapshot))
         .route("/_cluster/propose", post(propose))
         .route("/_cluster/read-index", post(read_index))
+        .route("/_cluster/campaign", post(campaign))
         .route("/_cluster/ping", get(ping))
         .route("/_cluster/digest", get(digest))
         .route("/_cluster/backup", get(backup))

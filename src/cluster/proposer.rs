@@ -65,6 +65,22 @@ impl ProposeError {
     }
 }
 
+/// One proposal inside `propose_here`, counted in `Cluster::proposing` while it lasts.
+struct ProposingHere<'a>(&'a Cluster);
+
+impl<'a> ProposingHere<'a> {
+    fn enter(cluster: &'a Cluster) -> Self {
+        cluster.proposing.fetch_add(1, Ordering::SeqCst);
+        ProposingHere(cluster)
+    }
+}
+
+impl Drop for ProposingHere<'_> {
+    fn drop(&mut self) {
+        self.0.proposing.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Cluster {
     /// Drains queued commands into proposals, a few in flight at once.
     pub(super) async fn run_proposer(
@@ -170,7 +186,7 @@ impl Cluster {
 
     /// Asks the leader over the peer network; its answer is `Result<T, ProposeError>`, and a
     /// request that does not get through is a `Failed` too.
-    async fn call_leader<Req: Serialize, T: DeserializeOwned>(
+    pub(super) async fn call_leader<Req: Serialize, T: DeserializeOwned>(
         &self,
         leader: NodeId,
         path: &str,
@@ -188,6 +204,13 @@ impl Cluster {
 
     /// Appends a proposal to the log if this node leads, and waits until it is applied here.
     pub async fn propose_here(&self, proposal: Proposal) -> Result<(), ProposeError> {
+        // Counted before the flag is read: a hand-off that set the flag and then sees no
+        // proposal here knows none will reach the log after.
+        let _counted = ProposingHere::enter(self);
+        if self.handing_off() {
+            // Retried by the proposer, and forwarded once another node leads.
+            return Err(ProposeError::NotLeader { leader: None });
+        }
         self.raft
             .client_write(proposal)
             .await
