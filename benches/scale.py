@@ -252,7 +252,7 @@ def orders_during_snapshot(nodes, orders):
     launched = time.monotonic()
     oha = subprocess.Popen(orders(SNAPSHOT_ORDER_SECONDS, "--db-url", db), stdout=out)
     time.sleep(5)
-    asked, done = take_snapshots(nodes, SNAPSHOT_ORDER_SECONDS)
+    asked, done = take_snapshots(nodes, max(SNAPSHOT_ORDER_SECONDS, 300))
     finished = max(done.values())
     oha.wait(timeout=SNAPSHOT_ORDER_SECONDS + 60)
     window = (asked - launched, asked - launched + finished)

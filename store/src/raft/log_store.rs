@@ -1,7 +1,11 @@
 //! [`LogStore`]: openraft's log and vote in redb. An append is one write transaction,
 //! committed at once without a flush (readable, not yet durable); a background flush makes
 //! every append waiting durable with one fsync (group commit), and only then tells openraft
-//! that they are flushed. The vote, truncations and purges are durable when they return.
+//! that they are flushed. The vote and truncations are durable when they return. A purge
+//! records its point (durable with the next flush) and returns; the entries behind it are
+//! deleted in the background, a few per write transaction, and no read returns them
+//! meanwhile: openraft awaits a purge inside its core, so a purge of a large log (at a
+//! snapshot) done in one transaction held every append, commit and heartbeat behind it.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -22,6 +26,8 @@ use crate::tables::{RAFT_LOG, RAFT_STATE, decode, encode};
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
+/// Entries deleted per write transaction when purged entries are deleted in the background.
+const PURGE_CHUNK_ENTRIES: u64 = 64;
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -29,6 +35,16 @@ pub struct LogStore {
     flush: Arc<Mutex<FlushQueue>>,
     /// Bytes of entries appended since this process opened the log.
     appended_bytes: Arc<AtomicU64>,
+    purge: Arc<Purge>,
+}
+
+/// Where the log is purged to, and whether the background deletion runs.
+struct Purge {
+    /// The first index not purged (0: nothing purged yet in this process). Reads start
+    /// there, so entries waiting for deletion are never returned.
+    floor: AtomicU64,
+    /// The deletion loop runs: it deletes up to the floor it finds before it stops.
+    deleting: Mutex<bool>,
 }
 
 /// Appends committed but not yet durable, waiting for the next flush.
@@ -42,9 +58,34 @@ struct FlushQueue {
 impl LogStore {
     pub fn new(store: Arc<Store>) -> LogStore {
         LogStore {
-            store,
             flush: Arc::default(),
             appended_bytes: Arc::default(),
+            purge: Arc::new(Purge {
+                // Entries a deletion left behind before a restart stay unread.
+                floor: AtomicU64::new(
+                    read_state::<RaftLogId>(&store, LAST_PURGED)
+                        .ok()
+                        .flatten()
+                        .map_or(0, |purged| purged.index.saturating_add(1)),
+                ),
+                deleting: Mutex::new(false),
+            }),
+            store,
+        }
+    }
+
+    /// Deletes the purged entries in the background unless that already runs.
+    fn delete_purged_later(&self) {
+        let mut deleting = self
+            .purge
+            .deleting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !*deleting {
+            *deleting = true;
+            let store = self.store.clone();
+            let purge = self.purge.clone();
+            tokio::task::spawn_blocking(move || delete_purged(&store, &purge));
         }
     }
 
@@ -127,6 +168,51 @@ fn flush_until_idle(store: &Store, flush: &Mutex<FlushQueue>) {
     }
 }
 
+/// Deletes the entries below the purge floor, [`PURGE_CHUNK_ENTRIES`] per write transaction
+/// (not flushed: the next flush makes them durable; entries left by a crash are deleted by
+/// the next purge), until none is left below the floor it finds at the end.
+fn delete_purged(store: &Store, purge: &Purge) {
+    loop {
+        let floor = purge.floor.load(Ordering::Acquire);
+        let failed = match delete_chunk_below(store, floor) {
+            Ok(true) => continue,
+            Ok(false) => false,
+            Err(error) => {
+                tracing::warn!(%error, "cannot delete purged log entries; the next purge retries");
+                true
+            }
+        };
+        let mut deleting = purge.deleting.lock().unwrap_or_else(|e| e.into_inner());
+        if failed || purge.floor.load(Ordering::Acquire) == floor {
+            *deleting = false;
+            return;
+        }
+    }
+}
+
+/// Deletes up to [`PURGE_CHUNK_ENTRIES`] of the first entries below `floor`; answers whether
+/// it deleted any.
+fn delete_chunk_below(store: &Store, floor: u64) -> Result<bool, StoreError> {
+    let mut txn = store.db().begin_write()?;
+    txn.set_durability(Durability::None)?;
+    let deleted = {
+        let mut table = txn.open_table(RAFT_LOG)?;
+        let first = table.first()?.map(|(key, _)| key.value());
+        match first {
+            Some(first) if first < floor => {
+                let last = floor
+                    .saturating_sub(1)
+                    .min(first.saturating_add(PURGE_CHUNK_ENTRIES - 1));
+                table.retain_in(first..=last, |_, _| false)?;
+                true
+            }
+            _ => false,
+        }
+    };
+    txn.commit()?;
+    Ok(deleted)
+}
+
 fn bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
     let start = match range.start_bound() {
         Bound::Included(&i) => i,
@@ -148,6 +234,8 @@ impl RaftLogReader<RaftConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<RaftEntry>, RaftStorageError> {
         let (start, end) = bounds(&range);
+        // Purged entries may still wait for their deletion: never read them.
+        let start = start.max(self.purge.floor.load(Ordering::Acquire));
         // Here, not on the blocking pool: a read never waits for the writer, and the entries
         // replication asks for were just appended (in redb's cache). This runs for every
         // append sent to every follower; the round trip to a blocking thread cost more.
@@ -184,8 +272,10 @@ impl RaftLogStorage<RaftConfig> for LogStore {
             let last = table.last()?;
             let last_log_id = match last {
                 Some((_, entry)) => Some(decode::<RaftEntry>(entry.value())?.log_id),
-                None => last_purged_log_id,
+                None => None,
             };
+            // Entries up to the purge point may still wait for their deletion.
+            let last_log_id = last_log_id.max(last_purged_log_id);
             Ok(LogState {
                 last_purged_log_id,
                 last_log_id,
@@ -294,18 +384,80 @@ impl RaftLogStorage<RaftConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: RaftLogId) -> Result<(), RaftStorageError> {
-        self.blocking(ErrorSubject::Logs, ErrorVerb::Delete, move |store| {
-            let mut txn = store.db().begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            {
-                let mut state = txn.open_table(RAFT_STATE)?;
-                state.insert(LAST_PURGED, encode(&log_id)?.as_slice())?;
-                let mut table = txn.open_table(RAFT_LOG)?;
-                table.retain_in(..=log_id.index, |_, _| false)?;
+        run_storage(
+            self.store.clone(),
+            Place::Here,
+            ErrorSubject::Logs,
+            ErrorVerb::Delete,
+            move |store| write_state(store, LAST_PURGED, &log_id, Durability::None),
+        )
+        .await?;
+        self.purge
+            .floor
+            .fetch_max(log_id.index.saturating_add(1), Ordering::AcqRel);
+        self.delete_purged_later();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log_id;
+    use openraft::{Entry, EntryPayload};
+
+    use super::*;
+
+    fn stored_indexes(store: &Store) -> Vec<u64> {
+        let txn = store.db().begin_read().expect("read");
+        let table = txn.open_table(RAFT_LOG).expect("log");
+        table
+            .iter()
+            .expect("iterate")
+            .map(|row| row.expect("row").0.value())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_purge_hides_its_entries_at_once_and_deletes_them_in_the_background() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path().join("store.redb")).expect("open"));
+        let txn = store.db().begin_write().expect("write");
+        {
+            let mut table = txn.open_table(RAFT_LOG).expect("log");
+            for index in 1..=300 {
+                let entry: RaftEntry = Entry {
+                    log_id: log_id(1, 1, index),
+                    payload: EntryPayload::Blank,
+                };
+                let bytes = encode(&entry).expect("encode");
+                table.insert(index, bytes.as_slice()).expect("insert");
             }
-            txn.commit()?;
-            Ok(())
-        })
-        .await
+        }
+        txn.commit().expect("commit");
+        let mut log = LogStore::new(store.clone());
+        log.purge(log_id(1, 1, 250)).await.expect("purge");
+
+        // At once: nothing purged is read, and the log state says where it was purged to.
+        let read = log.try_get_log_entries(0..).await.expect("read");
+        let indexes: Vec<u64> = read.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, (251..=300).collect::<Vec<_>>());
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 250)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 1, 300)));
+
+        // In the background, in several transactions: every purged entry is deleted.
+        for _ in 0..500 {
+            if stored_indexes(&store).first() == Some(&251) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(stored_indexes(&store), (251..=300).collect::<Vec<_>>());
+
+        // A purge of everything: the log state's last log id stays the purge point.
+        log.purge(log_id(1, 1, 300)).await.expect("purge all");
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(log_id(1, 1, 300)));
+        assert!(log.try_get_log_entries(0..).await.expect("read").is_empty());
     }
 }

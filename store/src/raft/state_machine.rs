@@ -215,12 +215,51 @@ pub(crate) fn applied_meta(txn: &ReadTransaction, prefix: &str) -> Result<Meta, 
     })
 }
 
+/// The nice value of the thread that builds a snapshot: the API's and raft's threads come
+/// first for the cores, the snapshot takes what they leave.
+const SNAPSHOT_THREAD_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority to [`SNAPSHOT_THREAD_NICE`] (on Linux, where
+/// `setpriority` on `PRIO_PROCESS` 0 is the calling thread's own). Best effort.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority has no memory-safety preconditions; a failure is only reported.
+    unsafe {
+        if libc::setpriority(libc::PRIO_PROCESS, 0, SNAPSHOT_THREAD_NICE) != 0 {
+            tracing::debug!("cannot lower the snapshot thread's priority");
+        }
+    }
+}
+
 impl RaftSnapshotBuilder<RaftConfig> for StateMachine {
+    /// Built on a thread of its own at a lower priority (openraft runs this beside the
+    /// state machine: applies go on; the read transaction sees the state of one moment).
     async fn build_snapshot(&mut self) -> Result<Snapshot<RaftConfig>, RaftStorageError> {
-        self.blocking(ErrorSubject::Snapshot(None), ErrorVerb::Write, |machine| {
-            machine.build_snapshot_blocking()
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let machine = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                lower_this_threads_priority();
+                let _ = sender.send(machine.build_snapshot_blocking());
+            });
+        let built = match spawned {
+            Ok(_) => receiver
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Encoding("the snapshot thread died".into()))),
+            Err(error) => Err(StoreError::SnapshotIo {
+                path: "snapshot thread".into(),
+                action: "spawn",
+                source: error,
+            }),
+        };
+        built.map_err(|error| {
+            storage_error(
+                ErrorSubject::Snapshot(None),
+                ErrorVerb::Write,
+                openraft::AnyError::new(&error),
+            )
         })
-        .await
     }
 }
 
