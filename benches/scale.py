@@ -14,9 +14,15 @@ measures, on that data:
   details     distinct product details, once each (uncached): p50 / p99
   orders      POST /api/orders/ by one demo buyer (oha, ORDER_CONNECTIONS connections,
               ORDER_SECONDS s) to the follower: orders/s, p50, p99
+  snapshot    the same orders for SNAPSHOT_ORDER_SECONDS s; after 5 s every node is asked for
+              a snapshot (/_cluster/take-snapshot): order p50/p99 of the requests that started
+              while a snapshot was being built (until the last node's snapshot_index moved)
+              and of the others (oha's per-request times, --db-url)
   memory      resident memory (and peak) of every node after all of that
-  catch-up    a follower stopped, its data removed, started again: time until it has applied
-              the leader's log (by a snapshot: the leader purges its log behind snapshots)
+  catch-up    a follower stopped, orders placed (CATCH_UP_ORDER_SECONDS s) and a snapshot
+              taken without it (the leader purges its log behind snapshots), started again:
+              time until it has applied the leader's log (by installing a snapshot). (A
+              member started with its data removed refuses to start: it must rejoin.)
 
 PAGE_CACHE_MIB sets every node's redb page cache (default: the node's, 128 MiB).
 Every wait is bounded; every process is stopped at the end. Prints a table and writes
@@ -30,6 +36,7 @@ import random
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -45,6 +52,9 @@ PAGE_CACHE_MIB = os.environ.get("PAGE_CACHE_MIB")  # redb page cache per node; d
 SEED_TIMEOUT = int(os.environ.get("SEED_TIMEOUT", "1800"))
 BIN = os.path.abspath(os.environ.get("SOUNDWAVE_BIN", "target/release/soundwave"))
 CATCH_UP_TIMEOUT = int(os.environ.get("CATCH_UP_TIMEOUT", "600"))
+SNAPSHOT_ORDER_SECONDS = int(os.environ.get("SNAPSHOT_ORDER_SECONDS", "30"))
+CATCH_UP_ORDER_SECONDS = int(os.environ.get("CATCH_UP_ORDER_SECONDS", "5"))
+SECRET = "scale-test-secret"
 OHA = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
 
 OUT = os.path.join("target", "scale", time.strftime("%Y%m%d-%H%M%S"))
@@ -70,8 +80,8 @@ def wait_until(what, predicate, timeout, interval=0.05):
 
 
 class Node:
-    def __init__(self, node_id, api, config):
-        self.id, self.api, self.config = node_id, api, config
+    def __init__(self, node_id, api, peer, config):
+        self.id, self.api, self.peer, self.config = node_id, api, peer, config
         self.data_dir = os.path.join(DATA, f"node{node_id}")
         self.process = None
         self.starts = 0
@@ -157,6 +167,8 @@ def timed_gets(addr, paths):
 
 
 def summary(latencies):
+    if not latencies:
+        return {"count": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
     ordered = sorted(latencies)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
     return {"count": len(ordered), "p50_ms": round(statistics.median(ordered), 3),
@@ -171,12 +183,13 @@ def main():
         # catches up from a snapshot, not by replaying the log.
         if PAGE_CACHE_MIB:
             f.write(f"[node]\nstore_page_cache_bytes = {int(PAGE_CACHE_MIB) * 2**20}\n")
-        f.write('[cluster]\nsecret = "scale-test-secret"\n'
+        f.write(f'[cluster]\nsecret = "{SECRET}"\n'
                 "snapshot_after_entries = 2000\nlogs_kept_after_snapshot = 100\n")
         for node_id, (api, peer) in enumerate(ports, start=1):
             f.write(f'[[cluster.nodes]]\nid = {node_id}\napi = "127.0.0.1:{api}"\n'
                     f'peer = "127.0.0.1:{peer}"\n')
-    nodes = [Node(i, f"127.0.0.1:{api}", config) for i, (api, _) in enumerate(ports, start=1)]
+    nodes = [Node(i, f"127.0.0.1:{api}", f"127.0.0.1:{peer}", config)
+             for i, (api, peer) in enumerate(ports, start=1)]
     try:
         run(nodes)
     finally:
@@ -204,6 +217,55 @@ def wait_caught_up(node, leader, timeout):
         return status == 200 and index >= target
     wait_until(f"node {node.id} to apply index {target}", done, timeout)
     return target
+
+
+def snapshot_indexes(nodes):
+    return {n.id: applied(n)[2].get("snapshot_index") for n in nodes}
+
+
+def take_snapshots(nodes, timeout):
+    """Asks every node in `nodes` for a snapshot; answers when each was asked and, per node,
+    the seconds until its snapshot_index moved."""
+    before = snapshot_indexes(nodes)
+    asked = time.monotonic()
+    for n in nodes:
+        status, body = request("POST", n.peer, "/_cluster/take-snapshot",
+                               headers={"x-soundwave-cluster-secret": SECRET})
+        if status != 202:
+            sys.exit(f"scale: node {n.id} refused a snapshot: {status} {body[:200]!r}")
+    done = {}
+    def all_done():
+        for n in nodes:
+            if n.id not in done and applied(n)[2].get("snapshot_index") != before[n.id]:
+                done[n.id] = round(time.monotonic() - asked, 2)
+        return len(done) == len(nodes)
+    wait_until("the snapshots", all_done, timeout, 0.02)
+    return asked, done
+
+
+def orders_during_snapshot(nodes, orders):
+    """Orders for SNAPSHOT_ORDER_SECONDS; 5 s in, every node takes a snapshot. Splits oha's
+    requests by start time: while a snapshot was being built, and the rest (the first second
+    left out as warm-up)."""
+    db = os.path.join(OUT, "orders-snapshot.db")
+    out = open(os.path.join(OUT, "orders-snapshot-oha.json"), "w")
+    launched = time.monotonic()
+    oha = subprocess.Popen(orders(SNAPSHOT_ORDER_SECONDS, "--db-url", db), stdout=out)
+    time.sleep(5)
+    asked, done = take_snapshots(nodes, SNAPSHOT_ORDER_SECONDS)
+    finished = max(done.values())
+    oha.wait(timeout=SNAPSHOT_ORDER_SECONDS + 60)
+    window = (asked - launched, asked - launched + finished)
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT start, duration, status FROM oha").fetchall()
+    during = [d * 1000 for start, d, _ in rows if window[0] <= start <= window[1]]
+    outside = [d * 1000 for start, d, _ in rows
+               if start >= 1.0 and not window[0] <= start <= window[1]]
+    codes = {}
+    for _, _, status in rows:
+        codes[status] = codes.get(status, 0) + 1
+    return {"snapshot_seconds": done, "window_s": [round(w, 2) for w in window],
+            "during": summary(during), "outside": summary(outside), "status_codes": codes}
 
 
 def run(nodes):
@@ -291,9 +353,19 @@ def run(nodes):
     results["memory_mib_after_load"] = {n.id: n.memory() for n in nodes}
     results["file_mib_after_load"] = {n.id: n.file_mib() for n in nodes}
 
+    orders = lambda seconds, *extra: [
+        OHA, "-z", f"{seconds}s", "-c", str(ORDER_CONNECTIONS), "--no-tui",
+        "--output-format", "json", "-m", "POST", "-H", f"authorization: Bearer {token}",
+        "-H", "content-type: application/json", "-Z", bodies_path, *extra,
+        f"http://{follower.api}/api/orders/"]
+    results["orders_during_snapshot"] = orders_during_snapshot(nodes, orders)
+
     away = next(n for n in nodes if n is not leader and n is not follower)
+    _, away_index, _ = applied(away)
     away.stop()
-    shutil.rmtree(away.data_dir)
+    with open(os.path.join(OUT, "orders-catch-up.json"), "w") as f:
+        subprocess.run(orders(CATCH_UP_ORDER_SECONDS), stdout=f, check=True)
+    take_snapshots([n for n in nodes if n is not away], 600)
     _, leader_index, leader_cluster = applied(leader)
     if os.environ.get("SCALE_DEBUG"):
         print("leader before catch-up:", json.dumps(leader_cluster))
@@ -301,7 +373,8 @@ def run(nodes):
     target = wait_caught_up(away, leader, CATCH_UP_TIMEOUT)
     caught_up = time.monotonic() - away.started_at
     _, _, away_cluster = applied(away)
-    results["catch_up"] = {"node": away.id, "seconds": round(caught_up, 2), "to_index": target,
+    results["catch_up"] = {"node": away.id, "seconds": round(caught_up, 2), "from_index": away_index,
+                           "to_index": target,
                            "leader_purged_index": leader_cluster.get("purged_index"),
                            "snapshot_index": away_cluster.get("snapshot_index"),
                            "memory_mib": away.memory(), "leader_memory_mib": leader.memory(),
@@ -324,8 +397,14 @@ def run(nodes):
         row('  order status codes', str(o['status_codes']))
     for node_id, (rss, peak) in results["memory_mib_after_load"].items():
         row(f"node {node_id} memory: resident / peak", f"{rss} / {peak} MiB")
+    d = results["orders_during_snapshot"]
+    row("orders while snapshots are built", f"p50 {d['during']['p50_ms']} ms  p99 "
+        f"{d['during']['p99_ms']} ms  n={d['during']['count']}")
+    row("  the same run, outside them", f"p50 {d['outside']['p50_ms']} ms  p99 "
+        f"{d['outside']['p99_ms']} ms  n={d['outside']['count']}")
+    row("  snapshot seconds per node", str(d["snapshot_seconds"]))
     c = results["catch_up"]
-    row(f"catch-up of an empty node {c['node']}",
+    row(f"catch-up of node {c['node']} (away)",
         f"{c['seconds']} s to index {c['to_index']} (snapshot {c['snapshot_index']})")
     row("  its memory / leader's (res/peak)", f"{c['memory_mib']} / {c['leader_memory_mib']} MiB")
     print(f"raw figures: {OUT}/scale.json")

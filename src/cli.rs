@@ -94,6 +94,11 @@ pub struct UpArgs {
     /// TOML configuration file with `[cluster]` nodes and `[lb]` (default: ./config.toml).
     #[arg(long, env = "SOUNDWAVE_CONFIG", default_value = "config.toml")]
     pub config: PathBuf,
+    /// Also serve HTTPS (h2 and http/1.1) on the balancer: on `lb.tls_listen`, else port
+    /// 8443 of `lb.listen`'s address, with `lb.tls_cert`/`lb.tls_key` when set, else a
+    /// self-signed certificate for localhost made once in <data_dir>/tls.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 #[derive(Debug, Args)]
@@ -235,6 +240,15 @@ pub struct LbArgs {
     /// and drains. No connection is refused meanwhile.
     #[arg(long)]
     pub upgrade: bool,
+    /// Address of the HTTPS listener (ALPN h2 and http/1.1) beside the plain one.
+    #[arg(long, env = "SOUNDWAVE_LB_TLS_LISTEN", value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the HTTPS listener.
+    #[arg(long, env = "SOUNDWAVE_LB_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the HTTPS listener's certificate.
+    #[arg(long, env = "SOUNDWAVE_LB_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// A cluster member's API URL to learn upstreams from (repeat the flag; replaces
     /// `lb.discover_from`): every member's API address becomes a primary.
     #[arg(long = "discover-from", value_name = "URL")]
@@ -271,6 +285,15 @@ impl LbArgs {
         }
         if let Some(dir) = &self.run_dir {
             config.run_dir = dir.clone();
+        }
+        if let Some(addr) = self.tls_listen {
+            config.tls_listen = Some(addr);
+        }
+        if let Some(cert) = &self.tls_cert {
+            config.tls_cert = cert.clone();
+        }
+        if let Some(key) = &self.tls_key {
+            config.tls_key = key.clone();
         }
         config
             .validate()
@@ -327,6 +350,27 @@ mod tests {
         let config = args.resolve().expect("valid flags");
         assert_eq!(config.run_dir, PathBuf::from("/tmp/lb-run"));
         assert!(!lb_args(&[]).upgrade);
+    }
+
+    #[test]
+    fn the_tls_flags_set_the_https_listener() {
+        let config = lb_args(&[
+            "--tls-listen",
+            "127.0.0.1:9443",
+            "--tls-cert",
+            "/tmp/c.pem",
+            "--tls-key",
+            "/tmp/k.pem",
+        ])
+        .resolve()
+        .expect("valid flags");
+        assert_eq!(config.tls_listen, Some("127.0.0.1:9443".parse().unwrap()));
+        assert_eq!(config.tls_cert, PathBuf::from("/tmp/c.pem"));
+        assert_eq!(config.tls_key, PathBuf::from("/tmp/k.pem"));
+        let error = lb_args(&["--tls-listen", "127.0.0.1:9443"])
+            .resolve()
+            .unwrap_err();
+        assert!(error.to_string().contains("tls_cert"), "{error}");
     }
 
     #[test]

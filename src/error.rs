@@ -230,6 +230,15 @@ impl From<Rejection> for ApiError {
             Rejection::WouldPromote => {
                 conflict("An account that is not staff already has this username.")
             }
+            Rejection::StatusChange { from, to } => ApiError::Conflict {
+                detail: format!(
+                    "An order that is {} cannot become {}.",
+                    from.as_str(),
+                    to.as_str()
+                ),
+                fields: BTreeMap::from([("status".to_owned(), vec![from.as_str().to_owned()])]),
+            },
+            Rejection::Forbidden => ApiError::Forbidden,
         }
     }
 }

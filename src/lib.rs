@@ -20,6 +20,7 @@ pub mod node;
 pub mod output;
 pub mod private_files;
 pub mod random;
+pub mod self_signed;
 pub mod server;
 pub mod startup;
 pub mod state;

@@ -287,13 +287,14 @@ fn format_lb_access_line(text: &mut String, record: &lb::AccessRecord<'_>) -> st
     }
     write!(
         text,
-        " method={} path={:?} status={} upstream={} attempts={} latency_us={}",
+        " method={} path={:?} status={} upstream={} attempts={} latency_us={} protocol={}",
         record.method,
         record.path,
         record.status,
         record.upstream,
         record.attempts,
-        record.latency_us
+        record.latency_us,
+        record.protocol.as_str()
     )?;
     if let Some(error) = record.error {
         write!(text, " error={:?}", error.to_string())?;
@@ -368,13 +369,15 @@ mod tests {
             upstream: "127.0.0.1:8001",
             attempts: 2,
             latency_us: 90,
+            protocol: lb::Protocol::Http2Tls,
             error: Some(&error),
         };
         format_lb_access_line(&mut text, &record).unwrap();
         let (_, rest) = text.split_once(' ').unwrap();
         let expected = format!(
             " INFO soundwave::lb::access: client=10.0.0.8 method=POST path=\"/api/orders/?x=1\" \
-             status=502 upstream=127.0.0.1:8001 attempts=2 latency_us=90 error={:?}\n",
+             status=502 upstream=127.0.0.1:8001 attempts=2 latency_us=90 protocol=h2+tls \
+             error={:?}\n",
             error
         );
         assert_eq!(rest, expected);

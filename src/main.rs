@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
             .context("asking the cluster")?;
         }
         Command::Up(args) => {
-            soundwave::up::run(&args.config).context("running the topology")?;
+            soundwave::up::run(&args.config, args.tls).context("running the topology")?;
         }
         Command::Lb(args) => {
             let config = args.resolve().context("loading the configuration")?;

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use rust_decimal::Decimal;
 use serde::{Serialize, Serializer};
-use store::{Category, OrderItemView, OrderView, Product, Timestamp, User};
+use store::{Category, OrderItemView, OrderView, Product, StatusChange, Timestamp, User};
 
 /// Money as a decimal string with exactly two places: `"12000.00"`.
 pub struct Money(pub Decimal);
@@ -29,6 +29,19 @@ impl Serialize for Rfc3339 {
             Some(text) => serializer.serialize_str(&text),
             None => serializer.serialize_none(),
         }
+    }
+}
+
+impl Rfc3339 {
+    /// The timestamp as RFC 3339 text (empty if out of range).
+    pub fn text(&self) -> String {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1000)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -132,6 +145,26 @@ pub struct OrderJson<'a> {
     pub total: Money,
     pub status: &'static str,
     pub created_at: Rfc3339,
+    /// When each status was reached and by whom: only in a single order's answers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub status_history: Vec<StatusChangeJson<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct StatusChangeJson<'a> {
+    pub status: &'static str,
+    pub at: Rfc3339,
+    pub by: &'a str,
+}
+
+impl<'a> From<&'a StatusChange> for StatusChangeJson<'a> {
+    fn from(c: &'a StatusChange) -> Self {
+        StatusChangeJson {
+            status: c.status.as_str(),
+            at: Rfc3339(c.at),
+            by: &c.actor_name,
+        }
+    }
 }
 
 impl<'a> From<&'a OrderView> for OrderJson<'a> {
@@ -143,6 +176,11 @@ impl<'a> From<&'a OrderView> for OrderJson<'a> {
             total: Money(v.order.total),
             status: v.order.status.as_str(),
             created_at: Rfc3339(v.order.created_at),
+            status_history: v
+                .status_history
+                .iter()
+                .map(StatusChangeJson::from)
+                .collect(),
         }
     }
 }

@@ -60,9 +60,14 @@ impl AppState {
         if let Some(principal) = self.cache.get_principal(&key) {
             return Ok(Some(principal));
         }
-        let Some(user) = self.store.read()?.user(id)? else {
+        let reader = self.store.read()?;
+        let Some(user) = reader.user(id)? else {
             return Ok(None);
         };
+        // A deactivated user's tokens act for no one.
+        if !reader.user_is_active(id)? {
+            return Ok(None);
+        }
         let principal = Principal {
             id,
             username: user.username,

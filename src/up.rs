@@ -8,6 +8,7 @@
 //! replicated topology can be seen surviving the loss of a node.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -33,6 +34,8 @@ pub enum UpError {
         name: String,
         status: std::process::ExitStatus,
     },
+    #[error("{0}")]
+    Certificate(#[from] crate::self_signed::SelfSignedError),
     #[error("cannot keep the cluster secret in {path}: {source}")]
     Secret {
         path: PathBuf,
@@ -162,8 +165,39 @@ fn terminate(children: &mut [ChildProcess]) {
     }
 }
 
-/// Runs the topology until Ctrl-C or SIGTERM, restarting children that exit once it is up.
-pub fn run(config_path: &Path) -> Result<(), UpError> {
+/// The balancer's HTTPS listener for `--tls`: `lb.tls_listen`, else port 8443 of
+/// `lb.listen`'s address; `lb.tls_cert`/`lb.tls_key` when set, else the self-signed pair
+/// in `<data_dir>/tls` (made once).
+fn tls_flags(config: &Config) -> Result<(SocketAddr, Vec<String>), UpError> {
+    let lb = &config.lb;
+    let addr = lb
+        .tls_listen
+        .unwrap_or_else(|| SocketAddr::new(lb.listen.ip(), DEFAULT_TLS_PORT));
+    let files = if lb.tls_cert.as_os_str().is_empty() || lb.tls_key.as_os_str().is_empty() {
+        crate::self_signed::ensure_self_signed(&config.node.data_dir.join("tls"))?
+    } else {
+        crate::self_signed::CertificateFiles {
+            cert: lb.tls_cert.clone(),
+            key: lb.tls_key.clone(),
+        }
+    };
+    let flags = vec![
+        "--tls-listen".to_owned(),
+        addr.to_string(),
+        "--tls-cert".to_owned(),
+        files.cert.display().to_string(),
+        "--tls-key".to_owned(),
+        files.key.display().to_string(),
+    ];
+    Ok((addr, flags))
+}
+
+/// The HTTPS port of `--tls` when `lb.tls_listen` does not say.
+const DEFAULT_TLS_PORT: u16 = 8443;
+
+/// Runs the topology until Ctrl-C or SIGTERM, restarting children that exit once it is up;
+/// with `tls`, the balancer serves HTTPS too.
+pub fn run(config_path: &Path, tls: bool) -> Result<(), UpError> {
     let config = Config::load(Some(config_path))?;
     if config.cluster.nodes.is_empty() {
         return Err(UpError::NoNodes);
@@ -192,9 +226,17 @@ pub fn run(config_path: &Path) -> Result<(), UpError> {
             env: vec![("SOUNDWAVE_CLUSTER_SECRET", secret.clone())],
         });
     }
+    let mut lb_args = vec!["lb".to_owned(), "--config".to_owned(), config_arg];
+    let https = if tls {
+        let (addr, flags) = tls_flags(&config)?;
+        lb_args.extend(flags);
+        Some(addr)
+    } else {
+        None
+    };
     specs.push(ChildSpec {
         name: "lb".to_owned(),
-        args: vec!["lb".to_owned(), "--config".to_owned(), config_arg],
+        args: lb_args,
         env: Vec::new(),
     });
     let mut children = Vec::new();
@@ -243,6 +285,9 @@ pub fn run(config_path: &Path) -> Result<(), UpError> {
     }
     println!();
     println!("Soundwave is up: http://{}/", config.lb.listen);
+    if let Some(addr) = https {
+        println!("  and https://{addr}/ (HTTP/2 and HTTP/1.1)");
+    }
     for member in &config.cluster.nodes {
         println!("  node {} at http://{}/", member.id, member.api);
     }

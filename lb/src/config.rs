@@ -72,6 +72,13 @@ pub struct LbConfig {
     pub graceful_shutdown_timeout_secs: u64,
     /// Directory of the pid file and upgrade socket; empty: `$TMPDIR/soundwave-lb-<port>`.
     pub run_dir: PathBuf,
+    /// Address of the HTTPS listener (ALPN `h2` and `http/1.1`) beside `listen`; empty: none.
+    #[serde(deserialize_with = "optional_addr")]
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the HTTPS listener (the server's certificate first).
+    pub tls_cert: PathBuf,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: PathBuf,
     /// API URLs of Soundwave cluster members asked for the cluster's members (the first
     /// that answers); their API addresses become primaries beside the configured ones.
     /// Empty: the configured upstreams only.
@@ -125,6 +132,9 @@ impl Default for LbConfig {
             grace_period_secs: 5,
             graceful_shutdown_timeout_secs: 5,
             run_dir: PathBuf::new(),
+            tls_listen: None,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
             discover_from: Vec::new(),
             discover_interval_ms: 3000,
             discover_secret: Secret::default(),
@@ -149,7 +159,10 @@ impl LbConfig {
         let invalid = |what: String| Err(LbError::Invalid(what));
         crate::upstream::check_tiers(&self.primaries, &self.backups).map_err(LbError::Invalid)?;
         for addr in self.primaries.iter().chain(&self.backups) {
-            if *addr == self.listen || Some(*addr) == self.metrics_listen {
+            if *addr == self.listen
+                || Some(*addr) == self.metrics_listen
+                || Some(*addr) == self.tls_listen
+            {
                 return invalid(format!("upstream {addr} is the balancer itself"));
             }
         }
@@ -159,6 +172,14 @@ impl LbConfig {
         if let Some(metrics) = self.metrics_listen {
             if metrics.port() == 0 || metrics == self.listen {
                 return invalid("lb.metrics_listen needs its own concrete port".to_owned());
+            }
+        }
+        if let Some(tls) = self.tls_listen {
+            if tls.port() == 0 || tls == self.listen || Some(tls) == self.metrics_listen {
+                return invalid("lb.tls_listen needs its own concrete port".to_owned());
+            }
+            if self.tls_cert.as_os_str().is_empty() || self.tls_key.as_os_str().is_empty() {
+                return invalid("lb.tls_listen needs lb.tls_cert and lb.tls_key".to_owned());
             }
         }
         if !self.health_path.starts_with('/') {
@@ -304,6 +325,27 @@ mod tests {
         let section = file["lb"].clone();
         let config: LbConfig = section.try_into().expect("[lb] parses");
         assert_eq!(config, LbConfig::default());
+    }
+
+    #[test]
+    fn a_tls_listener_needs_its_certificate_key_and_own_port() {
+        let config: LbConfig = toml::from_str(
+            "tls_listen = \"127.0.0.1:8443\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let no_key = LbConfig {
+            tls_key: PathBuf::new(),
+            ..config.clone()
+        };
+        assert!(no_key.validate().is_err());
+        let same_port = LbConfig {
+            tls_listen: Some(config.listen),
+            ..config
+        };
+        assert!(same_port.validate().is_err());
+        let none: LbConfig = toml::from_str("tls_listen = \"\"").unwrap();
+        assert_eq!(none.tls_listen, None);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum LbError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot use the TLS file {path}: {reason}")]
+    Tls { path: PathBuf, reason: String },
     #[error("cannot upgrade: {0}")]
     Upgrade(String),
 }

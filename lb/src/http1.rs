@@ -42,7 +42,7 @@ pub enum Framing {
 
 /// Headers that belong to one hop and are never passed on (RFC 9110, 7.6.1), with
 /// `Expect` (the balancer reads bodies whole itself).
-fn is_hop_by_hop(name: &str) -> bool {
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
     const NAMES: [&str; 8] = [
         "connection",
         "keep-alive",
@@ -221,6 +221,8 @@ pub struct Forwarding<'a> {
     pub client: Option<IpAddr>,
     /// The peer is a trusted proxy (its `X-Forwarded-Proto: https` is believed).
     pub trusted: bool,
+    /// The client came over TLS: `X-Forwarded-Proto: https` whatever it said.
+    pub tls: bool,
 }
 
 /// Writes the upstream's request head into `out`: the request line (with `target`) as
@@ -280,7 +282,7 @@ pub fn write_upstream_head(
             out.put_slice(b", ");
         }
         out.put_slice(peer_text);
-        let proto: &[u8] = if forwarding.trusted && forwarded_https {
+        let proto: &[u8] = if forwarding.tls || (forwarding.trusted && forwarded_https) {
             b"https"
         } else {
             b"http"
@@ -587,6 +589,7 @@ mod tests {
             peer: Some((peer, b"127.0.0.5")),
             client: Some(peer),
             trusted: false,
+            tls: false,
         };
         write_upstream_head(&mut out, &head, head.target(), &forwarding, 3);
         assert_eq!(
@@ -595,6 +598,17 @@ mod tests {
              x-forwarded-for: 1.2.3.4, 127.0.0.5\r\nx-forwarded-proto: http\r\n\
              content-length: 3\r\n\r\n"
         );
+        // From the HTTPS listener: https, whatever the client said.
+        let plain_claim = parse("GET / HTTP/1.1\r\nX-Forwarded-Proto: http\r\n\r\n").unwrap();
+        let mut out = BytesMut::new();
+        let over_tls = Forwarding {
+            tls: true,
+            ..forwarding
+        };
+        write_upstream_head(&mut out, &plain_claim, "/", &over_tls, 0);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.contains("\r\nx-forwarded-proto: https\r\n"), "{text}");
+        assert!(!text.contains(": http\r\n"), "{text}");
     }
 
     #[test]

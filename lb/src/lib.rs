@@ -67,14 +67,15 @@ mod proxy;
 mod ratelimit;
 mod relay;
 mod reload;
+mod tls;
 mod upstream;
 
 pub use config::{LbConfig, Secret};
 pub use connection::{ConnectionCounter, ConnectionSlot};
 pub use error::LbError;
 pub use proxy::{
-    AccessLog, AccessRecord, MAX_ATTEMPTS, OPERATOR_PREFIXES, RESERVED_PREFIXES, client_ip,
-    is_internal,
+    AccessLog, AccessRecord, MAX_ATTEMPTS, OPERATOR_PREFIXES, Protocol, RESERVED_PREFIXES,
+    client_ip, is_internal,
 };
 pub use reload::{ConfigSource, Reloaded};
 pub use upstream::{Role, Upstream, UpstreamChange, Upstreams};
@@ -120,6 +121,7 @@ fn pingora_conf(config: &LbConfig, run_dir: &std::path::Path) -> ServerConf {
 struct Announcer {
     listen: SocketAddr,
     metrics_listen: Option<SocketAddr>,
+    tls_listen: Option<SocketAddr>,
     upstreams: Arc<upstream::Upstreams>,
     probe_wait: Duration,
     reloader: Option<reload::Reloader>,
@@ -140,7 +142,9 @@ impl BackgroundService for Announcer {
             None => None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        let wanted = std::iter::once(self.listen).chain(self.metrics_listen);
+        let wanted = std::iter::once(self.listen)
+            .chain(self.metrics_listen)
+            .chain(self.tls_listen);
         for addr in wanted {
             while tokio::net::TcpStream::connect(addr).await.is_err() {
                 if Instant::now() > deadline {
@@ -156,6 +160,10 @@ impl BackgroundService for Announcer {
         }
         if let Some(addr) = self.metrics_listen {
             println!("soundwave lb metrics on http://{addr}/metrics");
+        }
+        // Before the plain line, which callers wait for: both are up when it comes.
+        if let Some(addr) = self.tls_listen {
+            println!("soundwave lb listening on https://{addr}");
         }
         println!("soundwave lb listening on http://{}", self.listen);
         use std::io::Write;
@@ -275,6 +283,11 @@ pub fn run(
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
+    // A bad certificate or key stops the start, naming the file.
+    let tls_acceptor = match config.tls_listen {
+        Some(_) => Some(tls::acceptor(&config.tls_cert, &config.tls_key)?),
+        None => None,
+    };
     let run_dir = config.effective_run_dir();
     if upgrade {
         let old = running_balancer(&run_dir)?;
@@ -287,6 +300,9 @@ pub fn run(
         check_bindable("listen", config.listen)?;
         if let Some(addr) = config.metrics_listen {
             check_bindable("metrics_listen", addr)?;
+        }
+        if let Some(addr) = config.tls_listen {
+            check_bindable("tls_listen", addr)?;
         }
     }
     std::fs::create_dir_all(&run_dir).map_err(|source| LbError::RunDir {
@@ -341,6 +357,14 @@ pub fn run(
             relay.limiter(),
         )
     });
+    // The HTTPS listener: the same relay (balancer, bounds, rate limits) behind rustls.
+    if let (Some(addr), Some(acceptor)) = (config.tls_listen, tls_acceptor) {
+        let mut tls_service = Service::new("soundwave lb tls".to_owned(), relay.over_tls(acceptor));
+        tls_service.add_listener(
+            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
+        );
+        server.add_service(tls_service);
+    }
     let mut proxy_service = Service::new("soundwave lb".to_owned(), relay);
     // Unbuffered: the relay keeps buffers of its own, and Pingora's (64 KiB for reads, one
     // MSS for writes) would copy every request and answer once more.
@@ -374,6 +398,7 @@ pub fn run(
         Announcer {
             listen: config.listen,
             metrics_listen: config.metrics_listen,
+            tls_listen: config.tls_listen,
             upstreams,
             probe_wait,
             reloader,

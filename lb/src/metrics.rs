@@ -2,6 +2,8 @@
 //!
 //! - `soundwave_lb_requests_total{upstream,status}`: requests answered (upstream `-` when the
 //!   balancer answered itself),
+//! - `soundwave_lb_requests_by_protocol_total{protocol}`: the same requests by how the
+//!   client spoke (`h1`, `h1+tls`, `h2+tls`),
 //! - `soundwave_lb_upstream_failures_total{upstream,phase}`: connect / in-flight failures,
 //! - `soundwave_lb_requests_refused_total{reason}`: requests the balancer answered itself
 //!   instead of relaying (limits broken, `rate_limited`),
@@ -17,6 +19,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use metrics::{Counter, Histogram};
+
+use crate::proxy::Protocol;
 
 const REQUESTS: &str = "soundwave_lb_requests_total";
 const FAILURES: &str = "soundwave_lb_upstream_failures_total";
@@ -63,6 +67,31 @@ pub fn request(upstream: &str, status: u16, seconds: f64) {
                 series.by_status.push((status, counter));
             }
         }
+    });
+}
+
+thread_local! {
+    /// This thread's handles of `soundwave_lb_requests_by_protocol_total`, by protocol.
+    static PROTOCOL_SERIES: RefCell<[Option<Counter>; 4]> = const { RefCell::new([None, None, None, None]) };
+}
+
+/// Counts an answered request by the protocol its client spoke.
+pub fn request_protocol(protocol: Protocol) {
+    let index = match protocol {
+        Protocol::Http1 => 0,
+        Protocol::Tls => 1,
+        Protocol::Http1Tls => 2,
+        Protocol::Http2Tls => 3,
+    };
+    PROTOCOL_SERIES.with_borrow_mut(|series| {
+        series[index]
+            .get_or_insert_with(|| {
+                metrics::counter!(
+                    "soundwave_lb_requests_by_protocol_total",
+                    "protocol" => protocol.as_str()
+                )
+            })
+            .increment(1);
     });
 }
 

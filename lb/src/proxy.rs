@@ -44,8 +44,37 @@ pub struct AccessRecord<'a> {
     pub upstream: &'a str,
     pub attempts: u8,
     pub latency_us: u64,
+    /// How the client spoke to the balancer.
+    pub protocol: Protocol,
     /// Why the request failed, when it did.
     pub error: Option<&'a dyn std::fmt::Display>,
+}
+
+/// How a client spoke to the balancer: plain HTTP/1.1 on `listen`, or on `tls_listen`
+/// HTTP/1.1 or HTTP/2 as ALPN chose (`Tls`: a connection refused before its handshake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Tls,
+    Http1Tls,
+    Http2Tls,
+}
+
+impl Protocol {
+    /// The name in access lines and in `soundwave_lb_requests_by_protocol_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "h1",
+            Protocol::Tls => "tls",
+            Protocol::Http1Tls => "h1+tls",
+            Protocol::Http2Tls => "h2+tls",
+        }
+    }
+
+    /// The client came over TLS (its forwarded requests say `X-Forwarded-Proto: https`).
+    pub fn is_tls(self) -> bool {
+        self != Protocol::Http1
+    }
 }
 
 /// Where the access line of each request goes. `soundwave lb` passes a writer that asks

@@ -24,8 +24,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::{Shutdown, Stream};
 use pingora_core::server::ShutdownWatch;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::connection::{ConnectionCounter, GuardAnswer, GuardAnswers, RequestLimits, json_answer};
 use crate::http1::{
@@ -33,17 +34,20 @@ use crate::http1::{
     write_upstream_head,
 };
 use crate::metrics;
-use crate::proxy::{Balancer, MAX_ATTEMPTS, client_ip, is_internal, maybe_local};
+use crate::proxy::{Balancer, MAX_ATTEMPTS, Protocol, client_ip, is_internal, maybe_local};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::reload::SharedLimiter;
 use crate::upstream::{FailurePhase, Upstream};
 
 mod access;
+mod body;
+mod h2;
 mod link;
 #[cfg(test)]
 mod tests;
 
 use access::{Trip, log_refusal};
+use body::BodyFault;
 use link::{AttemptError, UpstreamLink, attempt};
 
 /// Room asked of the allocator for a client's reads at a time.
@@ -57,15 +61,19 @@ const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 1024 * 1024;
 
 /// The balancer's connection handler: admits a client connection (bounds on open
-/// connections in all and per IP, else a JSON 503) and relays its requests.
+/// connections in all and per IP, else a JSON 503) and relays its requests. On the HTTPS
+/// listener it first completes the TLS handshake, and serves HTTP/2 when ALPN chose it
+/// (`h2.rs`: each stream carried through this same relay).
 pub struct Relay {
     balancer: Arc<Balancer>,
     counter: Arc<ConnectionCounter>,
     limits: RequestLimits,
     answers: GuardAnswers,
     /// Per client IP requests per second; `None` when `rate_limit_per_sec` is 0. Replaced
-    /// whole by a reload that changes the limit.
+    /// whole by a reload that changes the limit; shared by the plain and the HTTPS listener.
     limiter: SharedLimiter,
+    /// The HTTPS listener's TLS; `None` on the plain listener.
+    tls: Option<TlsAcceptor>,
 }
 
 impl Relay {
@@ -81,6 +89,20 @@ impl Relay {
             limits,
             answers: GuardAnswers::new(),
             limiter,
+            tls: None,
+        }
+    }
+
+    /// The relay of the HTTPS listener: the same balancer, connection bounds and rate
+    /// limits as this one, behind `acceptor`'s handshake.
+    pub fn over_tls(&self, acceptor: TlsAcceptor) -> Self {
+        Relay {
+            balancer: self.balancer.clone(),
+            counter: self.counter.clone(),
+            limits: self.limits,
+            answers: GuardAnswers::new(),
+            limiter: self.limiter.clone(),
+            tls: Some(acceptor),
         }
     }
 
@@ -89,6 +111,11 @@ impl Relay {
         self.limiter.clone()
     }
 }
+
+/// What a client connection can be read from and written to: a TCP stream, TLS over one,
+/// or (for an HTTP/2 stream) the relay's end of an in-memory connection.
+trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for S {}
 
 /// How long a refused connection is given to take its 503.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -109,48 +136,72 @@ impl ServerApp for Relay {
                 Some(slot) => Some(slot),
                 None => {
                     metrics::connection_refused();
-                    log_refusal(&self.balancer, Some(ip), &[], 503, "too many connections");
-                    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
-                        session
-                            .write_all(&self.answers.too_many_connections)
-                            .await?;
-                        session.flush().await
-                    })
-                    .await;
+                    let protocol = if self.tls.is_some() {
+                        Protocol::Tls
+                    } else {
+                        Protocol::Http1
+                    };
+                    let why = "too many connections";
+                    log_refusal(&self.balancer, Some(ip), protocol, &[], 503, why);
+                    // Before a handshake, a TLS client could not read a plain answer.
+                    if self.tls.is_none() {
+                        let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+                            session
+                                .write_all(&self.answers.too_many_connections)
+                                .await?;
+                            session.flush().await
+                        })
+                        .await;
+                    }
                     Shutdown::shutdown(session.as_mut()).await;
                     return None;
                 }
             },
             None => None,
         };
-        let mut connection = ClientConnection {
-            relay: self,
-            stream: session,
-            input: BytesMut::with_capacity(READ_CHUNK),
-            output: BytesMut::with_capacity(READ_CHUNK),
-            peer: ip.map(|ip| Peer {
-                ip,
-                text: Bytes::from(ip.to_string()),
-            }),
-            link: None,
-            shutdown: shutdown.clone(),
-        };
-        connection.serve().await;
+        let peer = ip.map(|ip| Peer {
+            ip,
+            text: Bytes::from(ip.to_string()),
+        });
+        match &self.tls {
+            None => {
+                ClientConnection::new(self, session, peer, shutdown.clone(), Protocol::Http1)
+                    .serve()
+                    .await;
+            }
+            Some(acceptor) => {
+                // The handshake is bounded as a request head is.
+                let handshake =
+                    tokio::time::timeout(self.limits.header_timeout, acceptor.accept(session));
+                if let Ok(Ok(tls)) = handshake.await {
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        h2::serve(self, tls, peer, shutdown.clone()).await;
+                    } else {
+                        let protocol = Protocol::Http1Tls;
+                        ClientConnection::new(self, tls, peer, shutdown.clone(), protocol)
+                            .serve()
+                            .await;
+                    }
+                }
+            }
+        }
         drop(slot);
         None
     }
 }
 
 /// A client connection's TCP peer, with its address's text made once.
+#[derive(Clone)]
 struct Peer {
     ip: IpAddr,
     text: Bytes,
 }
 
 /// One client connection and the upstream connection it keeps.
-struct ClientConnection<'a> {
+struct ClientConnection<'a, S> {
     relay: &'a Relay,
-    stream: Stream,
+    stream: S,
+    protocol: Protocol,
     /// What the client sent and was not used yet.
     input: BytesMut,
     /// Bytes being put together for a write.
@@ -158,15 +209,6 @@ struct ClientConnection<'a> {
     peer: Option<Peer>,
     link: Option<UpstreamLink>,
     shutdown: ShutdownWatch,
-}
-
-/// Why a request's body could not be read.
-enum BodyFault {
-    TooLarge,
-    TimedOut,
-    /// The client went away or broke its body's framing.
-    Gone,
-    Unparsable,
 }
 
 /// A JSON answer of the balancer's own to a request, never cached; `extra` is more header
@@ -194,7 +236,26 @@ enum Next {
     Close,
 }
 
-impl ClientConnection<'_> {
+impl<'a, S: ClientStream> ClientConnection<'a, S> {
+    fn new(
+        relay: &'a Relay,
+        stream: S,
+        peer: Option<Peer>,
+        shutdown: ShutdownWatch,
+        protocol: Protocol,
+    ) -> Self {
+        ClientConnection {
+            relay,
+            stream,
+            protocol,
+            input: BytesMut::with_capacity(READ_CHUNK),
+            output: BytesMut::with_capacity(READ_CHUNK),
+            peer,
+            link: None,
+            shutdown,
+        }
+    }
+
     fn balancer(&self) -> &Balancer {
         &self.relay.balancer
     }
@@ -298,6 +359,7 @@ impl ClientConnection<'_> {
         log_refusal(
             self.balancer(),
             self.client_addr(),
+            self.protocol,
             &self.input,
             status,
             why,
@@ -328,69 +390,6 @@ impl ClientConnection<'_> {
         .await;
     }
 
-    /// Reads the request's body whole (within `body_timeout` of the head's end, at most
-    /// `max_body_bytes`), answering `Expect: 100-continue` first.
-    async fn read_body(&mut self, head: &RequestHead) -> Result<Bytes, BodyFault> {
-        let limits = self.relay.limits;
-        let max = self.balancer().config.max_body_bytes;
-        let deadline = Instant::now() + limits.body_timeout;
-        match head.framing {
-            Framing::None | Framing::UntilClose => Ok(Bytes::new()),
-            Framing::Length(length) => {
-                let length = usize::try_from(length).unwrap_or(usize::MAX);
-                if length > max {
-                    return Err(BodyFault::TooLarge);
-                }
-                if self.input.len() < length {
-                    if head.expects_continue {
-                        self.continue_body().await?;
-                    }
-                    self.input.reserve(length - self.input.len());
-                }
-                while self.input.len() < length {
-                    self.read_client(deadline).await?;
-                }
-                Ok(self.input.split_to(length).freeze())
-            }
-            Framing::Chunked => {
-                if self.input.is_empty() && head.expects_continue {
-                    self.continue_body().await?;
-                }
-                let mut chunked = ChunkedBody::default();
-                let mut body = BytesMut::new();
-                loop {
-                    let used = chunked
-                        .advance(&self.input, |data| body.extend_from_slice(data))
-                        .map_err(|_| BodyFault::Unparsable)?;
-                    self.input.advance(used);
-                    if body.len() > max {
-                        return Err(BodyFault::TooLarge);
-                    }
-                    if chunked.is_done() {
-                        return Ok(body.freeze());
-                    }
-                    self.read_client(deadline).await?;
-                }
-            }
-        }
-    }
-
-    async fn continue_body(&mut self) -> Result<(), BodyFault> {
-        self.stream
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .map_err(|_| BodyFault::Gone)
-    }
-
-    async fn read_client(&mut self, deadline: Instant) -> Result<(), BodyFault> {
-        self.input.reserve(READ_CHUNK);
-        match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.input)).await {
-            Err(_) => Err(BodyFault::TimedOut),
-            Ok(Ok(n)) if n > 0 => Ok(()),
-            Ok(_) => Err(BodyFault::Gone),
-        }
-    }
-
     /// Writes `bytes` to the client; `false` when it went away.
     async fn send(&mut self, bytes: &[u8]) -> bool {
         self.stream.write_all(bytes).await.is_ok()
@@ -415,6 +414,7 @@ impl ClientConnection<'_> {
             path: target,
             started: Instant::now(),
             client,
+            protocol: self.protocol,
             attempts: 0,
             upstream: None,
         };
@@ -497,6 +497,7 @@ impl ClientConnection<'_> {
             peer: self.peer.as_ref().map(|p| (p.ip, &p.text[..])),
             client,
             trusted: self.peer.as_ref().is_some_and(|p| trusted.contains(&p.ip)),
+            tls: self.protocol.is_tls(),
         };
         write_upstream_head(&mut request, &head, target, &forwarding, body.len());
         let coalesced = body.len() <= COALESCE_BODY;

@@ -170,8 +170,13 @@ pub async fn obtain_token(
     let user = state.read()?.user_by_username(&username)?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let verified = auth::verify_password(password, hash).await?;
+    // A user deactivated by staff has no active account, as Django says.
+    let active = match &user {
+        Some(user) => state.read()?.user_is_active(user.id)?,
+        None => false,
+    };
     match user {
-        Some(user) if verified => {
+        Some(user) if verified && active => {
             attempt.finish(true);
             token_pair_response(
                 &state,

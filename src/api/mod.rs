@@ -2,6 +2,7 @@
 //! responses), and the middleware that observes every request.
 
 mod accounts;
+mod backoffice;
 mod catalog;
 mod membership;
 mod ops;
@@ -20,7 +21,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, get, patch, post};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 
@@ -31,11 +32,15 @@ use crate::state::AppState;
 /// as Django REST framework spells it, and `/api/products/1`): both are registered, so no
 /// request pays for rewriting its path before routing.
 pub fn router(state: Arc<AppState>) -> Router {
-    let routes: [(&str, MethodRouter<Arc<AppState>>); 25] = [
+    let routes: Vec<(&str, MethodRouter<Arc<AppState>>)> = vec![
         ("/api/token", post(accounts::obtain_token)),
         ("/api/token/refresh", post(accounts::refresh_token)),
         ("/api/token/blacklist", post(accounts::blacklist_token)),
-        ("/api/users", post(accounts::sign_up)),
+        (
+            "/api/users",
+            get(backoffice::list_users).post(accounts::sign_up),
+        ),
+        ("/api/users/{id}", patch(backoffice::patch_user)),
         ("/api/users/me", get(accounts::me)),
         ("/api/users/me/password", post(accounts::change_password)),
         (
@@ -76,6 +81,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         ),
         ("/api/orders/{id}", get(orders::get_order)),
         ("/api/orders/{id}/cancel", post(orders::cancel_order)),
+        (
+            "/api/orders/{id}/status",
+            post(backoffice::set_order_status),
+        ),
+        ("/api/orders/export", get(backoffice::export_orders)),
+        ("/api/stats/sales", get(backoffice::sales)),
         (HEALTH_ROUTE, get(ops::health)),
         ("/metrics", get(ops::metrics)),
         // Behind the cluster secret; `soundwave lb` never forwards `/_cluster/` paths.

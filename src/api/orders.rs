@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
 use store::{
     Command, CommandOutcome, MAX_LINE_QUANTITY, MAX_ORDER_LINES, OrderItemView, OrderLine,
-    OrderLines, OrderView,
+    OrderLines, OrderStatus, OrderView,
 };
 
 use super::request::{IdPath, PageRequest, QueryParams};
@@ -165,6 +165,9 @@ pub async fn list_orders(
     params: QueryParams,
 ) -> ApiResult<Response> {
     let page = PageRequest::parse(&params, state.limits.page_size)?;
+    if let Some(filter) = super::backoffice::order_filter(&state, &principal, &params)? {
+        return super::backoffice::filtered_orders(&state, &filter, page, &params);
+    }
     let key = CacheKey::OrderList {
         viewer: state.cache.viewer(&principal),
         limit: page.limit,
@@ -306,7 +309,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     Ok(Some(key.to_owned()))
 }
 
-fn order_response(
+pub(super) fn order_response(
     state: &AppState,
     principal: &Principal,
     id: u64,
@@ -351,9 +354,11 @@ pub async fn cancel_order(
     principal: Principal,
     IdPath(id): IdPath,
 ) -> ApiResult<Response> {
-    let command = Command::CancelOrder {
+    let command = Command::SetOrderStatus {
         actor: principal.id,
         id,
+        status: OrderStatus::Cancelled,
+        at: unix_micros(),
     };
     match state.submit(command).await? {
         CommandOutcome::Order { order, .. } => {

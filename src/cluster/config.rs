@@ -32,6 +32,20 @@ pub enum ClusterError {
     NotAMember(NodeId),
     #[error("cannot start the cluster's runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(
+        "node {node_id} starts with no raft state in {data_dir}, but node {peer} has a cluster \
+         with node {node_id} as a member (its log is at index {log_index}): this node lost the \
+         vote and log it had acknowledged and must not vote or join as node {node_id} again. \
+         To rejoin: give it back its data directory if you still have it; otherwise, on a \
+         running member, `soundwave cluster remove {node_id}`, empty {data_dir}, and start it \
+         with `soundwave node --join http://MEMBER_API --node-id {node_id} ...`"
+    )]
+    IdentityLost {
+        node_id: NodeId,
+        peer: NodeId,
+        log_index: u64,
+        data_dir: String,
+    },
     #[error("cannot listen for peers on {addr}: {source}")]
     PeerListen {
         addr: SocketAddr,

@@ -8,12 +8,14 @@
 //! commands into the log; `waiters.rs` answers the callers once applied; `snapshot.rs` is
 //! the snapshot policy; `health.rs` what the cluster reports; `network.rs` and
 //! `peer_api.rs` the two sides of the peer network; `backup.rs` the backup endpoint;
-//! `membership.rs` joins, promotions, removals and the members' view, `join.rs` the
-//! joining node's side (the JSON endpoints are `api::membership`).
+//! `identity.rs` the refusal of a member that lost its log, `membership.rs` joins,
+//! promotions, removals and the members' view, `join.rs` the joining node's side (the JSON
+//! endpoints are `api::membership`).
 
 mod backup;
 mod config;
 mod health;
+mod identity;
 mod join;
 mod membership;
 mod network;

@@ -99,6 +99,21 @@ async fn backup(State(cluster): State<Arc<Cluster>>, headers: http::HeaderMap) -
     backup_response(&cluster, &headers)
 }
 
+/// This member's view of the cluster, for a starting peer's identity check.
+async fn identity(State(cluster): State<Arc<Cluster>>) -> Response {
+    reply(&cluster.member_view().await)
+}
+
+/// Asks openraft for a snapshot now (operators before maintenance; the scale bench, to
+/// measure writes during one). Answers at once; `/health/`'s `snapshot_index` moves when
+/// it is done.
+async fn take_snapshot(State(cluster): State<Arc<Cluster>>) -> Response {
+    match cluster.raft.trigger().snapshot().await {
+        Ok(()) => http::StatusCode::ACCEPTED.into_response(),
+        Err(error) => ApiError::Internal(error.to_string()).into_response(),
+    }
+}
+
 async fn ping() -> &'static str {
     "pong"
 }
@@ -164,6 +179,8 @@ pub fn peer_router(cluster: Arc<Cluster>) -> Router {
         .route("/_cluster/ping", get(ping))
         .route("/_cluster/digest", get(digest))
         .route("/_cluster/backup", get(backup))
+        .route("/_cluster/identity", post(identity))
+        .route("/_cluster/take-snapshot", post(take_snapshot))
         .route("/_cluster/join", post(join))
         .route("/_cluster/remove", post(remove))
         .route("/_cluster/members", post(members))

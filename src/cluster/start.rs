@@ -1,5 +1,6 @@
 //! Starting the cluster (raft on the store, on its own runtime; the proposer, the peer
-//! server, the leader watch, the snapshot policy), its one-time initialization and its stop.
+//! server, the leader watch, the snapshot policy) once the identity check passed, its one-time
+//! initialization and its stop.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use store::raft::{LogStore, NodeId, StateMachine};
 use tokio::sync::mpsc;
 
 use super::config::{ClusterError, members, raft_config};
+use super::identity::refuse_lost_identity;
 use super::join::join_through;
 use super::membership::JoinRequest;
 use super::network::{PeerClient, PeerNetwork};
@@ -42,6 +44,16 @@ impl Cluster {
         let members = members(config)?;
         let settings = &config.cluster;
         let raft_config = raft_config(settings)?;
+        // Before this node serves its peer address, so that no first start of a new cluster
+        // can be mistaken for a lost log (see identity.rs).
+        refuse_lost_identity(
+            node_id,
+            &members,
+            &store,
+            &settings.secret,
+            &config.node.data_dir,
+        )
+        .await?;
 
         let waiters = Arc::new(Waiters::new(cache));
         let snapshot_path = config.node.data_dir.join(SNAPSHOT_FILE);

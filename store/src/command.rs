@@ -5,7 +5,7 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Category, Id, Order, OrderItem, Product, Timestamp, User};
+use crate::model::{Category, Id, Order, OrderItem, OrderStatus, Product, Timestamp, User};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -75,6 +75,30 @@ pub enum Command {
     ChangePassword {
         user: Id,
         password_hash: String,
+        at: Timestamp,
+    },
+    /// Moves an order to `status` (staff only), or cancels it (staff from placed or paid,
+    /// its owner from placed). Cancelling returns the stock; when each status was reached
+    /// is kept.
+    SetOrderStatus {
+        actor: Id,
+        id: Id,
+        status: OrderStatus,
+        at: Timestamp,
+    },
+    /// Makes a user staff or not (staff only, never oneself); the user's sessions end.
+    SetUserStaff {
+        actor: Id,
+        id: Id,
+        is_staff: bool,
+        at: Timestamp,
+    },
+    /// Deactivates or reactivates a user (staff only, never oneself). A deactivated user
+    /// cannot log in, and their tokens stop working.
+    SetUserActive {
+        actor: Id,
+        id: Id,
+        active: bool,
         at: Timestamp,
     },
     /// Records a cluster member's addresses (and whether it stays a read-only learner), so
@@ -192,4 +216,9 @@ pub enum Rejection {
     RefreshTokenUsed,
     #[error("an account that is not staff has this username; it is not made staff")]
     WouldPromote,
+    #[error("an order cannot move from {from:?} to {to:?}")]
+    StatusChange { from: OrderStatus, to: OrderStatus },
+    /// The actor may see the record but not do this to it.
+    #[error("not allowed")]
+    Forbidden,
 }

@@ -7,6 +7,7 @@
 //! commands.
 
 mod apply;
+mod backoffice;
 mod catalog;
 mod command;
 mod db;
@@ -20,6 +21,9 @@ mod tables;
 mod writer;
 
 pub use apply::{ChangeSet, MAX_CART_LINES, MAX_LINE_QUANTITY, MAX_ORDER_LINES};
+pub use backoffice::{
+    CLOCK_SKEW, DAY, DaySales, OrderFilter, ProductSales, SalesReport, UserListing,
+};
 pub use command::{
     Command, CommandOutcome, MemberRecord, NewProduct, NewUser, OrderLine, OrderLines,
     ProductChanges, Rejection, StockShortage,
@@ -27,7 +31,8 @@ pub use command::{
 pub use db::{DEFAULT_PAGE_CACHE_BYTES, REPAIR_WARNING, Store};
 pub use error::StoreError;
 pub use model::{
-    Category, Id, Order, OrderItem, OrderItemView, OrderStatus, OrderView, Product, Timestamp, User,
+    Category, Id, Order, OrderItem, OrderItemView, OrderStatus, OrderView, Product, StatusChange,
+    Timestamp, User,
 };
 pub use query::{Page, ProductQuery, ProductSort};
 pub use reader::StoreReader;

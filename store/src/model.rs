@@ -56,19 +56,76 @@ pub struct OrderItem {
     pub created_at: Timestamp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where an order is: placed → paid → shipped → delivered, or cancelled from placed or
+/// paid. New statuses go at the end (records store the variant's index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum OrderStatus {
     Placed,
     Cancelled,
+    Paid,
+    Shipped,
+    Delivered,
 }
 
 impl OrderStatus {
+    /// Every status, in the order an order goes through them (cancelled last).
+    pub const ALL: [OrderStatus; 5] = [
+        OrderStatus::Placed,
+        OrderStatus::Paid,
+        OrderStatus::Shipped,
+        OrderStatus::Delivered,
+        OrderStatus::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             OrderStatus::Placed => "placed",
             OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Shipped => "shipped",
+            OrderStatus::Delivered => "delivered",
         }
     }
+
+    /// The status named `name` (as [`as_str`](Self::as_str) spells it).
+    pub fn parse(name: &str) -> Option<OrderStatus> {
+        OrderStatus::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Whether an order may move from this status to `next`: one step forward, or
+    /// cancelled from placed or paid.
+    pub fn may_become(self, next: OrderStatus) -> bool {
+        use OrderStatus::*;
+        matches!(
+            (self, next),
+            (Placed, Paid) | (Paid, Shipped) | (Shipped, Delivered) | (Placed | Paid, Cancelled)
+        )
+    }
+
+    /// The key of this status in the status-change table (its stored variant index).
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            OrderStatus::Placed => 0,
+            OrderStatus::Cancelled => 1,
+            OrderStatus::Paid => 2,
+            OrderStatus::Shipped => 3,
+            OrderStatus::Delivered => 4,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<OrderStatus> {
+        OrderStatus::ALL.into_iter().find(|s| s.code() == code)
+    }
+}
+
+/// When an order reached a status, and who moved it there (for placed: the customer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    pub status: OrderStatus,
+    pub at: Timestamp,
+    pub actor: Id,
+    /// The actor's username (filled by the reader; empty if the user is gone).
+    pub actor_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +145,10 @@ pub struct OrderView {
     pub order: Order,
     pub username: String,
     pub items: Vec<OrderItemView>,
+    /// When each status was reached, oldest first; only a single order's read fills it
+    /// (lists leave it empty). Orders cancelled by the `CancelOrder` command of older
+    /// logs have no time for it.
+    pub status_history: Vec<StatusChange>,
 }
 
 /// An order item with its owner's username and the product name it shows.

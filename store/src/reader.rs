@@ -9,18 +9,21 @@ use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinitio
 use crate::catalog::CatalogIndex;
 use crate::command::MemberRecord;
 use crate::error::StoreError;
-use crate::model::{Category, Id, Order, OrderItem, OrderItemView, OrderView, Product, User};
+use crate::model::{
+    Category, Id, Order, OrderItem, OrderItemView, OrderStatus, OrderView, Product, StatusChange,
+    User,
+};
 use crate::query::{Page, ProductQuery};
 use crate::tables::*;
 
 /// A read snapshot of the whole store.
 pub struct StoreReader {
-    txn: ReadTransaction,
+    pub(crate) txn: ReadTransaction,
     /// The catalog index of the same state as `txn`.
     catalog: Arc<CatalogIndex>,
 }
 
-fn get_record<T: serde::de::DeserializeOwned>(
+pub(crate) fn get_record<T: serde::de::DeserializeOwned>(
     txn: &ReadTransaction,
     table: TableDefinition<u64, &[u8]>,
     id: Id,
@@ -194,7 +197,7 @@ impl StoreReader {
         })
     }
 
-    fn order_view(&self, order: Order) -> Result<OrderView, StoreError> {
+    pub(crate) fn order_view(&self, order: Order) -> Result<OrderView, StoreError> {
         let mut items = Vec::with_capacity(order.items.len());
         for &id in &order.items {
             if let Some(item) = get_record(&self.txn, ORDER_ITEMS, id)? {
@@ -213,12 +216,38 @@ impl StoreReader {
             order,
             username,
             items,
+            status_history: Vec::new(),
         })
     }
 
+    /// One order with its items and when it reached each status (placed: its creation).
     pub fn order(&self, id: Id) -> Result<Option<OrderView>, StoreError> {
         let order: Option<Order> = get_record(&self.txn, ORDERS, id)?;
-        order.map(|o| self.order_view(o)).transpose()
+        let Some(order) = order else {
+            return Ok(None);
+        };
+        let mut view = self.order_view(order)?;
+        let changes = self.txn.open_table(ORDER_STATUS_CHANGES)?;
+        view.status_history.push(StatusChange {
+            status: OrderStatus::Placed,
+            at: view.order.created_at,
+            actor: view.order.user,
+            actor_name: view.username.clone(),
+        });
+        for mut change in crate::apply::recorded_status_changes(&changes, id)? {
+            change.actor_name = self
+                .user(change.actor)?
+                .map(|u| u.username)
+                .unwrap_or_default();
+            view.status_history.push(change);
+        }
+        Ok(Some(view))
+    }
+
+    /// Whether the user may log in and use their tokens (not deactivated by staff).
+    pub fn user_is_active(&self, id: Id) -> Result<bool, StoreError> {
+        let table = self.txn.open_table(DEACTIVATED_USERS)?;
+        Ok(table.get(id)?.is_none())
     }
 
     /// Orders newest first: one user's (`Some`) or everyone's (`None`).
@@ -325,8 +354,8 @@ mod tests {
         assert_eq!(reader.jwt_secret().unwrap(), None);
         assert_eq!(reader.orders(None, 0, 10).unwrap().total, 0);
         assert_eq!(reader.order_items(Some(1), 0, 10).unwrap().total, 0);
-        // 19 application tables, 2 of applied request ids, the raft log and raft state.
-        assert_eq!(reader.txn.list_tables().unwrap().count(), 23);
+        // 21 application tables, 2 of applied request ids, the raft log and raft state.
+        assert_eq!(reader.txn.list_tables().unwrap().count(), 25);
         // Two fresh stores are equal.
         assert_eq!(reader.digest().unwrap(), TestStore::new().digest());
     }

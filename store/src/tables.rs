@@ -73,6 +73,15 @@ pub(crate) const USED_REFRESH_BY_EXPIRY: TableDefinition<(i64, &str), ()> =
 pub(crate) const CREDENTIALS_CHANGED: TableDefinition<u64, i64> =
     TableDefinition::new("credentials_changed");
 
+/// (order, status code) → (when, by whom) the order reached that status through
+/// `SetOrderStatus` (placed is the order's own `created_at`).
+pub(crate) const ORDER_STATUS_CHANGES: TableDefinition<(u64, u8), (i64, u64)> =
+    TableDefinition::new("order_status_changes");
+
+/// user id → when the user was deactivated: they cannot log in and their tokens fail.
+pub(crate) const DEACTIVATED_USERS: TableDefinition<u64, i64> =
+    TableDefinition::new("deactivated_users");
+
 /// Calls `$visit!(TABLE)` for every table that is application state (replicated, in
 /// snapshots and in the digest), leaving out the raft log and the raft bookkeeping
 /// (`RAFT_TABLES`). The one list of them, walked by the schema (which creates them at
@@ -99,6 +108,8 @@ macro_rules! for_each_state_table {
         $visit!(USED_REFRESH);
         $visit!(USED_REFRESH_BY_EXPIRY);
         $visit!(CREDENTIALS_CHANGED);
+        $visit!(ORDER_STATUS_CHANGES);
+        $visit!(DEACTIVATED_USERS);
         $visit!(APPLIED_REQUESTS);
         $visit!(APPLIED_REQUESTS_BY_INDEX);
     };

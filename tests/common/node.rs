@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 
 use crate::fixtures::{items_body, product_body, unique_name};
 use crate::process::{
-    Proc, START_TIMEOUT, soundwave_command, soundwave_exe, spawn_line_reader, wait_timeout,
+    Finished, Proc, START_TIMEOUT, command_to_exit, soundwave_command, soundwave_exe,
+    spawn_line_reader, wait_timeout,
 };
 use crate::response::{Resp, until_not_busy};
 
@@ -152,8 +153,16 @@ impl Node {
         NodeBuilder::default().start()
     }
 
-    fn spawn(&mut self) {
-        assert!(self.proc.is_none(), "spawn while a child is running");
+    /// Starts the node's command again (same options and data directory) expecting it to
+    /// exit, not to serve: what it printed and how it ended.
+    pub fn start_to_exit(&mut self, limit: Duration) -> Finished {
+        assert!(self.proc.is_none(), "start while a child is running");
+        self.starts += 1;
+        command_to_exit(self.command(), limit)
+    }
+
+    /// `soundwave node` with this node's options.
+    fn command(&self) -> Command {
         let mut cmd = soundwave_command();
         cmd.arg("node")
             .arg("--listen")
@@ -175,6 +184,12 @@ impl Node {
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.proc.is_none(), "spawn while a child is running");
+        let mut cmd = self.command();
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -132,6 +132,15 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Fini
     for (k, v) in env {
         cmd.env(k, v);
     }
+    command_to_exit(cmd, limit)
+}
+
+/// Runs `cmd` to its end; kills it and panics if it is still running after `limit`.
+pub fn command_to_exit(mut cmd: Command, limit: Duration) -> Finished {
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::metrics;
-use crate::proxy::{AccessRecord, Balancer};
+use crate::proxy::{AccessRecord, Balancer, Protocol};
 use crate::upstream::Upstream;
 
 /// The access line of a request the relay refused before it had a head to go by.
 pub(super) fn log_refusal(
     balancer: &Balancer,
     client: Option<IpAddr>,
+    protocol: Protocol,
     head: &[u8],
     status: u16,
     why: &str,
@@ -30,6 +31,7 @@ pub(super) fn log_refusal(
         upstream: "-",
         attempts: 0,
         latency_us: 0,
+        protocol,
         error: Some(&why),
     });
 }
@@ -41,6 +43,7 @@ pub(super) struct Trip<'a> {
     pub(super) path: &'a str,
     pub(super) started: Instant,
     pub(super) client: Option<IpAddr>,
+    pub(super) protocol: Protocol,
     pub(super) attempts: u8,
     /// The upstream of the last attempt.
     pub(super) upstream: Option<Arc<Upstream>>,
@@ -61,6 +64,7 @@ impl Trip<'_> {
         };
         let elapsed = self.started.elapsed();
         metrics::request(upstream, status, elapsed.as_secs_f64());
+        metrics::request_protocol(self.protocol);
         (self.balancer.access_log)(&AccessRecord {
             method: self.method,
             path: self.path,
@@ -69,6 +73,7 @@ impl Trip<'_> {
             upstream,
             attempts: self.attempts,
             latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            protocol: self.protocol,
             error,
         });
     }

@@ -12,11 +12,15 @@ mod accounts;
 mod cart;
 mod catalog;
 mod members;
+mod order_status;
 mod orders;
+mod staff;
 #[cfg(test)]
 pub(crate) mod tests;
 
 use std::collections::BTreeSet;
+
+pub(crate) use order_status::recorded_changes as recorded_status_changes;
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
@@ -101,6 +105,8 @@ pub(crate) struct WriteTables<'txn> {
     used_refresh: Table<'txn, &'static str, i64>,
     used_refresh_by_expiry: Table<'txn, (i64, &'static str), ()>,
     credentials_changed: Table<'txn, u64, i64>,
+    order_status_changes: Table<'txn, (u64, u8), (i64, u64)>,
+    deactivated_users: Table<'txn, u64, i64>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -125,6 +131,8 @@ impl<'txn> WriteTables<'txn> {
             used_refresh: txn.open_table(USED_REFRESH)?,
             used_refresh_by_expiry: txn.open_table(USED_REFRESH_BY_EXPIRY)?,
             credentials_changed: txn.open_table(CREDENTIALS_CHANGED)?,
+            order_status_changes: txn.open_table(ORDER_STATUS_CHANGES)?,
+            deactivated_users: txn.open_table(DEACTIVATED_USERS)?,
         })
     }
 
@@ -321,6 +329,24 @@ pub(crate) fn apply_command(
             password_hash,
             at,
         } => accounts::change_password(t, *user, password_hash, *at, changes),
+        Command::SetOrderStatus {
+            actor,
+            id,
+            status,
+            at,
+        } => order_status::set_order_status(t, *actor, *id, *status, *at, changes),
+        Command::SetUserStaff {
+            actor,
+            id,
+            is_staff,
+            at,
+        } => staff::set_user_staff(t, *actor, *id, *is_staff, *at, changes),
+        Command::SetUserActive {
+            actor,
+            id,
+            active,
+            at,
+        } => staff::set_user_active(t, *actor, *id, *active, *at, changes),
         Command::RecordMember(record) => members::record_member(t, record),
     };
     match result {

@@ -267,6 +267,29 @@ pub(super) fn cancel_order(
     if order.status == OrderStatus::Cancelled {
         return Err(Rejection::AlreadyCancelled.into());
     }
+    if !order.status.may_become(OrderStatus::Cancelled) {
+        return Err(Rejection::StatusChange {
+            from: order.status,
+            to: OrderStatus::Cancelled,
+        }
+        .into());
+    }
+    return_stock(t, &order, changes)?;
+    order.status = OrderStatus::Cancelled;
+    t.put_order(&order)?;
+    changes.users.insert(order.user);
+    Ok(CommandOutcome::Order {
+        order,
+        replayed: false,
+    })
+}
+
+/// Puts the quantities of a cancelled order's lines back into stock.
+pub(super) fn return_stock(
+    t: &mut WriteTables<'_>,
+    order: &Order,
+    changes: &mut ChangeSet,
+) -> Result<(), NotApplied> {
     for &item_id in &order.items {
         let Some(item) = t.order_item(item_id)? else {
             continue;
@@ -277,13 +300,7 @@ pub(super) fn cancel_order(
             changes.products.insert(product.id);
         }
     }
-    order.status = OrderStatus::Cancelled;
-    t.put_order(&order)?;
-    changes.users.insert(order.user);
-    Ok(CommandOutcome::Order {
-        order,
-        replayed: false,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
