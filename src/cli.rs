@@ -249,15 +249,31 @@ pub struct LbArgs {
     /// PEM private key of the HTTPS listener's certificate.
     #[arg(long, env = "SOUNDWAVE_LB_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// A cluster member's API URL to learn upstreams from (repeat the flag; replaces
+    /// `lb.discover_from`): every member's API address becomes a primary.
+    #[arg(long = "discover-from", value_name = "URL")]
+    pub discover_from: Vec<String>,
+    /// The cluster secret that discovery needs (default: `[cluster] secret`).
+    #[arg(long, env = "SOUNDWAVE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
 }
 
 impl LbArgs {
     /// The `[lb]` section of the config file overlaid with environment variables and flags.
     pub fn resolve(&self) -> Result<lb::LbConfig, ConfigError> {
-        let mut config = Config::load(self.config.as_deref())?.lb;
+        let file = Config::load(self.config.as_deref())?;
+        let mut config = file.lb;
         if let Some(listen) = self.listen {
             config.listen = listen;
         }
+        if !self.discover_from.is_empty() {
+            config.discover_from.clone_from(&self.discover_from);
+        }
+        config.discover_secret = lb::Secret(
+            self.cluster_secret
+                .clone()
+                .unwrap_or_else(|| file.cluster.secret.clone()),
+        );
         // Upstreams given on the command line are the whole set: keeping a configured or
         // default backup next to them would send traffic where the operator did not say.
         if !self.primaries.is_empty() || !self.backups.is_empty() {

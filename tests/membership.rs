@@ -324,3 +324,92 @@ async fn joins_that_cannot_be_done_say_why() {
         assert_eq!(response.status(), 403, "{path}");
     }
 }
+
+/// Which node answers each client (by its source address) through the balancer.
+async fn nodes_by_client(lb: &common::lb::Balancer, clients: &common::lb::Clients) -> Vec<String> {
+    let mut seen = Vec::new();
+    for (ip, client) in clients {
+        let response = client
+            .get(lb.url("/api/categories/"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET through the balancer from {ip}: {e}"));
+        assert_eq!(response.status(), 200, "from {ip}");
+        let node = response
+            .headers()
+            .get("x-soundwave-node")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        seen.push(node);
+    }
+    seen
+}
+
+/// Waits until the balancer lists `addrs` as healthy upstreams.
+async fn balancer_has_healthy(lb: &common::lb::Balancer, addrs: &[std::net::SocketAddr]) {
+    wait_for(
+        "the balancer to send traffic to every member",
+        Duration::from_secs(30),
+        || async {
+            let status = lb.status().await;
+            let upstreams = status["upstreams"].as_array()?.clone();
+            addrs
+                .iter()
+                .all(|addr| {
+                    upstreams
+                        .iter()
+                        .any(|u| u["address"] == addr.to_string() && u["healthy"] == true)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_balancer_discovers_a_read_replica_and_sends_it_its_share_without_a_restart() {
+    use common::lb::{Balancer, clients, fast_health, local, node_addr};
+    let mut cluster = TestCluster::start(3, "");
+    let leader = cluster.leader().await;
+    let admin = cluster.nodes[leader].admin_token().await;
+    cluster.nodes[leader].create_category(&admin, "Seen").await;
+    // One static primary; the others are learned from the cluster through node 2.
+    let lb = tokio::task::block_in_place(|| {
+        Balancer::start(
+            local(free_port()),
+            Some(local(free_port())),
+            &format!(
+                "primaries = [\"{}\"]\nbackups = []\ndiscover_from = [\"{}\"]\n\
+                 discover_interval_ms = 200\n{}\n[cluster]\nsecret = \"{CLUSTER_SECRET}\"\n",
+                node_addr(&cluster.nodes[0]),
+                cluster.nodes[1].base_url(),
+                fast_health(2, 3)
+            ),
+        )
+    });
+    let members: Vec<_> = cluster.nodes.iter().map(node_addr).collect();
+    balancer_has_healthy(&lb, &members).await;
+    let clients = clients(32);
+    let before = nodes_by_client(&lb, &clients).await;
+
+    let replica = tokio::task::block_in_place(|| cluster.join(5, true));
+    balancer_has_healthy(&lb, &[node_addr(&cluster.nodes[replica])]).await;
+    let after = nodes_by_client(&lb, &clients).await;
+    let moved: Vec<usize> = (0..clients.len())
+        .filter(|&i| before[i] != after[i])
+        .collect();
+    assert!(
+        !moved.is_empty(),
+        "some clients go to the replica: {after:?}"
+    );
+    for i in moved {
+        assert_eq!(
+            after[i], "5",
+            "a client that moved went to the new node, nowhere else (ketama): {before:?} -> {after:?}"
+        );
+    }
+    // The static primary stays whatever the cluster says.
+    let status = lb.upstream_status(node_addr(&cluster.nodes[0])).await;
+    assert_eq!(status["role"], "primary");
+}

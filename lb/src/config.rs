@@ -79,6 +79,26 @@ pub struct LbConfig {
     pub tls_cert: PathBuf,
     /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
     pub tls_key: PathBuf,
+    /// API URLs of Soundwave cluster members asked for the cluster's members (the first
+    /// that answers); their API addresses become primaries beside the configured ones.
+    /// Empty: the configured upstreams only.
+    pub discover_from: Vec<String>,
+    /// Time between two discoveries.
+    pub discover_interval_ms: u64,
+    /// The cluster secret the members' view requires: never in `[lb]`; the command line
+    /// takes it from `[cluster] secret`, `SOUNDWAVE_CLUSTER_SECRET` or `--cluster-secret`.
+    #[serde(skip)]
+    pub discover_secret: Secret,
+}
+
+/// A secret, left out of `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
 }
 
 impl Default for LbConfig {
@@ -115,6 +135,9 @@ impl Default for LbConfig {
             tls_listen: None,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
+            discover_from: Vec::new(),
+            discover_interval_ms: 3000,
+            discover_secret: Secret::default(),
         }
     }
 }
@@ -196,6 +219,27 @@ impl LbConfig {
             return invalid(
                 "lb.max_connections and lb.max_connections_per_ip must be at least 1".to_owned(),
             );
+        }
+        if let Some(url) = self
+            .discover_from
+            .iter()
+            .find(|url| !url.starts_with("http://"))
+        {
+            return invalid(format!(
+                "lb.discover_from takes members' API URLs, http://HOST:PORT (not {url:?})"
+            ));
+        }
+        if !self.discover_from.is_empty() {
+            if self.discover_interval_ms == 0 {
+                return invalid("lb.discover_interval_ms must be > 0".to_owned());
+            }
+            if self.discover_secret.0.is_empty() {
+                return invalid(
+                    "lb.discover_from needs the cluster secret ([cluster] secret, \
+                     SOUNDWAVE_CLUSTER_SECRET or --cluster-secret)"
+                        .to_owned(),
+                );
+            }
         }
         if self.rate_limit_per_sec > 0 && self.rate_limit_burst == 0 {
             return invalid(

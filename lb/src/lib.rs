@@ -57,6 +57,7 @@ use pingora_core::services::listening::Service;
 
 mod config;
 mod connection;
+mod discovery;
 mod error;
 mod health;
 mod http1;
@@ -69,7 +70,7 @@ mod reload;
 mod tls;
 mod upstream;
 
-pub use config::LbConfig;
+pub use config::{LbConfig, Secret};
 pub use connection::{ConnectionCounter, ConnectionSlot};
 pub use error::LbError;
 pub use proxy::{
@@ -372,6 +373,12 @@ pub fn run(
     );
     server.add_service(proxy_service);
     server.add_service(prober);
+    if !config.discover_from.is_empty() {
+        server.add_service(background_service(
+            "lb discovery",
+            discovery::Discovery::new(&config, upstreams.clone()),
+        ));
+    }
 
     if let Some(addr) = config.metrics_listen {
         let mut service = Service::new(

@@ -92,6 +92,9 @@ fn reloadable_differences(a: &LbConfig, b: &LbConfig) -> Vec<&'static str> {
         grace_period_secs: _,
         graceful_shutdown_timeout_secs: _,
         run_dir: _,
+        discover_from: _,
+        discover_interval_ms: _,
+        discover_secret: _,
     } = a;
     differing!(
         a,
@@ -134,6 +137,9 @@ fn fixed_differences(a: &LbConfig, b: &LbConfig) -> Vec<&'static str> {
         grace_period_secs,
         graceful_shutdown_timeout_secs,
         run_dir,
+        discover_from,
+        discover_interval_ms,
+        discover_secret,
     )
 }
 

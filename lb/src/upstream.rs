@@ -192,6 +192,28 @@ impl UpstreamSet {
 /// Points per upstream on pingora's ketama ring (as nginx).
 const RING_POINTS_PER_UPSTREAM: usize = 160;
 
+/// Where the upstreams come from: the configured tiers, and the API addresses of a
+/// cluster's members (primaries).
+#[derive(Debug, Default)]
+struct Sources {
+    primaries: Vec<SocketAddr>,
+    backups: Vec<SocketAddr>,
+    discovered: Vec<SocketAddr>,
+}
+
+impl Sources {
+    /// The configured tiers, and every discovered address that is in neither as a primary.
+    fn tiers(&self) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        let mut primaries = self.primaries.clone();
+        for addr in &self.discovered {
+            if !primaries.contains(addr) && !self.backups.contains(addr) {
+                primaries.push(*addr);
+            }
+        }
+        (primaries, self.backups.clone())
+    }
+}
+
 /// What [`Upstreams::replace`] changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UpstreamChange {
@@ -213,8 +235,10 @@ pub struct Upstreams {
     epoch: Instant,
     epoch_wall: SystemTime,
     set: ArcSwap<UpstreamSet>,
-    /// Replacements one at a time (readers never wait for it).
-    replacing: Mutex<()>,
+    /// Where the set comes from: the configured tiers and the addresses discovered from a
+    /// cluster (see `discovery.rs`). Held while a set is installed: replacements one at a
+    /// time (readers never wait for it).
+    sources: Mutex<Sources>,
     /// Woken when upstreams are added, so the probes see them at once.
     added: tokio::sync::Notify,
     max_fails: AtomicU32,
@@ -261,13 +285,16 @@ impl Upstreams {
             epoch: Instant::now(),
             epoch_wall: SystemTime::now(),
             set: ArcSwap::from_pointee(UpstreamSet::build(Vec::new())),
-            replacing: Mutex::new(()),
+            sources: Mutex::new(Sources::default()),
             added: tokio::sync::Notify::new(),
             max_fails: AtomicU32::new(0),
             fail_timeout_ms: AtomicU64::new(0),
         };
         upstreams.set_passive(max_fails, fail_timeout);
-        upstreams.install(primaries, backups);
+        upstreams.update(|sources| {
+            sources.primaries = primaries.to_vec();
+            sources.backups = backups.to_vec();
+        });
         upstreams
     }
 
@@ -276,18 +303,37 @@ impl Upstreams {
     /// (no traffic until a probe passes); a removed one leaves the rings at once while
     /// requests in flight to it finish (they hold it), and connections kept to it are
     /// dropped at their next request. Each tier's ring is built over its addresses alone,
-    /// so an added upstream takes only its share of clients (ketama).
+    /// so an added upstream takes only its share of clients (ketama). Upstreams discovered
+    /// from a cluster stay, as primaries, unless configured.
     pub fn replace(
         &self,
         primaries: &[SocketAddr],
         backups: &[SocketAddr],
     ) -> Result<UpstreamChange, LbError> {
         check_tiers(primaries, backups).map_err(LbError::Invalid)?;
-        Ok(self.install(primaries, backups))
+        Ok(self.update(|sources| {
+            sources.primaries = primaries.to_vec();
+            sources.backups = backups.to_vec();
+        }))
     }
 
+    /// Replaces the upstreams discovered from a cluster: they are primaries beside the
+    /// configured ones (an address also configured keeps its configured tier), with the
+    /// same rules as [`Upstreams::replace`].
+    pub fn set_discovered(&self, discovered: &[SocketAddr]) -> UpstreamChange {
+        self.update(|sources| sources.discovered = discovered.to_vec())
+    }
+
+    /// Changes the sources and installs the set they make.
+    fn update(&self, change: impl FnOnce(&mut Sources)) -> UpstreamChange {
+        let mut sources = lock(&self.sources);
+        change(&mut sources);
+        let (primaries, backups) = sources.tiers();
+        self.install(&primaries, &backups)
+    }
+
+    /// Installs a set; called with `sources` held.
     fn install(&self, primaries: &[SocketAddr], backups: &[SocketAddr]) -> UpstreamChange {
-        let _one_at_a_time = lock(&self.replacing);
         let old = self.set.load_full();
         let mut change = UpstreamChange::default();
         let tiers = primaries
@@ -727,6 +773,31 @@ mod tests {
         );
         // About a quarter of the clients move; well within 10% and 40%.
         assert!((200..800).contains(&moved.len()), "{} moved", moved.len());
+    }
+
+    #[test]
+    fn discovered_upstreams_are_primaries_beside_the_configured_and_outlive_a_reload() {
+        let t = Upstreams::new(&[addr(1)], &[addr(9)], 3, Duration::from_secs(30));
+        let change = t.set_discovered(&[addr(1), addr(2), addr(9)]);
+        assert_eq!(
+            change.added,
+            vec![addr(2)],
+            "configured ones keep their tier"
+        );
+        assert_eq!(t.find(addr(9)).unwrap().role(), Role::Backup);
+        assert_eq!(t.find(addr(2)).unwrap().role(), Role::Primary);
+        // A reload replaces the configured tiers; the discovered ones stay, as primaries.
+        let change = t.replace(&[addr(3)], &[]).unwrap();
+        assert_eq!(change.added, vec![addr(3)]);
+        assert!(change.removed.is_empty());
+        assert_eq!(change.moved, vec![addr(9)]);
+        assert!(t.find(addr(2)).is_some());
+        // Members that leave the cluster leave the set.
+        let change = t.set_discovered(&[addr(2)]);
+        assert_eq!(change.removed, vec![addr(1), addr(9)]);
+        let change = t.set_discovered(&[]);
+        assert_eq!(change.removed, vec![addr(2)]);
+        assert_eq!(t.list().len(), 1);
     }
 
     #[test]

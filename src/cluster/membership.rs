@@ -201,6 +201,16 @@ impl Cluster {
     /// (returning once that membership is committed; replication to it has begun). The same
     /// node asking again (a restart that still says --join) changes nothing.
     pub async fn join_here(&self, request: JoinRequest) -> Result<u64, MembershipError> {
+        for (what, addr) in [("api", &request.api), ("peer", &request.peer)] {
+            match addr.parse::<std::net::SocketAddr>() {
+                Ok(addr) if addr.port() != 0 && !addr.ip().is_unspecified() => {}
+                _ => {
+                    return Err(MembershipError::Refused(format!(
+                        "the {what} address {addr:?} must be a concrete IP:PORT"
+                    )));
+                }
+            }
+        }
         self.must_lead()?;
         let existing = self
             .raft
