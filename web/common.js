@@ -67,7 +67,9 @@ const SW = (() => {
           await new Promise((resolve) => setTimeout(resolve, 300));
           res = await send("POST", "/api/token/refresh/", {}, null);
         }
-        if (res.status === 401) {
+        // 401: the cookie's token is no longer good; 400: there is no cookie (another tab
+        // logged out). Either way this session has ended.
+        if (res.status === 401 || res.status === 400) {
           logout();
         }
         if (!res.ok) throw new ApiError(res.status, res.body, res.headers);

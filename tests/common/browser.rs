@@ -317,6 +317,20 @@ impl Browser {
         self.goto(url).await;
     }
 
+    /// Switches to the browser's first tab.
+    pub async fn switch_to_first_tab(&self) {
+        let tabs = self
+            .client
+            .windows()
+            .await
+            .unwrap_or_else(|e| panic!("list the tabs: {e}"));
+        let first = tabs.into_iter().next().expect("a tab");
+        self.client
+            .switch_to_window(first)
+            .await
+            .unwrap_or_else(|e| panic!("switch to the first tab: {e}"));
+    }
+
     /// The value of the cookie `name` that the browser sends to `url` (HttpOnly ones too),
     /// if any. Navigates to `url` to read it, so the current page is left.
     pub async fn cookie_at(&self, url: &str, name: &str) -> Option<String> {
