@@ -71,7 +71,12 @@ async fn tls_connect(port: u16, cert: &Path, alpn: &[&str]) -> (TlsStream<TcpStr
 }
 
 /// An HTTP/2 connection (ALPN `h2`) whose sender can carry many streams at once.
-async fn h2_connection(port: u16, cert: &Path) -> http2::SendRequest<Full<Bytes>> {
+async fn h2_connection<B>(port: u16, cert: &Path) -> http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (stream, chosen) = tls_connect(port, cert, &["h2", "http/1.1"]).await;
     assert_eq!(chosen, "h2", "ALPN chose h2");
     let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -79,6 +84,21 @@ async fn h2_connection(port: u16, cert: &Path) -> http2::SendRequest<Full<Bytes>
         .expect("an h2 handshake");
     tokio::spawn(connection);
     sender
+}
+
+/// A body that does not tell its length: its h2 request has no `content-length`.
+struct UnsizedBody(Full<Bytes>);
+
+impl hyper::body::Body for UnsizedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_frame(cx)
+    }
 }
 
 /// An HTTP/1.1 connection (ALPN `http/1.1`).
@@ -157,6 +177,25 @@ async fn https_serves_h2_and_http1_by_alpn_and_forwards_them_as_https() {
     assert_eq!((got.status, got.version), (200, http::Version::HTTP_2));
     assert_eq!(got.body["method"], "POST");
     assert_eq!(got.body["headers"]["content-length"], "12", "{}", got.body);
+    // One whose length the client does not say goes through too (chunked on the way in).
+    let mut unsized_h2 = h2_connection::<UnsizedBody>(port, &files.cert).await;
+    let unsized_post = Request::builder()
+        .method("PUT")
+        .uri(format!("https://127.0.0.1:{port}/unsized"))
+        .body(UnsizedBody(Full::new(Bytes::from_static(
+            b"seventeen bytes!!",
+        ))))
+        .expect("a request");
+    let got = answer(
+        unsized_h2
+            .send_request(unsized_post)
+            .await
+            .expect("PUT over h2"),
+    )
+    .await;
+    assert_eq!((got.status, got.version), (200, http::Version::HTTP_2));
+    assert_eq!(got.body["method"], "PUT");
+    assert_eq!(got.body["headers"]["content-length"], "17", "{}", got.body);
 
     let mut h1 = h1_connection(port, &files.cert).await;
     let response = h1
