@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::lb::{Balancer, EchoUpstream, local, over_one_primary};
-use common::{free_port, run_to_exit};
+use common::lb::{Balancer, EchoUpstream, local, node_addr, over_one_primary};
+use common::node::Node;
+use common::{free_port, run_to_exit, wait_for};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -77,9 +78,31 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    h2_connection_with_window(port, cert, None).await
+}
+
+/// An HTTP/2 connection whose client offers flow-control windows of `window` bytes (stream
+/// and connection) instead of hyper's default megabytes.
+async fn h2_connection_with_window<B>(
+    port: u16,
+    cert: &Path,
+    window: Option<u32>,
+) -> http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (stream, chosen) = tls_connect(port, cert, &["h2", "http/1.1"]).await;
     assert_eq!(chosen, "h2", "ALPN chose h2");
-    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    if let Some(window) = window {
+        builder
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window);
+    }
+    let (sender, connection) = builder
+        .handshake(TokioIo::new(stream))
         .await
         .expect("an h2 handshake");
     tokio::spawn(connection);
@@ -306,6 +329,62 @@ async fn h2_streams_meet_the_reserved_paths_and_the_rate_limit() {
     assert_eq!(refused.version, http::Version::HTTP_2);
     assert!(refused.headers.get("retry-after").is_some());
     assert!(refused.body["detail"].is_string(), "{}", refused.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_s_large_list_comes_whole_over_h2_beyond_the_flow_control_window() {
+    let node = Node::builder().demo().env("RUST_LOG", "warn").start();
+    let list = "/api/products/?limit=1000";
+    let direct = wait_for("the demo's 1,000 products", Duration::from_secs(60), || {
+        let url = node.url(list);
+        async move {
+            let resp = reqwest::get(&url).await.ok()?;
+            let total = resp.headers().get("x-total-count")?.to_str().ok()?;
+            let total: usize = total.parse().ok()?;
+            let body = resp.bytes().await.ok()?;
+            (total >= 1000).then_some(body)
+        }
+    })
+    .await;
+    // Over ten times the client's 16 KiB windows: the answer goes out as they open.
+    const WINDOW: u32 = 16 * 1024;
+    assert!(
+        direct.len() > 10 * WINDOW as usize,
+        "{} bytes",
+        direct.len()
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = ensure_self_signed(dir.path()).expect("a self-signed certificate");
+    let port = free_port();
+    let _lb = Balancer::start(
+        local(free_port()),
+        None,
+        &format!(
+            "primaries = [\"{}\"]\nbackups = []\ntls_listen = \"{}\"\ntls_cert = \"{}\"\n\
+             tls_key = \"{}\"\n",
+            node_addr(&node),
+            local(port),
+            files.cert.display(),
+            files.key.display()
+        ),
+    );
+    let mut h2 = h2_connection_with_window::<Full<Bytes>>(port, &files.cert, Some(WINDOW)).await;
+    // Bounded: an answer stuck waiting for window it never gets fails here.
+    let (status, version, body) = tokio::time::timeout(Duration::from_secs(30), async {
+        let response = h2
+            .send_request(request("GET", port, list, ""))
+            .await
+            .expect("the list over h2");
+        let (status, version) = (response.status().as_u16(), response.version());
+        let body = response.into_body().collect().await.expect("the body");
+        (status, version, body.to_bytes())
+    })
+    .await
+    .expect("the list within 30 s");
+    assert_eq!((status, version), (200, http::Version::HTTP_2));
+    assert_eq!(body.len(), direct.len());
+    assert!(body == direct, "the list over h2 differs from the node's");
 }
 
 #[test]
