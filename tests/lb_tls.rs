@@ -332,6 +332,35 @@ async fn h2_streams_meet_the_reserved_paths_and_the_rate_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_reset_while_its_answer_is_awaited_ends_the_request() {
+    let echo = EchoUpstream::start("A");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (lb, port, files) = tls_balancer(&echo, dir.path(), "");
+    let mut h2 = h2_connection::<Full<Bytes>>(port, &files.cert).await;
+    let slow_started = echo.slow_started.lock().unwrap().take().unwrap();
+    // The upstream takes a second; the client gives up (RST_STREAM) once it is waiting.
+    let waiting = tokio::spawn(h2.send_request(request("GET", port, "/slow-reset", "")));
+    tokio::task::spawn_blocking(move || slow_started.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("the slow request reached the upstream");
+    waiting.abort();
+    lb.wait_for_line(
+        "the reset stream's access line",
+        &[
+            "path=\"/slow-reset\"",
+            "status=0",
+            "protocol=h2+tls",
+            "the client went away",
+        ],
+    )
+    .await;
+    // The connection serves other streams on.
+    let got = h2_get(&mut h2, port, "/after-reset").await;
+    assert_eq!((got.status, got.version), (200, http::Version::HTTP_2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_s_large_list_comes_whole_over_h2_beyond_the_flow_control_window() {
     let node = Node::builder().demo().env("RUST_LOG", "warn").start();
     let list = "/api/products/?limit=1000";
