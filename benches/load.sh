@@ -34,6 +34,12 @@
 #   installed when missing) over the same two; every scenario runs through the balancer,
 #   through nginx (NAME@nginx) and straight at node A (NAME@direct), and the table ends with
 #   lb/nginx and each one's added p50 (read-only scenarios: detail, list20, browse).
+# TOPOLOGY=lb-tls: the same two nodes, `soundwave lb` with its HTTPS listener beside the
+#   plain one and nginx with `listen ... ssl http2` beside its plain one (a self-signed P-256
+#   certificate made with openssl); every scenario runs through the balancer plain (NAME),
+#   HTTPS with HTTP/1.1 (NAME@tls) and HTTP/2 (NAME@h2, one stream per connection), and the
+#   same three through nginx (NAME@nginx, NAME@nginx-tls, NAME@nginx-h2); the table ends with
+#   each HTTPS req/s over the plain one, and lb/nginx per protocol (default scenario: detail).
 # SOUNDWAVE_BIN runs another build of soundwave (to compare two builds in turn).
 # Nodes, balancers and `up` run with their default logging (an access line per request at
 # info), as operators run them; LOG=quiet starts them with RUST_LOG=warn instead (no access
@@ -64,7 +70,7 @@ targets=()
 if [ ${#SCENARIOS[@]} -eq 0 ]; then
   SCENARIOS=(browse buy mixed login)
 fi
-case $TOPOLOGY in node | cluster | up | nginx-vs-lb) ;; *) echo "TOPOLOGY is node, cluster, up or nginx-vs-lb" >&2; exit 2 ;; esac
+case $TOPOLOGY in node | cluster | up | nginx-vs-lb | lb-tls) ;; *) echo "TOPOLOGY is node, cluster, up, nginx-vs-lb or lb-tls" >&2; exit 2 ;; esac
 for scenario in "${SCENARIOS[@]}"; do
   case $scenario in
     browse | buy | mixed | login | detail | list20 | filtered | orders | compressed) ;;
@@ -82,6 +88,10 @@ fi
 if [ "$TOPOLOGY" = nginx-vs-lb ]; then
   [ $# -gt 0 ] || SCENARIOS=(detail list20 browse)
   side_by_side="TOPOLOGY=nginx-vs-lb"
+fi
+if [ "$TOPOLOGY" = lb-tls ]; then
+  [ $# -gt 0 ] || SCENARIOS=(detail)
+  side_by_side="TOPOLOGY=lb-tls"
 fi
 if [ -n "$side_by_side" ]; then
   for scenario in "${SCENARIOS[@]}"; do
@@ -200,15 +210,28 @@ case $TOPOLOGY in
     fi
     credentials="$out/node.out"
     ;;
-  nginx-vs-lb)
+  nginx-vs-lb | lb-tls)
     # Two standalone demo nodes; `soundwave lb` and nginx over the same two, and every
-    # scenario run in turn through each and straight at node A.
+    # scenario run in turn through each and straight at node A (lb-tls: through each
+    # plain, HTTPS/1.1 and HTTP/2).
     start_node nodeA --listen 127.0.0.1:0 --data-dir "$data/nodeA" --demo
     start_node nodeB --listen 127.0.0.1:0 --data-dir "$data/nodeB" --demo
     node_a=$(url_of nodeA); node_b=$(url_of nodeB)
     lb=$(free_port)
+    lb_tls=() nginx_tls=
+    if [ "$TOPOLOGY" = lb-tls ]; then
+      mkdir -p "$data/tls"
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$data/tls/key.pem" -out "$data/tls/cert.pem" 2>/dev/null
+      lb_https=$(free_port) nginx_https=$(free_port)
+      lb_tls=(--tls-listen "127.0.0.1:$lb_https" --tls-cert "$data/tls/cert.pem" --tls-key "$data/tls/key.pem")
+      nginx_tls="listen 127.0.0.1:$nginx_https ssl http2;
+    ssl_certificate $data/tls/cert.pem;
+    ssl_certificate_key $data/tls/key.pem;"
+    fi
     with_log "$soundwave" lb --listen "127.0.0.1:$lb" --metrics-listen "127.0.0.1:$(free_port)" \
-      --primary "${node_a#http://}" --primary "${node_b#http://}" >"$out/lb.out" 2>"$out/lb.err" &
+      --primary "${node_a#http://}" --primary "${node_b#http://}" "${lb_tls[@]}" >"$out/lb.out" 2>"$out/lb.err" &
     pids+=($!)
     wait_for "$out/lb.out" "listening on"
     command -v nginx >/dev/null || PATH="$PATH:/usr/sbin"
@@ -246,6 +269,7 @@ http {
   }
   server {
     listen 127.0.0.1:$nginx_port;
+    $nginx_tls
     location / {
       proxy_pass http://soundwave;
       proxy_http_version 1.1;
@@ -266,9 +290,19 @@ NGINX
     base="$node_a"
     credentials="$out/nodeA.out"
     # Scenario names get a suffix per target: none for the balancer.
-    targets=("" "@nginx" "@direct")
-    target_bases=("http://127.0.0.1:$lb" "http://127.0.0.1:$nginx_port" "$node_a")
-    echo "nginx-vs-lb: soundwave lb ${target_bases[0]}, nginx http://127.0.0.1:$nginx_port, over $node_a and $node_b"
+    if [ "$TOPOLOGY" = lb-tls ]; then
+      targets=("" "@tls" "@h2" "@nginx" "@nginx-tls" "@nginx-h2")
+      target_bases=("http://127.0.0.1:$lb" "https://127.0.0.1:$lb_https" "https://127.0.0.1:$lb_https"
+        "http://127.0.0.1:$nginx_port" "https://127.0.0.1:$nginx_https" "https://127.0.0.1:$nginx_https")
+      # oha's flags per target (its HTTPS trusts any certificate; --http2 negotiates h2).
+      target_flags=("" "--insecure" "--insecure --http2" "" "--insecure" "--insecure --http2")
+      echo "lb-tls: soundwave lb http://127.0.0.1:$lb and https://127.0.0.1:$lb_https," \
+        "nginx http://127.0.0.1:$nginx_port and https://127.0.0.1:$nginx_https, over $node_a and $node_b"
+    else
+      targets=("" "@nginx" "@direct")
+      target_bases=("http://127.0.0.1:$lb" "http://127.0.0.1:$nginx_port" "$node_a")
+      echo "nginx-vs-lb: soundwave lb ${target_bases[0]}, nginx http://127.0.0.1:$nginx_port, over $node_a and $node_b"
+    fi
     ;;
 esac
 if [ ${#targets[@]} -eq 0 ]; then targets=(""); target_bases=("$base"); fi
@@ -372,9 +406,12 @@ fi
 # `Accept-Encoding: gzip, compress, deflate, br` unless told not to, and the node now
 # compresses bodies of 1 KiB or more: every run is a plain client (as the baselines are)
 # unless its ARGS set Accept-Encoding (the compressed scenario).
+# oha_flags: the current target's own flags (lb-tls: --insecure, --http2).
+oha_flags=()
 oha_run() {
   local name=$1 connections=$2; shift 2
-  oha -z "$DURATION" -c "$connections" --no-tui --disable-compression --output-format json "$@" >"$round/$name.json"
+  oha -z "$DURATION" -c "$connections" --no-tui --disable-compression --output-format json \
+    "${oha_flags[@]}" "$@" >"$round/$name.json"
 }
 # buy_runs PREFIX CONNECTIONS: CONNECTIONS connections spread over one oha process per
 # shopper (at most USERS, at least one connection each), in parallel; PREFIX-<i>.json each.
@@ -397,11 +434,13 @@ rows=(baseline)
 for ((r = 1; r <= ROUNDS; r++)); do
   round="$out/r$r"
   mkdir -p "$round"
+  oha_flags=()
   oha_run baseline "$CONNECTIONS" "$baseline/api/products/1/"
   [ -z "$list_baseline" ] || oha_run baseline.list20 "$CONNECTIONS" "$list_baseline/api/products/?limit=20"
   for scenario in "${SCENARIOS[@]}"; do
   for t in "${!targets[@]}"; do
     sfx=${targets[$t]} base=${target_bases[$t]}
+    read -ra oha_flags <<<"${target_flags[$t]:-}"
     # The browse URLs were made against input_base: each target gets its own copy.
     target_urls="$out/browse-urls.target$t.txt"
     [ -f "$target_urls" ] || sed "s#^$input_base#$base#" "$out/browse-urls.txt" >"$target_urls"
@@ -526,15 +565,15 @@ for name in names:
     _, reports, non2xx, errors, codes = min(per_round, key=lambda row: abs(row[0] - rps[name]))
     rows.append((name, reports, non2xx, errors, codes))
 ms = lambda v: "-" if v is None else f"{v * 1000:.2f}"
-header = f"{'scenario':<13} {'topology':<8} {'req/s':>9} {'of base':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'non-2xx':>8} {'errors':>7}"
+header = f"{'scenario':<18} {'topology':<8} {'req/s':>9} {'of base':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'non-2xx':>8} {'errors':>7}"
 title = f"logging: {log}, rounds: {len(rounds)} (medians)"
 print(title)
 print(header)
 lines = [title, header]
 for name, reports, non2xx, errors, codes in rows:
     frac = f"{fraction[name]:.2f}" if name in fraction else "-"
-    where = "hyper" if name.startswith("baseline") else "nginx" if name.endswith("@nginx") else "quiet" if name.endswith("@quiet") else "node" if name.endswith("@direct") else "lb" if topology == "nginx-vs-lb" else topology
-    line = (f"{name:<13} {where:<8} {rps[name]:>9.0f} {frac:>7} "
+    where = "hyper" if name.startswith("baseline") else "nginx" if "@nginx" in name else "lb" if topology == "lb-tls" else "quiet" if name.endswith("@quiet") else "node" if name.endswith("@direct") else "lb" if topology == "nginx-vs-lb" else topology
+    line = (f"{name:<18} {where:<8} {rps[name]:>9.0f} {frac:>7} "
             f"{ms(merged(reports, 50)):>8} {ms(merged(reports, 99)):>8} {ms(merged(reports, 99.9)):>9} "
             f"{non2xx:>8} {errors:>7}")
     print(line)
@@ -559,6 +598,18 @@ for name in [n for n in names if f"{n}@nginx" in rps]:
     if direct is not None and p50.get(name) is not None and p50.get(f"{name}@nginx") is not None:
         note += (f", added p50: lb {(p50[name] - direct) * 1000:.2f} ms, "
                  f"nginx {(p50[name + '@nginx'] - direct) * 1000:.2f} ms")
+    print(note)
+    lines.append(note)
+# lb-tls: each HTTPS target's req/s over the same server's plain one, and lb/nginx per
+# protocol, the medians of the per-round ratios.
+def ratio(a, b):
+    pairs = [m[a][0] / m[b][0] for m in rounds if a in m and b in m]
+    return f"{median(pairs):.2f}" if pairs else "-"
+for name in [n for n in names if f"{n}@tls" in rps]:
+    note = (f"{name}: of plain: lb https/1.1 {ratio(name + '@tls', name)}, h2 {ratio(name + '@h2', name)}; "
+            f"nginx https/1.1 {ratio(name + '@nginx-tls', name + '@nginx')}, h2 {ratio(name + '@nginx-h2', name + '@nginx')}; "
+            f"lb/nginx: plain {ratio(name, name + '@nginx')}, https/1.1 {ratio(name + '@tls', name + '@nginx-tls')}, "
+            f"h2 {ratio(name + '@h2', name + '@nginx-h2')}")
     print(note)
     lines.append(note)
 # compressed: each compressed list's req/s over the plain one's, the median of the rounds.

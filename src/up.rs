@@ -422,3 +422,29 @@ fn balancer_serves(addr: std::net::SocketAddr, limit: Duration) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_makes_a_certificate_once_and_listens_on_8443_unless_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.node.data_dir = dir.path().to_path_buf();
+        let (addr, flags) = tls_flags(&config).unwrap();
+        assert_eq!(addr, SocketAddr::new(config.lb.listen.ip(), 8443));
+        let cert = dir.path().join("tls").join("cert.pem");
+        assert!(cert.is_file());
+        assert_eq!(flags[1], addr.to_string());
+        assert_eq!(flags[3], cert.display().to_string());
+
+        config.lb.tls_listen = Some("127.0.0.1:9443".parse().unwrap());
+        config.lb.tls_cert = PathBuf::from("/etc/own/cert.pem");
+        config.lb.tls_key = PathBuf::from("/etc/own/key.pem");
+        let (addr, flags) = tls_flags(&config).unwrap();
+        assert_eq!(addr.port(), 9443);
+        assert_eq!(flags[3], "/etc/own/cert.pem");
+        assert_eq!(flags[5], "/etc/own/key.pem");
+    }
+}

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::lb::{Balancer, EchoUpstream, local, over_one_primary};
-use common::{free_port, run_to_exit};
+use common::lb::{Balancer, EchoUpstream, local, node_addr, over_one_primary};
+use common::node::Node;
+use common::{free_port, run_to_exit, wait_for};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -71,14 +72,56 @@ async fn tls_connect(port: u16, cert: &Path, alpn: &[&str]) -> (TlsStream<TcpStr
 }
 
 /// An HTTP/2 connection (ALPN `h2`) whose sender can carry many streams at once.
-async fn h2_connection(port: u16, cert: &Path) -> http2::SendRequest<Full<Bytes>> {
+async fn h2_connection<B>(port: u16, cert: &Path) -> http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    h2_connection_with_window(port, cert, None).await
+}
+
+/// An HTTP/2 connection whose client offers flow-control windows of `window` bytes (stream
+/// and connection) instead of hyper's default megabytes.
+async fn h2_connection_with_window<B>(
+    port: u16,
+    cert: &Path,
+    window: Option<u32>,
+) -> http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (stream, chosen) = tls_connect(port, cert, &["h2", "http/1.1"]).await;
     assert_eq!(chosen, "h2", "ALPN chose h2");
-    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    if let Some(window) = window {
+        builder
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window);
+    }
+    let (sender, connection) = builder
+        .handshake(TokioIo::new(stream))
         .await
         .expect("an h2 handshake");
     tokio::spawn(connection);
     sender
+}
+
+/// A body that does not tell its length: its h2 request has no `content-length`.
+struct UnsizedBody(Full<Bytes>);
+
+impl hyper::body::Body for UnsizedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_frame(cx)
+    }
 }
 
 /// An HTTP/1.1 connection (ALPN `http/1.1`).
@@ -157,6 +200,25 @@ async fn https_serves_h2_and_http1_by_alpn_and_forwards_them_as_https() {
     assert_eq!((got.status, got.version), (200, http::Version::HTTP_2));
     assert_eq!(got.body["method"], "POST");
     assert_eq!(got.body["headers"]["content-length"], "12", "{}", got.body);
+    // One whose length the client does not say goes through too (chunked on the way in).
+    let mut unsized_h2 = h2_connection::<UnsizedBody>(port, &files.cert).await;
+    let unsized_post = Request::builder()
+        .method("PUT")
+        .uri(format!("https://127.0.0.1:{port}/unsized"))
+        .body(UnsizedBody(Full::new(Bytes::from_static(
+            b"seventeen bytes!!",
+        ))))
+        .expect("a request");
+    let got = answer(
+        unsized_h2
+            .send_request(unsized_post)
+            .await
+            .expect("PUT over h2"),
+    )
+    .await;
+    assert_eq!((got.status, got.version), (200, http::Version::HTTP_2));
+    assert_eq!(got.body["method"], "PUT");
+    assert_eq!(got.body["headers"]["content-length"], "17", "{}", got.body);
 
     let mut h1 = h1_connection(port, &files.cert).await;
     let response = h1
@@ -267,6 +329,91 @@ async fn h2_streams_meet_the_reserved_paths_and_the_rate_limit() {
     assert_eq!(refused.version, http::Version::HTTP_2);
     assert!(refused.headers.get("retry-after").is_some());
     assert!(refused.body["detail"].is_string(), "{}", refused.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_reset_while_its_answer_is_awaited_ends_the_request() {
+    let echo = EchoUpstream::start("A");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (lb, port, files) = tls_balancer(&echo, dir.path(), "");
+    let mut h2 = h2_connection::<Full<Bytes>>(port, &files.cert).await;
+    let slow_started = echo.slow_started.lock().unwrap().take().unwrap();
+    // The upstream takes a second; the client gives up (RST_STREAM) once it is waiting.
+    let waiting = tokio::spawn(h2.send_request(request("GET", port, "/slow-reset", "")));
+    tokio::task::spawn_blocking(move || slow_started.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("the slow request reached the upstream");
+    waiting.abort();
+    lb.wait_for_line(
+        "the reset stream's access line",
+        &[
+            "path=\"/slow-reset\"",
+            "status=0",
+            "protocol=h2+tls",
+            "the client went away",
+        ],
+    )
+    .await;
+    // The connection serves other streams on.
+    let got = h2_get(&mut h2, port, "/after-reset").await;
+    assert_eq!((got.status, got.version), (200, http::Version::HTTP_2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_s_large_list_comes_whole_over_h2_beyond_the_flow_control_window() {
+    let node = Node::builder().demo().env("RUST_LOG", "warn").start();
+    let list = "/api/products/?limit=1000";
+    let direct = wait_for("the demo's 1,000 products", Duration::from_secs(60), || {
+        let url = node.url(list);
+        async move {
+            let resp = reqwest::get(&url).await.ok()?;
+            let total = resp.headers().get("x-total-count")?.to_str().ok()?;
+            let total: usize = total.parse().ok()?;
+            let body = resp.bytes().await.ok()?;
+            (total >= 1000).then_some(body)
+        }
+    })
+    .await;
+    // Over ten times the client's 16 KiB windows: the answer goes out as they open.
+    const WINDOW: u32 = 16 * 1024;
+    assert!(
+        direct.len() > 10 * WINDOW as usize,
+        "{} bytes",
+        direct.len()
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = ensure_self_signed(dir.path()).expect("a self-signed certificate");
+    let port = free_port();
+    let _lb = Balancer::start(
+        local(free_port()),
+        None,
+        &format!(
+            "primaries = [\"{}\"]\nbackups = []\ntls_listen = \"{}\"\ntls_cert = \"{}\"\n\
+             tls_key = \"{}\"\n",
+            node_addr(&node),
+            local(port),
+            files.cert.display(),
+            files.key.display()
+        ),
+    );
+    let mut h2 = h2_connection_with_window::<Full<Bytes>>(port, &files.cert, Some(WINDOW)).await;
+    // Bounded: an answer stuck waiting for window it never gets fails here.
+    let (status, version, body) = tokio::time::timeout(Duration::from_secs(30), async {
+        let response = h2
+            .send_request(request("GET", port, list, ""))
+            .await
+            .expect("the list over h2");
+        let (status, version) = (response.status().as_u16(), response.version());
+        let body = response.into_body().collect().await.expect("the body");
+        (status, version, body.to_bytes())
+    })
+    .await
+    .expect("the list within 30 s");
+    assert_eq!((status, version), (200, http::Version::HTTP_2));
+    assert_eq!(body.len(), direct.len());
+    assert!(body == direct, "the list over h2 differs from the node's");
 }
 
 #[test]
