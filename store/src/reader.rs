@@ -452,10 +452,8 @@ mod tests {
         assert_eq!(reader.jwt_secret().unwrap(), None);
         assert_eq!(reader.orders(None, 0, 10).unwrap().total, 0);
         assert_eq!(reader.order_items(Some(1), 0, 10).unwrap().total, 0);
-        // 21 application tables, 2 of applied request ids, the raft log and raft state.
-        assert_eq!(reader.txn.list_tables().unwrap().count(), 25);
-        // 22 application tables, 2 of applied request ids, the raft log and raft state.
-        assert_eq!(reader.txn.list_tables().unwrap().count(), 26);
+        // 24 application tables, 2 of applied request ids, the raft log and raft state.
+        assert_eq!(reader.txn.list_tables().unwrap().count(), 28);
         // Two fresh stores are equal.
         assert_eq!(reader.digest().unwrap(), TestStore::new().digest());
     }
