@@ -84,22 +84,38 @@ impl<W: Write> StateVisitor for RowWriter<'_, W> {
 
 /// Bytes written to a snapshot file between two `fdatasync`s: the file reaches the disk as
 /// it is written instead of in one flush of hundreds of MiB at the end, which held the
-/// log's own fsyncs (every acknowledged write waits for one) behind it.
-const SYNC_EVERY_BYTES: u64 = 16 * 1024 * 1024;
+/// log's own fsyncs (every acknowledged write waits for one) behind it. Small, because
+/// a log fsync (a journal commit) also waits for the snapshot's dirty pages written so far.
+const SYNC_EVERY_BYTES: u64 = 1024 * 1024;
 
-/// A file that is synced every [`SYNC_EVERY_BYTES`] written.
+/// At most this many bytes a second go into a snapshot file: a snapshot of a few hundred
+/// MiB then takes seconds longer, but its reads, writes and syncs no longer crowd out the
+/// log's fsyncs and the API's threads while it is built.
+const WRITE_BYTES_PER_SEC: u64 = 32 * 1024 * 1024;
+
+/// A file that is synced every [`SYNC_EVERY_BYTES`] written, written at most at
+/// [`WRITE_BYTES_PER_SEC`] (measured from `started`).
 struct PacedFile {
     file: File,
     unsynced: u64,
+    written: u64,
+    started: std::time::Instant,
 }
 
 impl Write for PacedFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = self.file.write(buf)?;
         self.unsynced += written as u64;
+        self.written += written as u64;
         if self.unsynced >= SYNC_EVERY_BYTES {
             self.file.sync_data()?;
             self.unsynced = 0;
+            let due = std::time::Duration::from_secs_f64(
+                self.written as f64 / WRITE_BYTES_PER_SEC as f64,
+            );
+            if let Some(early) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(early);
+            }
         }
         Ok(written)
     }
@@ -122,7 +138,12 @@ pub(crate) fn write_snapshot(
         .create_new(true)
         .open(path)
         .map_err(io_error(path, "create"))?;
-    let paced = PacedFile { file, unsynced: 0 };
+    let paced = PacedFile {
+        file,
+        unsynced: 0,
+        written: 0,
+        started: std::time::Instant::now(),
+    };
     let out = write_state(
         BufWriter::with_capacity(BUFFER_BYTES, paced),
         path,
