@@ -15,6 +15,7 @@ use super::response::{no_content, send_json};
 use crate::auth::Staff;
 use crate::error::{ApiError, ApiResult};
 use crate::images;
+use crate::input;
 use crate::output::{ImageJson, json_bytes};
 use crate::state::AppState;
 
@@ -29,40 +30,11 @@ const UPLOAD_TYPES: [&str; 4] = [
 /// Reads an upload's body: at most `limit` bytes (413 beyond, on the declared length or
 /// while reading), of a content type an image may be sent with (415 otherwise).
 async fn upload_body(request: Request, limit: usize) -> ApiResult<Vec<u8>> {
-    let media_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let essence = media_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let (media_type, essence) = input::media_type(&request);
     if !UPLOAD_TYPES.contains(&essence.as_str()) {
         return Err(ApiError::UnsupportedMediaType(media_type));
     }
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let body = axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|error| {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::PayloadTooLarge { limit }
-            } else {
-                ApiError::BadRequest(format!("Could not read the request body: {error}"))
-            }
-        })?;
+    let body = input::read_body(request, limit).await?;
     if body.is_empty() {
         return Err(ApiError::field("image", "No file was submitted."));
     }
