@@ -4,33 +4,13 @@
 //! page under `target/screenshots/`.
 use soundwave_testkit as common;
 
-use std::future::Future;
 use std::sync::Arc;
 
-use common::browser::{Browser, PHONE};
+use common::browser::{Browser, PHONE, in_browser};
 use common::*;
 
 const WIDE: (u32, u32) = (1366, 900);
 const ENTER: &str = "\u{E007}";
-
-/// Runs a scenario in a fresh browser; whatever happens, saves a screenshot of the final page
-/// as `name` and closes the browser, then passes the scenario's panic on.
-async fn in_browser<F, Fut>(name: &str, size: (u32, u32), node: Arc<Node>, scenario: F)
-where
-    F: FnOnce(Arc<Browser>, Arc<Node>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let browser = Arc::new(Browser::start(size).await);
-    let outcome = tokio::spawn(scenario(browser.clone(), node)).await;
-    let shot = browser.screenshot(name).await;
-    eprintln!("screenshot: {}", shot.display());
-    if let Some(browser) = Arc::into_inner(browser) {
-        browser.close().await;
-    }
-    if let Err(error) = outcome {
-        std::panic::resume_unwind(error.into_panic());
-    }
-}
 
 async fn admin_log_in(b: &Browser, node: &Node) {
     b.goto(&node.url("/admin/")).await;

@@ -28,18 +28,7 @@
   };
 
   // Runs a change, says how it went, and reloads what it touched.
-  async function change(action, success, reload) {
-    try {
-      await action();
-      notice(success, "success");
-    } catch (err) {
-      notice(SW.explain(err), "error");
-      return false;
-    } finally {
-      await reload();
-    }
-    return true;
-  }
+  const change = (action, success, reload) => SW.change($("notice"), action, success, reload);
 
   const statusBadge = (status) => h("span", { class: `status ${status}` }, STATUS_NAMES[status] || status);
 

@@ -109,18 +109,7 @@
   }
 
   // Runs a change, says how it went, and reloads what it touched.
-  async function change(action, success, reload) {
-    try {
-      await action();
-      notice(success, "success");
-    } catch (err) {
-      notice(SW.explain(err), "error");
-      return false;
-    } finally {
-      await reload();
-    }
-    return true;
-  }
+  const change = (action, success, reload) => SW.change($("notice"), action, success, reload);
 
   function deleteButton(what, action) {
     const button = h("button", { class: "btn btn-danger", type: "button" }, "Delete");

@@ -193,6 +193,21 @@ const SW = (() => {
     return res.blob();
   }
 
+  // Runs a change (a staff page's action), says in `box` how it went, and reloads what it
+  // touched, whatever happened; true when the change went through.
+  async function change(box, action, success, reload) {
+    try {
+      await action();
+      notify(box, success, "success");
+    } catch (err) {
+      notify(box, explain(err), "error");
+      return false;
+    } finally {
+      await reload();
+    }
+    return true;
+  }
+
   const get = async (path) => (await call("GET", path)).body;
   const post = async (path, body, opts) => (await call("POST", path, body || {}, opts)).body;
   const patch = async (path, body) => (await call("PATCH", path, body)).body;
@@ -347,6 +362,6 @@ const SW = (() => {
     ApiError, signedIn, ready, login, logout, signOut, keep, onLogout, refresh, call, upload,
     get, post, patch, del, all,
     idempotencyKey, explain, cents, money, h, notify, confirmClick, date,
-    download,
+    download, change,
   };
 })();
