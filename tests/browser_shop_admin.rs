@@ -266,6 +266,14 @@ async fn the_admin_product_table_on_a_phone_has_every_column_within_reach() {
             assert_eq!(reach, json!([true, true]), "Stock and Actions in view");
             b.click("tr[data-product] button").await;
             b.text_contains("#product-form-title", "Edit product").await;
+            // The edit form's controls, the image file input too, stay inside its box.
+            let overflow = b
+                .js("const box = document.getElementById('product-images').parentElement.getBoundingClientRect();
+                     return [...document.querySelectorAll('#product-images input, #product-images button')]
+                       .filter(c => c.getBoundingClientRect().right > box.right + 1)
+                       .map(c => c.id || c.textContent);")
+                .await;
+            assert_eq!(overflow, json!([]), "controls wider than the edit form");
 
             // The low-stock view, sorted by stock from the column header.
             b.click("#product-low-stock").await;
