@@ -29,6 +29,20 @@ async fn soundwave(args: Vec<String>, env: Vec<(&'static str, String)>) -> Finis
 }
 
 /// The word after `label` in `text` (as `soundwave backup` and `restore` print them).
+/// `soundwave restore FILE --data-dir DATA`.
+async fn run_restore(file: &std::path::Path, data: &std::path::Path) -> Finished {
+    soundwave(
+        vec![
+            "restore".into(),
+            file.display().to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ],
+        vec![],
+    )
+    .await
+}
+
 fn value_after<'a>(text: &'a str, label: &str) -> &'a str {
     let start = text
         .find(label)
@@ -161,16 +175,7 @@ async fn a_backup_taken_under_writes_restores_to_a_new_node_with_the_same_state(
 
     // Restore into a new directory and start a node alone on it.
     let data = dir.path().join("restored");
-    let restore = soundwave(
-        vec![
-            "restore".into(),
-            file.display().to_string(),
-            "--data-dir".into(),
-            data.display().to_string(),
-        ],
-        vec![],
-    )
-    .await;
+    let restore = run_restore(&file, &data).await;
     assert!(
         restore.status.success(),
         "restore failed: {}",
@@ -274,16 +279,7 @@ async fn a_damaged_backup_or_a_wrong_secret_is_refused() {
         bytes[at] ^= 0x40;
         std::fs::write(&file, &bytes).expect("damage the backup");
         let data = dir.path().join("restored");
-        let restore = soundwave(
-            vec![
-                "restore".into(),
-                file.display().to_string(),
-                "--data-dir".into(),
-                data.display().to_string(),
-            ],
-            vec![],
-        )
-        .await;
+        let restore = run_restore(&file, &data).await;
         assert!(!restore.status.success(), "a damaged backup was restored");
         assert!(restore.stderr.contains(reason), "{}", restore.stderr);
         assert!(
